@@ -1,0 +1,427 @@
+"""The embedded ``local`` backend: every region on this machine, real processes on loopback.
+
+For one system it starts:
+
+* one simulated replica process per replica (``python -m pytest_lbbench.sim``), placed
+  round-robin over the replica regions;
+* its balancers: one Sky LB per replica region (``python -m pytest_lbbench.lb``), one global
+  Sky LB, or the real ``sglang-router`` binary, as the system's catalog entry says;
+* one delay-link process (``python -m pytest_lbbench.netem``) holding a link for every
+  connection that crosses a region boundary — client → entry point, LB → replica, LB → LB,
+  router → replica — each paying the one-way delay of the RTT matrix in both directions
+  (intra-region links pay the intra-region RTT).
+
+Everything binds 127.0.0.1, is recorded in the process ledger, dies with its parent, and is
+stopped in reverse order by :meth:`LocalDeployment.stop`. No pytest import here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable
+
+from pytest_lbbench import __version__
+from pytest_lbbench.backends.base import Deployment, ExperimentSpec
+from pytest_lbbench.backends.ledger import ProcessLedger
+from pytest_lbbench.procutil import (
+    ManagedProcess,
+    SpawnError,
+    free_port,
+    launch,
+    python_module_argv,
+)
+from pytest_lbbench.regions import RttMatrix, place_round_robin
+from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
+
+DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """How the local backend lays a system out on this machine."""
+
+    replicas: int
+    replica_regions: tuple[str, ...]
+    client_regions: tuple[str, ...]
+    log_dir: Path
+    rtt: RttMatrix = field(default_factory=RttMatrix)
+    seed: int = 0
+    time_scale: float = 1.0
+    model: str = DEFAULT_MODEL
+    startup_timeout_s: float = 60.0
+    ledger: ProcessLedger | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    """A started server: its name, region and the port it listens on (127.0.0.1)."""
+
+    name: str
+    region: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _http_json(method: str, url: str, body: Any | None = None, timeout_s: float = 5.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        status = exc.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def wait_until(check: Callable[[], str | None], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    """Poll ``check`` (``None`` = ready, else the reason it is not) until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    reason = "not checked yet"
+    while time.monotonic() < deadline:
+        try:
+            outcome = check()
+        except (OSError, urllib.error.URLError) as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        if outcome is None:
+            return
+        reason = outcome
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s: {reason}")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+class LocalDeployment(Deployment):
+    """One system on this machine (see the module docstring)."""
+
+    def __init__(self, system: SystemSpec, settings: LocalSettings) -> None:
+        self.system = system
+        self.settings = settings
+        self._procs: list[ManagedProcess] = []
+        self._lock = threading.Lock()
+        self.replicas: list[Component] = []
+        self.lbs: list[Component] = []
+        self.router: Component | None = None
+        self._links: dict[str, dict[str, Any]] = {}  # name → spec (+ "port" once started)
+        self._entry_for: dict[str, Component] = {}  # client region → entry component
+        self._started = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError(f"deployment of {self.system.name!r} is already started")
+        self._started = True
+        try:
+            self._start_replicas()
+            if self.system.kind is BalancerKind.SKY_LB:
+                self._start_sky_lbs()
+                self._choose_entries(self.lbs)
+                self._start_links()
+                self._send_membership()
+            else:
+                router_port = free_port()
+                self.router = Component("sglang-router", self.system.entry_region, router_port)
+                self._choose_entries([self.router])
+                self._start_links()
+                self._start_router()
+            self._wait_endpoints()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        with self._lock:
+            procs, self._procs = list(reversed(self._procs)), []
+        for proc in procs:
+            try:
+                proc.stop()
+            finally:
+                if self.settings.ledger is not None:
+                    self.settings.ledger.stopped(proc.name, proc.pid)
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def endpoint_for(self, client_region: str) -> str:
+        link = self._links.get(self._client_link_name(client_region))
+        if link is None or "port" not in link:
+            raise KeyError(f"no endpoint for client region {client_region!r}; started: {sorted(self._entry_for)}")
+        return f"http://127.0.0.1:{link['port']}"
+
+    def telemetry_urls(self) -> dict[str, str]:
+        urls = {c.name: c.url for c in self.replicas + self.lbs}
+        if self.router is not None:
+            urls[self.router.name] = self.router.url
+        return urls
+
+    def describe(self) -> dict[str, Any]:
+        versions: dict[str, str | None] = {"pytest_lbbench": __version__}
+        if self.system.kind is BalancerKind.SGLANG_ROUTER:
+            versions["sglang_router"] = package_version("sglang-router")
+        return {
+            "backend": "local",
+            "system": self.system.to_dict(),
+            "replicas": [{"name": c.name, "region": c.region} for c in self.replicas],
+            "balancers": [{"name": c.name, "region": c.region} for c in self.lbs]
+            + ([{"name": self.router.name, "region": self.router.region}] if self.router else []),
+            "entry_points": {region: c.name for region, c in self._entry_for.items()},
+            "links_one_way_ms": {name: spec["one_way_ms"] for name, spec in self._links.items()},
+            "time_scale": self.settings.time_scale,
+            "versions": versions,
+        }
+
+    # ---- steps -----------------------------------------------------------------------------
+
+    def _launch(self, name: str, argv: list[str], wait_ready_line: bool = True) -> ManagedProcess:
+        proc = launch(name, argv, log_path=self.settings.log_dir / f"{name}.log",
+                      wait_ready_line=wait_ready_line)
+        with self._lock:
+            self._procs.append(proc)
+        if self.settings.ledger is not None:
+            self.settings.ledger.started(name, proc.pid)
+        return proc
+
+    def _launch_all(self, named_argv: list[tuple[str, list[str]]]) -> list[ManagedProcess]:
+        """Start every process at once, then wait for each readiness line (they boot in parallel)."""
+        procs = [self._launch(name, argv) for name, argv in named_argv]
+        for proc in procs:
+            proc.wait_ready(self.settings.startup_timeout_s)
+        return procs
+
+    def _start_replicas(self) -> None:
+        regions = place_round_robin(self.settings.replicas, self.settings.replica_regions)
+        names = [f"replica-{i}-{region}" for i, region in enumerate(regions)]
+        procs = self._launch_all([
+            (
+                name,
+                python_module_argv(
+                    "pytest_lbbench.sim", "--host", "127.0.0.1", "--port", "0",
+                    "--name", name, "--model", self.settings.model,
+                    "--seed", str(self.settings.seed), "--time-scale", str(self.settings.time_scale),
+                ),
+            )
+            for name in names
+        ])
+        self.replicas = [
+            Component(name, region, int(proc.info["port"]))
+            for name, region, proc in zip(names, regions, procs)
+        ]
+
+    def _lb_regions(self) -> list[str]:
+        if self.system.placement is Placement.GLOBAL:
+            return [self.system.entry_region]
+        return list(dict.fromkeys(c.region for c in self.replicas))
+
+    def _start_sky_lbs(self) -> None:
+        spec = self.system
+        regions = self._lb_regions()
+        names = [
+            f"lb-{region}" if spec.placement is Placement.REGIONAL else "lb-global" for region in regions
+        ]
+        procs = self._launch_all([
+            (
+                name,
+                python_module_argv(
+                    "pytest_lbbench.lb", "--host", "127.0.0.1", "--port", "0", "--name", name,
+                    "--region", region, "--lb-mode", str(spec.lb_mode),
+                    "--replica-mode", str(spec.replica_mode), "--policy", str(spec.policy),
+                    "--meta-policy", str(spec.meta_policy), *spec.balancer_args,
+                ),
+            )
+            for name, region in zip(names, regions)
+        ])
+        self.lbs = [
+            Component(name, region, int(proc.info["port"]))
+            for name, region, proc in zip(names, regions, procs)
+        ]
+
+    def _choose_entries(self, entries: list[Component]) -> None:
+        by_region = {c.region: c for c in entries}
+        for client in self.settings.client_regions:
+            nearest = self.settings.rtt.nearest(client, list(by_region))
+            self._entry_for[client] = by_region[nearest]
+
+    @staticmethod
+    def _client_link_name(client_region: str) -> str:
+        return f"client@{client_region}>entry"
+
+    def _add_link(self, name: str, src_region: str, target: Component) -> None:
+        one_way = self.settings.rtt.one_way_ms(src_region, target.region) * self.settings.time_scale
+        self._links[name] = {
+            "name": name, "target_host": "127.0.0.1", "target_port": target.port,
+            "one_way_ms": round(one_way, 4), "src_region": src_region, "target": target.name,
+        }
+
+    def _link_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self._links[name]['port']}"
+
+    def _start_links(self) -> None:
+        for client, entry in self._entry_for.items():
+            self._add_link(self._client_link_name(client), client, entry)
+        balancers = self.lbs if self.router is None else [self.router]
+        for balancer in balancers:
+            for replica in self._replicas_of(balancer):
+                self._add_link(f"{balancer.name}>{replica.name}", balancer.region, replica)
+            for peer in self.lbs:
+                if peer is not balancer:
+                    self._add_link(f"{balancer.name}>{peer.name}", balancer.region, peer)
+        specs = [
+            {k: spec[k] for k in ("name", "target_host", "target_port", "one_way_ms")}
+            for spec in self._links.values()
+        ]
+        (proc,) = self._launch_all(
+            [("netem", python_module_argv("pytest_lbbench.netem", "--links-json", json.dumps(specs)))]
+        )
+        for name, port in proc.info["links"].items():
+            self._links[name]["port"] = int(port)
+
+    def _replicas_of(self, balancer: Component) -> list[Component]:
+        if self.system.placement is Placement.GLOBAL or self.router is not None:
+            return list(self.replicas)
+        return [r for r in self.replicas if r.region == balancer.region]
+
+    def _send_membership(self) -> None:
+        for lb in self.lbs:
+            body = {
+                "self": lb.name,
+                "lbs": {
+                    peer.name: (lb.url if peer is lb else self._link_url(f"{lb.name}>{peer.name}"))
+                    for peer in self.lbs
+                },
+                "replicas": {r.name: self._link_url(f"{lb.name}>{r.name}") for r in self._replicas_of(lb)},
+                "regions": {c.name: c.region for c in self.lbs + self.replicas},
+            }
+            status, reply = _http_json("POST", f"{lb.url}/lbbench/membership", body)
+            if status != 200:
+                raise RuntimeError(f"{lb.name} refused its membership (HTTP {status}): {reply}")
+
+    def _start_router(self) -> None:
+        assert self.router is not None
+        worker_urls = [self._link_url(f"{self.router.name}>{r.name}") for r in self.replicas]
+        argv = [
+            sys.executable, "-m", "sglang_router.launch_router",
+            "--host", "127.0.0.1", "--port", str(self.router.port),
+            "--worker-urls", *worker_urls,
+            *self.system.balancer_args,
+            # Never the default 0.0.0.0:29000: parallel routers would collide on it.
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
+            "--log-level", "warn",
+        ]
+        proc = self._launch("sglang-router", argv, wait_ready_line=False)
+        try:
+            wait_until(
+                lambda: self._router_ready(proc, len(worker_urls)),
+                self.settings.startup_timeout_s, "sglang-router",
+            )
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}\nRouter log ({proc.log_path}):\n{proc.log_tail()}") from exc
+
+    def _router_ready(self, proc: ManagedProcess, workers: int) -> str | None:
+        assert self.router is not None
+        if not proc.alive():
+            raise SpawnError(f"sglang-router exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
+        # /health answers 200 before any worker is registered; /readiness does not.
+        status, body = _http_json("GET", f"{self.router.url}/readiness", timeout_s=2.0)
+        if status != 200:
+            return f"/readiness answered {status}: {body}"
+        healthy = body.get("healthy_workers") if isinstance(body, dict) else None
+        if healthy is not None and healthy < workers:
+            return f"{healthy} of {workers} workers healthy"
+        return None
+
+    def _wait_endpoints(self) -> None:
+        for region in self.settings.client_regions:
+            url = self.endpoint_for(region)
+
+            def check(url: str = url) -> str | None:
+                status, body = _http_json("GET", f"{url}/v1/models", timeout_s=5.0)
+                return None if status == 200 else f"GET /v1/models answered {status}: {body}"
+
+            wait_until(check, self.settings.startup_timeout_s, f"{self.system.name} entry for {region}")
+
+
+class LocalClientLauncher:
+    """Runs ``python -m pytest_lbbench.client`` once per client region, in parallel."""
+
+    def __init__(self, log_dir: Path, ledger: ProcessLedger | None = None, rtt: RttMatrix | None = None) -> None:
+        self.log_dir = log_dir
+        self.ledger = ledger
+        self.rtt = rtt or RttMatrix()
+
+    def run(self, deployment: Deployment, spec: ExperimentSpec, metric_dir: Path,
+            on_progress: Callable[[float, int], None] | None = None) -> dict[str, Path]:
+        metric_dir.mkdir(parents=True, exist_ok=True)
+        regions = list(self.rtt.regions)
+        outputs: dict[str, Path] = {}
+        procs: dict[str, ManagedProcess] = {}
+        try:
+            for region in spec.client_regions:
+                out = metric_dir / f"{region}.json"
+                out.unlink(missing_ok=True)
+                outputs[region] = out
+                index = regions.index(region) if region in regions else 0
+                argv = python_module_argv(
+                    "pytest_lbbench.client",
+                    *spec.client_argv(region, index, deployment.endpoint_for(region), out),
+                )
+                name = f"client-{spec.exp_name}-{region}"
+                proc = launch(name, argv, log_path=self.log_dir / f"{name}.log", wait_ready_line=False)
+                procs[region] = proc
+                if self.ledger is not None:
+                    self.ledger.started(name, proc.pid)
+            limit = spec.duration_s + spec.drain_timeout_s + 90.0
+            started = time.monotonic()
+            while any(p.alive() for p in procs.values()):
+                elapsed = time.monotonic() - started
+                if elapsed > limit:
+                    raise TimeoutError(
+                        f"clients of {spec.exp_name} still running after {limit:.0f} s "
+                        f"(duration {spec.duration_s:.0f} s + drain {spec.drain_timeout_s:.0f} s + 90 s); "
+                        "they were killed. Partial records are in the .partial.jsonl files."
+                    )
+                if on_progress is not None:
+                    on_progress(elapsed, sum(_count_lines(o) for o in outputs.values()))
+                time.sleep(0.5)
+        finally:
+            for region, proc in procs.items():
+                proc.stop()
+                if self.ledger is not None:
+                    self.ledger.stopped(proc.name, proc.pid)
+        for region, proc in procs.items():
+            code = proc.popen.returncode
+            if code != 0 or not outputs[region].exists():
+                raise RuntimeError(
+                    f"client for {region} exited with code {code}; log {proc.log_path}:\n{proc.log_tail()}"
+                )
+        return outputs
+
+
+def _count_lines(result_file: Path) -> int:
+    partial = result_file.with_name(result_file.name + ".partial.jsonl")
+    try:
+        with open(partial, "rb") as fh:
+            return sum(1 for _ in fh)
+    except OSError:
+        return 0
+

@@ -1,0 +1,72 @@
+"""The per-request record: the original ``Metric`` fields plus what the anchors add.
+
+Every request the client sends gets exactly one record, failures and timeouts included.
+Field meanings (times are epoch seconds from ``time.time()``; durations are seconds measured
+with ``time.perf_counter()``):
+
+* ``uid``: the client region (the original used its ``--seed``, which was the region name);
+* ``start`` / ``response_start`` / ``streaming_start`` / ``end``: request sent, response
+  headers received, first SSE chunk received, final chunk (with ``finish_reason``) received;
+* ``ttft``: first SSE chunk − start (any chunk counts, as in the original); ``e2e_latency``:
+  final chunk − start; both ``None`` when the request failed before them;
+* ``failed``: ``None`` on success, else a short reason (``"timeout"``, ``"http 503: …"``, …);
+* ``input_tokens``, ``output_tokens``, ``cached_tokens``: from the usage chunk;
+* ``headers``: all response headers (the LB decision/timing headers among them);
+* ``hash_key`` (sent as ``x-hash-key``), ``program_id`` (the conversation);
+* additions: ``client_region``, ``user_index``, ``conv_index``, ``turn_index``, ``itl`` (gaps
+  between content chunks, s), ``replica`` and ``lbs`` (who served it, from headers),
+  ``replica_timing`` (the replica's own arrival/first-token/finish times, when it reports them).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+REPLICA_HEADER = "x-lbbench-replica"
+_LB_DECISION = re.compile(r"^lb-decision-\d+$", re.IGNORECASE)
+_LB_URL = re.compile(r"Select LB in region (?P<region>\S+)")
+
+
+@dataclass
+class RequestRecord:
+    """One request's outcome. Created when the request starts, completed in place."""
+
+    uid: str
+    hash_key: str | None
+    program_id: str
+    client_region: str
+    user_index: int
+    conv_index: int
+    turn_index: int
+    start: float
+    response_start: float | None = None
+    streaming_start: float | None = None
+    end: float | None = None
+    ttft: float | None = None
+    e2e_latency: float | None = None
+    failed: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int = 0
+    cached_tokens: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    itl: list[float] = field(default_factory=list)
+    replica: str | None = None
+    lbs: list[str] = field(default_factory=list)
+    replica_timing: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def served_by(headers: dict[str, str]) -> tuple[str | None, list[str]]:
+    """Which replica and which LB regions served a response, read from its headers."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    replica = lower.get(REPLICA_HEADER)
+    lbs: list[str] = []
+    for key in sorted(k for k in lower if _LB_DECISION.match(k)):
+        match = _LB_URL.search(lower[key])
+        if match:
+            lbs.append(match.group("region"))
+    return replica, lbs

@@ -1,0 +1,141 @@
+"""Fixtures: session-scoped deployments with guaranteed teardown, and the experiment runner.
+
+| fixture | scope | what it gives |
+|---|---|---|
+| ``lbbench_config`` | session | the run's validated :class:`~pytest_lbbench.options.LbbenchConfig` |
+| ``lbbench_deployment`` | session, per system | a started system; stopped at the end, always |
+| ``lbbench_run`` | function | ``run(deployment, workload) -> ExperimentResult`` |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import pytest
+
+from pytest_lbbench.backends.base import Deployment, ExperimentSpec
+from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
+from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment, LocalSettings
+from pytest_lbbench.options import LbbenchConfig, get_config
+from pytest_lbbench.report.results import ExperimentResult
+from pytest_lbbench.systems import get_system
+
+PROPERTY_KEY = "lbbench"
+PROGRESS_INTERVAL_S = 5.0
+BAR_WIDTH = 24
+
+
+class RunExperiment(Protocol):
+    def __call__(self, deployment: Deployment, workload: str) -> ExperimentResult: ...
+
+
+@pytest.fixture(scope="session")
+def lbbench_config(pytestconfig: pytest.Config) -> LbbenchConfig:
+    """The validated configuration of this run (options → one frozen object)."""
+    return get_config(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def lbbench_ledger(lbbench_config: LbbenchConfig) -> ProcessLedger:
+    """The ledger every started process is written to (``<output-dir>/.lbbench/``)."""
+    return ProcessLedger(ledger_path(lbbench_config.output_dir))
+
+
+@pytest.fixture(scope="session")
+def lbbench_deployment(
+    lbbench_system: str, lbbench_config: LbbenchConfig, lbbench_ledger: ProcessLedger
+) -> Iterator[Deployment]:
+    """The system ``lbbench_system``, started once per process and always stopped."""
+    cfg = lbbench_config
+    deployment = LocalDeployment(
+        get_system(lbbench_system),
+        LocalSettings(
+            replicas=cfg.replicas,
+            replica_regions=cfg.replica_regions,
+            client_regions=cfg.regions,
+            log_dir=cfg.output_dir / "logs" / lbbench_system,
+            rtt=cfg.rtt,
+            seed=cfg.seed,
+            time_scale=cfg.time_scale,
+            ledger=lbbench_ledger,
+        ),
+    )
+    deployment.start()
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@pytest.fixture
+def lbbench_run(
+    request: pytest.FixtureRequest, lbbench_config: LbbenchConfig, lbbench_ledger: ProcessLedger
+) -> RunExperiment:
+    """Run one experiment (every client region in parallel) and record its summary.
+
+    Results land in ``<output-dir>/metric/<exp>_<system>/<client-region>.json``; the summary
+    goes to the test's ``user_properties`` so the controller can report it, under xdist too.
+    """
+    cfg = lbbench_config
+
+    def run(deployment: Deployment, workload: str) -> ExperimentResult:
+        system = deployment.system.name
+        exp_name = f"{cfg.exp_prefix(workload)}_{system}"
+        spec = ExperimentSpec(
+            system=system,
+            workload=workload,
+            exp_name=exp_name,
+            client_regions=cfg.regions,
+            duration_s=cfg.duration_s,
+            num_users=cfg.num_users,
+            num_conv=cfg.num_conv,
+            seed=cfg.seed,
+            max_tokens=cfg.max_tokens,
+            request_timeout_s=cfg.request_timeout_s,
+            drain_timeout_s=cfg.drain_timeout_s,
+            lag_threshold_ms=cfg.lag_threshold_ms,
+            region_to_args=cfg.region_to_args,
+        )
+        metric_dir: Path = cfg.output_dir / "metric" / exp_name
+        launcher = LocalClientLauncher(cfg.output_dir / "logs" / system, lbbench_ledger, cfg.rtt)
+        files = launcher.run(
+            deployment, spec, metric_dir,
+            on_progress=progress_printer(request.config, f"{system}-{workload}", cfg.duration_s),
+        )
+        result = ExperimentResult.load(system, workload, exp_name, files)
+        result.attach("deployment", deployment.describe())
+        request.node.user_properties.append((PROPERTY_KEY, result.properties()))
+        return result
+
+    return run
+
+
+def progress_printer(
+    config: pytest.Config, label: str, duration_s: float
+) -> Callable[[float, int], None] | None:
+    """A progress line every few seconds on the terminal (not under xdist workers or -q -q).
+
+    Lines, not carriage returns, so CI logs stay readable.
+    """
+    if hasattr(config, "workerinput") or config.get_verbosity() < 0:
+        return None
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return None
+    last = [float("-inf")]
+
+    def show(elapsed_s: float, recorded: int) -> None:
+        if elapsed_s - last[0] < PROGRESS_INTERVAL_S:
+            return
+        last[0] = elapsed_s
+        filled = min(BAR_WIDTH, int(BAR_WIDTH * elapsed_s / duration_s)) if duration_s else BAR_WIDTH
+        phase = "traffic" if elapsed_s < duration_s else "draining turns in flight"
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(
+                f"  {label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+                f"{elapsed_s:4.0f}/{duration_s:.0f} s {phase}, {recorded} requests recorded"
+            )
+
+    return show

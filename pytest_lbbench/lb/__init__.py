@@ -1,0 +1,30 @@
+"""Our load balancers: the SkyPilot multi-region LB algorithm, reimplemented on aiohttp.
+
+Run one with ``python -m pytest_lbbench.lb`` (see ``__main__``). The pieces:
+
+* :mod:`.prefix_tree`: the radix "proximate tree";
+* :mod:`.policies`: round robin, least load, prefix tree, consistent hashing;
+* :mod:`.config`: LB-level × replica-level modes and the original constants;
+* :mod:`.server`: one LB process (queue processor, dispatch, endpoints).
+
+No pytest import anywhere below this package.
+"""
+
+from __future__ import annotations
+
+from .config import LbConfig, LbMode, ReplicaMode
+from .policies import POLICIES, Policy, PrefixTreeConfig, RequestInfo, make_policy, request_text
+from .prefix_tree import PrefixTree
+
+__all__ = [
+    "POLICIES",
+    "LbConfig",
+    "LbMode",
+    "Policy",
+    "PrefixTree",
+    "PrefixTreeConfig",
+    "ReplicaMode",
+    "RequestInfo",
+    "make_policy",
+    "request_text",
+]

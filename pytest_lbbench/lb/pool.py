@@ -1,0 +1,97 @@
+"""A pool of dial targets (the replicas of an LB, or the LBs it pushes to).
+
+Counterpart of the original ``ClientPool``: which targets are known ("ready"), which of them
+are currently eligible ("available"), how many requests are in flight to each, and the policy
+that chooses among the available ones. Targets are identified by membership name; the URL is
+what the LB dials (a delay-link proxy in the local deployment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .policies import Policy, RequestInfo
+
+__all__ = ["TargetPool"]
+
+
+class TargetPool:
+    """Known targets, their availability and in-flight counts, and the policy over them."""
+
+    def __init__(self, kind: str, policy: Policy) -> None:
+        self.kind = kind
+        self.policy = policy
+        self.urls: dict[str, str] = {}
+        # Stable ordinal per name in order of first appearance, like the original's
+        # ``_replica2id``; it names the replica in the ``replica-decision`` header.
+        self.ids: dict[str, int] = {}
+        self.in_flight: dict[str, int] = {}
+        self._available: dict[str, None] = {}  # ordered set
+        self.known = False  # becomes True with the first membership update
+
+    def update(self, targets: Mapping[str, str]) -> None:
+        """Apply a membership snapshot ``{name: url}``: new targets start available."""
+        self.known = True
+        for name, url in targets.items():
+            if name not in self.ids:
+                self.ids[name] = len(self.ids)
+            if name not in self.urls:
+                self._available[name] = None
+            self.urls[name] = url
+            self.in_flight.setdefault(name, 0)
+        for name in [n for n in self.urls if n not in targets]:
+            del self.urls[name]
+            self._available.pop(name, None)
+            if self.in_flight.get(name, 0) <= 0:
+                self.in_flight.pop(name, None)
+        self.policy.set_targets(list(self.urls))
+
+    # --- availability -----------------------------------------------------------------
+
+    def available(self) -> list[str]:
+        """Targets eligible for selection right now, in membership order."""
+        return list(self._available)
+
+    def set_available(self, name: str, available: bool) -> None:
+        """Mark a known target (un)available; unknown names are ignored."""
+        if name not in self.urls:
+            return
+        if available:
+            self._available[name] = None
+        else:
+            self._available.pop(name, None)
+
+    def is_available(self, name: str) -> bool:
+        """Whether ``name`` is currently eligible."""
+        return name in self._available
+
+    # --- selection and hooks ----------------------------------------------------------
+
+    def select(self, info: RequestInfo) -> str | None:
+        """The policy's choice among the available targets (None when none is available)."""
+        available = self.available()
+        if not available:
+            return None
+        return self.policy.select(info, available)
+
+    def acquire(self, name: str, info: RequestInfo) -> None:
+        """A request is being sent to ``name``: count it and run the policy's pre hook."""
+        self.in_flight[name] = self.in_flight.get(name, 0) + 1
+        self.policy.pre_execute(name, info)
+
+    def release(self, name: str, info: RequestInfo) -> None:
+        """The request's stream to ``name`` ended: undo :meth:`acquire`."""
+        remaining = self.in_flight.get(name, 0) - 1
+        if remaining > 0 or name in self.urls:
+            self.in_flight[name] = max(0, remaining)
+        else:
+            self.in_flight.pop(name, None)
+        self.policy.post_execute(name, info)
+
+    def url_of(self, name: str) -> str:
+        """The URL to dial for ``name``."""
+        return self.urls[name]
+
+    def in_flight_by_url(self) -> dict[str, int]:
+        """``{url: in_flight}`` over the known targets (the original ``replica_queue``)."""
+        return {url: self.in_flight.get(name, 0) for name, url in self.urls.items()}

@@ -1,0 +1,87 @@
+"""Replica "pull" gating: poll every replica's engine queue and mark it (un)available.
+
+As in the original ``_probe_ie_queue``: all replicas are probed concurrently, the next round
+starts ``max(0, interval − duration of the last round)`` after the previous one, the first
+``sglang:num_queue_reqs`` sample (or vLLM's ``vllm:num_requests_waiting``) decides: > 0 →
+unavailable, 0 → available, and a failed probe leaves the state unchanged. Dispatching does not
+touch availability, so a burst inside one probe window lands on the same replicas (faithful).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from .pool import TargetPool
+
+__all__ = ["QUEUE_METRICS", "parse_queue_length", "probe_engine_queues", "probe_once"]
+
+log = logging.getLogger(__name__)
+
+QUEUE_METRICS: tuple[str, ...] = ("sglang:num_queue_reqs", "vllm:num_requests_waiting")
+
+
+def parse_queue_length(text: str, names: tuple[str, ...] = QUEUE_METRICS) -> float | None:
+    """Value of the first sample in Prometheus ``text`` whose metric is one of ``names``."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        for name in names:
+            if not line.startswith(name):
+                continue
+            rest = line[len(name):]
+            if rest.startswith("{"):
+                close = rest.rfind("}")
+                if close < 0:
+                    continue
+                rest = rest[close + 1:]
+            elif not rest[:1].isspace():
+                continue  # a longer metric name that merely starts with ``name``
+            parts = rest.split()
+            if not parts:
+                continue
+            try:
+                return float(parts[0])
+            except ValueError:
+                continue
+    return None
+
+
+async def _probe_one(
+    session: aiohttp.ClientSession, pool: TargetPool, name: str, url: str, timeout: aiohttp.ClientTimeout
+) -> None:
+    try:
+        async with session.get(url + "/metrics", timeout=timeout) as resp:
+            if resp.status != 200:
+                return
+            body = await resp.text()
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return  # unchanged, as in the original
+    value = parse_queue_length(body)
+    if value is not None:
+        pool.set_available(name, value <= 0)
+
+
+async def probe_once(session: aiohttp.ClientSession, pool: TargetPool, timeout_s: float) -> None:
+    """Probe every known replica once, concurrently."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    targets = list(pool.urls.items())
+    if targets:
+        await asyncio.gather(*(_probe_one(session, pool, n, u, timeout) for n, u in targets))
+
+
+async def probe_engine_queues(
+    session: aiohttp.ClientSession, pool: TargetPool, interval_s: float, timeout_s: float
+) -> None:
+    """Run probe rounds forever (cancel the task to stop)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        try:
+            await probe_once(session, pool, timeout_s)
+        except Exception:  # pragma: no cover - a bug here must not stop gating for good
+            log.exception("engine-queue probe round failed")
+        await asyncio.sleep(max(0.0, interval_s - (loop.time() - start)))

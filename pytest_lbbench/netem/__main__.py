@@ -1,0 +1,101 @@
+"""``python -m pytest_lbbench.netem``: serve several delay links from one process.
+
+Follows the child-process protocol of :mod:`pytest_lbbench.procutil`: binds every listening
+socket itself (free ports), prints ``LBBENCH_READY {"links": {name: port, ...}, "pid": N}``,
+exits on SIGTERM/SIGINT or when ``--parent-pid`` disappears. On exit it logs one line
+``LBBENCH_NETEM_STATS {name: counters}`` to stderr.
+
+Exit status: 0 after a normal stop, 2 on invalid arguments or link specs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pytest_lbbench.procutil import announce_ready, install_stop_signals, new_event_loop, watch_parent
+
+from .link import LinkSet
+from .spec import LINKS_JSON_EXAMPLE, SPEC_FORMAT_HELP, LinkSpec, LinkSpecError, parse_link_specs
+
+STATS_PREFIX = "LBBENCH_NETEM_STATS "
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of the delay-link process."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pytest_lbbench.netem",
+        description="Userspace delay links: TCP proxies on 127.0.0.1 that add a one-way delay "
+        "in each direction. " + SPEC_FORMAT_HELP.capitalize() + ".",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--links-json", metavar="JSON", help=f"link specs, e.g. '{LINKS_JSON_EXAMPLE}'")
+    source.add_argument("--links-file", metavar="PATH", type=Path, help="read the same JSON from a file")
+    parser.add_argument(
+        "--listen-host", default="127.0.0.1", help="address every link listens on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--no-quickack", dest="quickack", action="store_false",
+        help="do not force immediate ACKs after each read (only for experiments; see "
+        "local-runtime-notes.md §2.7)",
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="stderr log level (default: %(default)s; INFO logs failed target connects)",
+    )
+    parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def load_specs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[LinkSpec]:
+    """The validated specs from ``--links-json`` or ``--links-file``; usage error (exit 2) otherwise."""
+    if args.links_file is not None:
+        try:
+            text = args.links_file.read_text()
+        except OSError as exc:
+            parser.error(f"--links-file: cannot read {str(args.links_file)!r}: {exc.strerror or exc}")
+        source = f"--links-file {args.links_file}"
+    else:
+        text, source = args.links_json, "--links-json"
+    try:
+        return parse_link_specs(text, source=source)
+    except LinkSpecError as exc:
+        parser.error(str(exc))
+
+
+async def serve(specs: Sequence[LinkSpec], listen_host: str = "127.0.0.1", quickack: bool = True) -> LinkSet:
+    """Run ``specs`` until SIGTERM/SIGINT; returns the (closed) set for its counters."""
+    stop = asyncio.Event()
+    install_stop_signals(asyncio.get_running_loop(), stop)
+    links = LinkSet.from_specs(specs, listen_host=listen_host, quickack=quickack)
+    async with links:
+        announce_ready({"links": links.ports, "pid": os.getpid()})
+        await stop.wait()
+    return links
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    specs = load_specs(args, parser)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s netem %(levelname)s %(message)s")
+    watch_parent(args.parent_pid)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        links = loop.run_until_complete(serve(specs, args.listen_host, args.quickack))
+    finally:
+        loop.close()
+    stats = {name: s.as_dict() for name, s in links.stats().items()}
+    sys.stderr.write(STATS_PREFIX + json.dumps(stats) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

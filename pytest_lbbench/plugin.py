@@ -1,0 +1,41 @@
+"""pytest-lbbench's pytest11 entry point: wiring only.
+
+Options live in :mod:`.options`, the matrix in :mod:`.matrix`, fixtures in :mod:`.fixtures`,
+controller-side aggregation in :mod:`.collect`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_lbbench.collect import LbbenchCollector
+from pytest_lbbench.fixtures import (  # noqa: F401 - fixtures are registered by import
+    lbbench_config,
+    lbbench_deployment,
+    lbbench_ledger,
+    lbbench_run,
+)
+from pytest_lbbench.matrix import pytest_generate_tests  # noqa: F401 - hook
+from pytest_lbbench.options import CONFIG_KEY, build_config, get_config
+from pytest_lbbench.options import pytest_addoption  # noqa: F401 - hook
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[CONFIG_KEY] = build_config(config)
+    config.addinivalue_line(
+        "markers", "xdist_group(name): pytest-lbbench groups each system's tests on one worker"
+    )
+    # Only the controller (or a run without xdist) reports; workers just send their reports.
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(LbbenchCollector(config), "lbbench-collector")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    cfg = get_config(config)
+    return (
+        f"lbbench: backend={cfg.backend} systems={','.join(cfg.systems)} "
+        f"workloads={','.join(cfg.workloads)} clients={','.join(cfg.regions)} "
+        f"replicas={cfg.replicas} over {','.join(cfg.replica_regions)} "
+        f"duration={cfg.duration_s:g}s users/region={cfg.num_users} seed={cfg.seed} "
+        f"output={cfg.output_dir}"
+    )

@@ -1,0 +1,107 @@
+"""Experiment metrics as pure functions of per-request records (no I/O, no network).
+
+Definitions (DESIGN §5; times in seconds unless the key says ``_ms``):
+
+* ``requests``: every record; ``failed``: records whose ``failed`` is set;
+  ``failure_rate`` = failed / requests;
+* TTFT and E2E statistics (mean, p50, p90, p99) over successful requests only;
+* ITL: every gap between content chunks of successful requests; TPOT per request =
+  (e2e − ttft) / (output_tokens − 1) for requests with at least two output tokens;
+* ``span_s`` = last end − first start over successful requests (the plot script's span);
+* ``throughput_tpt_per_s`` = Σ(input + 2·output) / span: the original paper's definition;
+* ``output_tokens_per_s`` = Σ output / span; ``requests_per_s`` = successes / span;
+* ``cache_hit_rate`` = Σ min(cached, input) / Σ input over successful requests that report
+  ``cached_tokens`` (a request without a cache report is left out of both sums, not zeroed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from pytest_lbbench.stats import mean, percentile
+
+Record = Mapping[str, Any]
+
+
+def _ok(records: Iterable[Record]) -> list[Record]:
+    return [r for r in records if not r.get("failed") and r.get("e2e_latency") is not None]
+
+
+def _dist(prefix: str, values: list[float]) -> dict[str, float | None]:
+    return {
+        f"{prefix}_mean_s": mean(values),
+        f"{prefix}_p50_s": percentile(values, 50),
+        f"{prefix}_p90_s": percentile(values, 90),
+        f"{prefix}_p99_s": percentile(values, 99),
+    }
+
+
+def span_seconds(records: Iterable[Record]) -> float | None:
+    """Last ``end`` minus first ``start`` over successful records (``None`` if none)."""
+    ok = _ok(records)
+    starts = [r["start"] for r in ok if r.get("start") is not None]
+    ends = [r["end"] for r in ok if r.get("end") is not None]
+    if not starts or not ends:
+        return None
+    return max(ends) - min(starts)
+
+
+def cache_hit_rate(records: Iterable[Record]) -> float | None:
+    """Σ min(cached, input) / Σ input over successful records that report a cache count."""
+    hit = 0
+    total = 0
+    for r in _ok(records):
+        cached, inp = r.get("cached_tokens"), r.get("input_tokens")
+        if cached is None or not inp:
+            continue
+        hit += min(cached, inp)
+        total += inp
+    return hit / total if total else None
+
+
+def tpot_values(records: Iterable[Record]) -> list[float]:
+    """Time per output token after the first, one value per request with ≥ 2 output tokens."""
+    out = []
+    for r in _ok(records):
+        n = r.get("output_tokens") or 0
+        if n >= 2 and r.get("ttft") is not None:
+            out.append((r["e2e_latency"] - r["ttft"]) / (n - 1))
+    return out
+
+
+def summarize(records: list[Record]) -> dict[str, Any]:
+    """Every metric of one experiment (or one client region of it) as a flat dict."""
+    ok = _ok(records)
+    failed = len(records) - len(ok)
+    span = span_seconds(records)
+    tokens_in = sum(r.get("input_tokens") or 0 for r in ok)
+    tokens_out = sum(r.get("output_tokens") or 0 for r in ok)
+    itl = [gap for r in ok for gap in (r.get("itl") or [])]
+    summary: dict[str, Any] = {
+        "requests": len(records),
+        "succeeded": len(ok),
+        "failed": failed,
+        "failure_rate": failed / len(records) if records else None,
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "span_s": span,
+        "throughput_tpt_per_s": (tokens_in + 2 * tokens_out) / span if span else None,
+        "output_tokens_per_s": tokens_out / span if span else None,
+        "requests_per_s": len(ok) / span if span else None,
+        "cache_hit_rate": cache_hit_rate(records),
+    }
+    summary.update(_dist("ttft", [r["ttft"] for r in ok if r.get("ttft") is not None]))
+    summary.update(_dist("e2e", [r["e2e_latency"] for r in ok]))
+    summary.update(_dist("tpot", tpot_values(records)))
+    summary.update(_dist("itl", itl))
+    return summary
+
+
+def failure_reasons(records: Iterable[Record], limit: int = 5) -> dict[str, int]:
+    """The most common failure reasons with their counts (for error messages)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.get("failed"):
+            key = str(r["failed"])[:120]
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])

@@ -1,0 +1,79 @@
+"""Loading one experiment's result files and summarising them.
+
+An experiment's files are ``metric/<exp>_<system>/<client-region>.json`` in the original
+``sky.lbbench`` layout; this module reads them back, checks that every request sent has a
+record, and produces the flat summary the plugin reports. No pytest import here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_lbbench.report.metrics import failure_reasons, summarize
+
+
+@dataclass
+class ExperimentResult:
+    """All client regions of one experiment, with their records and summaries."""
+
+    system: str
+    workload: str
+    exp_name: str
+    files: dict[str, Path]
+    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, system: str, workload: str, exp_name: str, files: dict[str, Path]) -> ExperimentResult:
+        payloads = {region: json.loads(path.read_text()) for region, path in files.items()}
+        return cls(system, workload, exp_name, dict(files), payloads)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [r for payload in self.payloads.values() for r in payload["metrics"]]
+
+    @property
+    def sent(self) -> int:
+        return sum(int(p.get("sent", len(p["metrics"]))) for p in self.payloads.values())
+
+    @property
+    def recorded(self) -> int:
+        return sum(len(p["metrics"]) for p in self.payloads.values())
+
+    @property
+    def client_bound(self) -> bool:
+        return any(p.get("client", {}).get("client_bound") for p in self.payloads.values())
+
+    def summary(self) -> dict[str, Any]:
+        return summarize(self.records)
+
+    def region_summaries(self) -> dict[str, dict[str, Any]]:
+        return {region: summarize(p["metrics"]) for region, p in self.payloads.items()}
+
+    def attach(self, key: str, value: Any) -> None:
+        """Add ``key`` to every region file (e.g. the deployment's versions), atomically."""
+        for region, path in self.files.items():
+            self.payloads[region][key] = value
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.payloads[region]))
+            os.replace(tmp, path)
+
+    def properties(self) -> dict[str, Any]:
+        """A JSON-able summary for ``user_properties`` (travels to the xdist controller)."""
+        return {
+            "system": self.system,
+            "workload": self.workload,
+            "exp_name": self.exp_name,
+            "sent": self.sent,
+            "recorded": self.recorded,
+            "client_bound": self.client_bound,
+            "loop_lag": {r: p.get("client", {}).get("loop_lag") for r, p in self.payloads.items()},
+            "overall": self.summary(),
+            "regions": self.region_summaries(),
+            "failure_reasons": failure_reasons(self.records),
+            "files": {r: str(p) for r, p in self.files.items()},
+            "versions": (next(iter(self.payloads.values()), {}).get("deployment") or {}).get("versions", {}),
+        }

@@ -1,0 +1,93 @@
+"""The catalog of systems under test: data, not code paths.
+
+A system is one load-balancing design: which balancer runs (the real ``sglang-router`` or our
+Sky LB), its LB-level mode × replica-level mode × policies, and where it is placed. Backends
+read these fields; no backend branches on a system's name. No pytest import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class BalancerKind(str, Enum):
+    """Which balancer software a system runs."""
+
+    SGLANG_ROUTER = "sglang_router"  # the real Rust router from the sglang-router package
+    SKY_LB = "sky_lb"  # our reimplementation of the SkyServe multi-region LB
+
+
+class Placement(str, Enum):
+    """Where the system's balancers run."""
+
+    REGIONAL = "regional"  # one LB per replica region; clients reach the nearest one
+    GLOBAL = "global"  # one entry point in ``entry_region`` for every client
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One row of the comparison (DESIGN §3)."""
+
+    name: str
+    label: str
+    kind: BalancerKind
+    placement: Placement
+    entry_region: str = "us-east-2"
+    lb_mode: str | None = None  # pytest_lbbench.lb.config.LbMode value, for SKY_LB
+    replica_mode: str | None = None  # pytest_lbbench.lb.config.ReplicaMode value, for SKY_LB
+    policy: str | None = None
+    meta_policy: str | None = None
+    balancer_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        data["placement"] = self.placement.value
+        data["balancer_args"] = list(self.balancer_args)
+        return data
+
+
+# The cache-aware configuration the original benchmark's router (0.1.4) ran with; newer
+# routers default to 0.3 / 64 / 1.5 / 2^26, so pass the original's values explicitly.
+SGLANG_ROUTER_ORIGINAL_ARGS: tuple[str, ...] = (
+    "--policy", "cache_aware",
+    "--cache-threshold", "0.5",
+    "--balance-abs-threshold", "32",
+    "--balance-rel-threshold", "1.0001",
+    "--eviction-interval-secs", "60",
+    "--max-tree-size", str(2**24),
+)
+
+SYSTEMS: dict[str, SystemSpec] = {
+    spec.name: spec
+    for spec in (
+        SystemSpec(
+            name="sgl",
+            label="Baseline",
+            kind=BalancerKind.SGLANG_ROUTER,
+            placement=Placement.GLOBAL,
+            entry_region="us-east-2",
+            balancer_args=SGLANG_ROUTER_ORIGINAL_ARGS,
+        ),
+        SystemSpec(
+            name="sky_push_push",
+            label="Ours [Push+Push]",
+            kind=BalancerKind.SKY_LB,
+            placement=Placement.REGIONAL,
+            lb_mode="push",
+            replica_mode="push",
+            policy="prefix_tree",
+            meta_policy="prefix_tree",
+        ),
+    )
+}
+
+
+def get_system(name: str) -> SystemSpec:
+    """The system called ``name``; ``KeyError`` names the valid ones."""
+    try:
+        return SYSTEMS[name]
+    except KeyError:
+        raise KeyError(f"unknown system {name!r}; valid systems: {', '.join(SYSTEMS)}") from None

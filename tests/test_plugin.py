@@ -1,0 +1,153 @@
+"""The plugin end to end through pytester: options, ids, selection, errors, runs, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_lbbench.backends.ledger import ledger_path, live_entries
+
+BENCH = '''
+from pytest_lbbench.backends.base import Deployment
+from pytest_lbbench.fixtures import RunExperiment
+
+def test_benchmark(lbbench_deployment: Deployment, lbbench_workload: str,
+                   lbbench_run: RunExperiment) -> None:
+    result = lbbench_run(lbbench_deployment, lbbench_workload)
+    assert result.sent > 0
+    assert result.recorded == result.sent
+'''
+
+# Fast settings for real runs: engine and WAN times shrunk 20×, short answers, few users.
+FAST = ("--time-scale", "0.05", "--max-tokens", "12", "--num-users", "3", "--replicas", "3",
+        "--duration", "3", "--drain-timeout", "20", "-p", "no:cacheprovider")
+
+
+@pytest.fixture
+def bench(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_bench=BENCH)
+    return pytester
+
+
+def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*pytest-lbbench*"])
+    for option in ("--backend", "--regions", "--region-to-args", "--systems", "--workloads",
+                   "--duration", "--num-users", "--num-conv", "--seed", "--exp-name",
+                   "--output-dir", "--replicas", "--max-tokens", "--time-scale"):
+        result.stdout.fnmatch_lines([f"*{option}*"])
+
+
+def test_ids_read_system_workload(bench: pytest.Pytester) -> None:
+    result = bench.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines([
+        "test_bench.py::test_benchmark[[]sgl-arena_syn[]]",
+        "test_bench.py::test_benchmark[[]sky_push_push-arena_syn[]]",
+        "2 tests collected*",
+    ])
+
+
+def test_k_selects_one_system(bench: pytest.Pytester) -> None:
+    result = bench.runpytest("--collect-only", "-q", "-k", "push_push")
+    result.stdout.fnmatch_lines(["*[[]sky_push_push-arena_syn[]]", "1/2 tests collected*"])
+    assert "sgl-arena_syn" not in result.stdout.str()
+
+
+def test_systems_option_and_comma_lists(bench: pytest.Pytester) -> None:
+    result = bench.runpytest("--collect-only", "-q", "--systems", "sgl",
+                             "--regions", "us-east-2,ap-northeast-1")
+    result.stdout.fnmatch_lines(["*[[]sgl-arena_syn[]]", "1 test collected*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--regions", "us-east-2", "mars-1"),
+         "*--regions: unknown region 'mars-1'. Valid regions: us-east-2, ap-northeast-1, eu-central-1.*"),
+        (("--systems", "sky_nope"), "*unknown system 'sky_nope'. Valid systems: sgl, sky_push_push*"),
+        (("--workloads", "sharegpt"), "*unknown workload 'sharegpt'. Valid workloads: arena_syn*"),
+        (("--region-to-args", "{us-east-2: 1}"), "*--region-to-args is not valid JSON*Expected an object*"),
+        (("--region-to-args", '["us-east-2"]'), "*--region-to-args must be a JSON object*"),
+        (("--region-to-args", '{"moon": "--num-users 1"}'), "*unknown region 'moon'*"),
+        (("--num-users", "0"), "*--num-users must be positive, got 0*"),
+    ],
+)
+def test_bad_input_exits_4_with_what_is_valid(bench: pytest.Pytester, args: tuple[str, ...],
+                                              expected: str) -> None:
+    result = bench.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([expected])
+
+
+def test_both_systems_in_parallel_workers(bench: pytest.Pytester) -> None:
+    out = bench.path / "results"
+    result = bench.runpytest_subprocess(
+        "-n", "2", "--dist", "loadgroup", "--regions", "us-east-2", "ap-northeast-1",
+        "--output-dir", str(out), *FAST, timeout=300,
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "*lbbench results*",
+        "system*workload*clients*TTFT p50 ms*",
+        "sgl*arena_syn*all*", "*ap-northeast-1*", "*us-east-2*",
+        "sky_push_push*arena_syn*all*",
+    ])
+    for system in ("sgl", "sky_push_push"):
+        for region in ("us-east-2", "ap-northeast-1"):
+            data = json.loads((out / "metric" / f"arena_syn_{system}" / f"{region}.json").read_text())
+            assert set(data) >= {"workload", "latency", "metrics", "backend_url", "workload_args"}
+            assert data["metrics"] and len(data["metrics"]) == data["sent"]
+            assert all(m["client_region"] == region for m in data["metrics"])
+            assert data["deployment"]["system"]["name"] == system
+    sgl = json.loads((out / "metric" / "arena_syn_sgl" / "us-east-2.json").read_text())
+    assert sgl["deployment"]["versions"]["sglang_router"]
+    assert not live_entries(ledger_path(out)), "processes left running after the run"
+
+
+def test_ctrl_c_leaves_nothing_running(bench: pytest.Pytester) -> None:
+    out = bench.path / "results"
+    cmd = [sys.executable, "-m", "pytest", "-k", "push_push", "--regions", "us-east-2",
+           "--output-dir", str(out), *FAST, "--duration", "120", "-s"]
+    proc = subprocess.Popen(cmd, cwd=bench.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    ledger = ledger_path(out)
+    deadline = time.monotonic() + 120
+    try:
+        # Wait until the run is in the middle of an experiment: clients are running.
+        while time.monotonic() < deadline:
+            if ledger.exists() and "client-" in ledger.read_text():
+                break
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run never started its clients")
+        time.sleep(1.0)
+        started = live_entries(ledger)
+        assert len(started) >= 5  # replicas, LBs, links, client
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "KeyboardInterrupt" in output
+    time.sleep(0.5)
+    leftovers = live_entries(ledger)
+    assert not leftovers, f"still running after Ctrl-C: {leftovers}"
+    # And the processes really are gone, not just marked stopped in the ledger.
+    for entry in started:
+        assert not Path(f"/proc/{entry['pid']}").exists() or _is_zombie(entry["pid"])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
