@@ -42,7 +42,7 @@ class LbbenchCollector:
         if not self.experiments and not self.notes:
             return
         if self.experiments:
-            tr.write_sep("=", "lbbench results (TTFT in ms, E2E in s, model time)")
+            tr.write_sep("=", "lbbench results (TTFT in ms, E2E in s)")
             for line in summary_lines(self.experiments):
                 tr.write_line(line)
             tr.write_line("")

@@ -31,3 +31,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "lbbench_workload",
             [pytest.param(name, id=name) for name in config.workloads],
         )
+
+
+SELFCHECK_MARK = "lbbench_selfcheck"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the harness's own benchmarks unless ``--lbbench-selfcheck`` asks for them.
+
+    They load both cores (300 simulated users), so running them next to a system under test,
+    for example in another xdist worker, would distort that system's numbers.
+    """
+    if config.getoption("lbbench_selfcheck"):
+        return
+    kept = [item for item in items if item.get_closest_marker(SELFCHECK_MARK) is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept

@@ -106,6 +106,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how long turns in flight at the end of --duration may take. Default: 100")
     add("--lag-threshold-ms", type=float, default=10.0, metavar="MS",
         help="client event-loop lag p99 above which a run is flagged client-bound. Default: 10")
+    add("--lbbench-selfcheck", action="store_true", default=False,
+        help="also run the benchmarks of pytest-lbbench itself (marked lbbench_selfcheck), "
+        "such as the client-capacity check; off by default because they load the machine")
     add("--time-scale", type=float, default=1.0, metavar="FACTOR",
         help="multiply every simulated engine time by FACTOR (tests use < 1). Default: 1")
 

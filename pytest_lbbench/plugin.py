@@ -15,7 +15,11 @@ from pytest_lbbench.fixtures import (  # noqa: F401 - fixtures are registered by
     lbbench_ledger,
     lbbench_run,
 )
-from pytest_lbbench.matrix import pytest_generate_tests  # noqa: F401 - hook
+from pytest_lbbench.matrix import (  # noqa: F401 - hooks
+    SELFCHECK_MARK,
+    pytest_collection_modifyitems,
+    pytest_generate_tests,
+)
 from pytest_lbbench.options import CONFIG_KEY, build_config, get_config
 from pytest_lbbench.options import pytest_addoption  # noqa: F401 - hook
 
@@ -24,6 +28,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONFIG_KEY] = build_config(config)
     config.addinivalue_line(
         "markers", "xdist_group(name): pytest-lbbench groups each system's tests on one worker"
+    )
+    config.addinivalue_line(
+        "markers", f"{SELFCHECK_MARK}: a benchmark of pytest-lbbench itself; runs only with --lbbench-selfcheck"
     )
     # Only the controller (or a run without xdist) reports; workers just send their reports.
     if not hasattr(config, "workerinput"):

@@ -183,6 +183,7 @@ def test_prefix_tree_defaults_are_the_original_constants() -> None:
         balance_rel_threshold=1.0001,
         eviction_interval_s=60,
         max_tree_size=2**24,
+        least_load_fallback=True,
     )
     policy = PrefixTreePolicy()
     assert policy.eviction_interval_s == 60
@@ -212,6 +213,14 @@ def test_prefix_tree_low_match_falls_back_to_least_load() -> None:
     choice, rate = policy.select_with_match(other, TARGETS)
     assert rate <= 0.5
     assert choice == "r2"  # least loaded (r0 has 1, r1 has 1 from the pre hook)
+
+
+def test_prefix_tree_without_least_load_fallback_takes_any_match() -> None:
+    policy = _tree_policy(least_load_fallback=False)
+    policy.pre_execute("r1", _chat("short"))
+    _load(policy, "r0", 1)
+    choice, rate = policy.select_with_match(_chat("something entirely different " * 10), TARGETS)
+    assert rate <= 0.5 and choice == "r1"  # the (weak) match wins over least load (r2)
 
 
 def test_prefix_tree_without_text_uses_least_load() -> None:

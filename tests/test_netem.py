@@ -177,10 +177,11 @@ def test_handshake_emulation(handshake: bool) -> None:
 
     first, later, waited_first = run(main())
     detail = f"first {first:.1f} ms, later {later}, first after waiting {waited_first:.1f} ms"
+    # Upper bounds are loose (the CI machine is shared) but still below the next RTT step.
     expected_first = 2 * rtt if handshake else rtt
-    assert expected_first - 2 * EARLY_MS <= first <= expected_first + 15, detail
+    assert expected_first - 2 * EARLY_MS <= first <= expected_first + 0.8 * rtt, detail
     for value in [*later, waited_first]:
-        assert rtt - 2 * EARLY_MS <= value <= rtt + 15, detail
+        assert rtt - 2 * EARLY_MS <= value <= rtt + 0.8 * rtt, detail
 
 
 # -- integrity and flow control -------------------------------------------------------------------
@@ -325,9 +326,11 @@ def test_eof_and_close_travel_with_the_delay() -> None:
         async with serve(server_cls) as port, DelayLink(
             "eof", ("127.0.0.1", port), one_way_ms / 1000, emulate_handshake=False
         ) as link:
-            # Half-close: the data arrives, then the EOF, one delay after the client sent it.
+            # Half-close: the data arrives, then the EOF, one delay after the client sent it
+            # (sent well after the data, so it cannot merely ride behind it in the queue).
             reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
             writer.write(b"hello")
+            await asyncio.sleep(2 * one_way_ms / 1000)
             t_eof = time.perf_counter()
             writer.write_eof()
             answer = await reader.read()
@@ -338,7 +341,7 @@ def test_eof_and_close_travel_with_the_delay() -> None:
             kind, t_server, data = events[0]
             assert (kind, data) == ("eof", b"hello")
             assert (t_server - t_eof) * 1000 >= one_way_ms - EARLY_MS
-            assert 2 * one_way_ms - 2 * EARLY_MS <= t_answer <= 2 * one_way_ms + 30
+            assert 2 * one_way_ms - 2 * EARLY_MS <= t_answer <= 2 * one_way_ms + 40
             await wait_until(lambda: link.active_connections == 0)
 
             # Full close by the client: the target sees it one delay later, after the data.
@@ -346,6 +349,7 @@ def test_eof_and_close_travel_with_the_delay() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
             writer.write(b"partial")
             await writer.drain()
+            await asyncio.sleep(2 * one_way_ms / 1000)
             t_close = time.perf_counter()
             writer.close()
             await writer.wait_closed()
@@ -517,8 +521,9 @@ def test_quickack_removes_nagle_stall_on_keepalive_streams() -> None:
     if statistics.median(without) < 30.0:
         pytest.skip(f"this kernel does not reproduce the delayed-ACK stall: {without}")
     with_quickack = _stream_times(quickack=True)
-    # The stream is RTT (2 ms) plus processing; a single stall would add ~40 ms.
-    assert max(with_quickack) < 20.0, (with_quickack, without)
+    # The stream is RTT (2 ms) plus processing; the stall adds ~40 ms to every request. The
+    # median, not the max, so one scheduling hiccup on a shared machine cannot fail the test.
+    assert statistics.median(with_quickack) < 20.0, (with_quickack, without)
 
 
 # -- specs ----------------------------------------------------------------------------------------
@@ -614,7 +619,7 @@ def test_cli_serves_links_and_stops_on_sigterm(tmp_path: Path) -> None:
                     writer.close()
                     await writer.wait_closed()
                 _, rtts = await pingpong(ports["rtt-40"], rounds=5)
-                assert 40.0 - 2 * EARLY_MS <= statistics.median(rtts) <= 60.0, rtts
+                assert 40.0 - 2 * EARLY_MS <= statistics.median(rtts) <= 70.0, rtts
             finally:
                 proc.popen.send_signal(signal.SIGTERM)
                 returncode = await asyncio.to_thread(proc.popen.wait, 5)

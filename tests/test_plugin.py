@@ -66,6 +66,20 @@ def test_systems_option_and_comma_lists(bench: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*[[]sgl-arena_syn[]]", "1 test collected*"])
 
 
+def test_selfcheck_benchmarks_run_only_when_asked(bench: pytest.Pytester) -> None:
+    bench.makepyfile(test_self="""
+        import pytest
+
+        @pytest.mark.lbbench_selfcheck
+        def test_capacity():
+            pass
+    """)
+    result = bench.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["2/3 tests collected (1 deselected)*"])
+    result = bench.runpytest("--collect-only", "-q", "--lbbench-selfcheck")
+    result.stdout.fnmatch_lines(["test_self.py::test_capacity", "3 tests collected*"])
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

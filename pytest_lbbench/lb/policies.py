@@ -228,6 +228,8 @@ class PrefixTreeConfig:
     balance_rel_threshold: float = 1.0001
     eviction_interval_s: float = 60.0
     max_tree_size: int = 2**24
+    least_load_fallback: bool = True
+    """False = the later ``DISABLE_LEAST_LOAD_IN_PREFIX`` variant: always take the best match."""
 
 
 class PrefixTreePolicy(LeastLoadPolicy):
@@ -273,7 +275,7 @@ class PrefixTreePolicy(LeastLoadPolicy):
             return self.least_loaded(available), 0.0
         matched, target = self.tree.prefix_match(text, available, self.load, touch=touch)
         rate = matched / len(text)
-        if target is not None and rate > self.config.cache_threshold:
+        if target is not None and (rate > self.config.cache_threshold or not self.config.least_load_fallback):
             return target, rate
         return self.least_loaded(available), rate
 

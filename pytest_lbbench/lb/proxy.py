@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 from aiohttp import web
@@ -95,8 +95,13 @@ async def forward(
     dispatch: Dispatch,
     session: aiohttp.ClientSession,
     timeout: aiohttp.ClientTimeout,
+    on_upstream_error: Callable[[], None] | None = None,
 ) -> web.StreamResponse:
-    """Proxy ``entry`` to ``dispatch.url`` and stream the answer to ``request``'s client."""
+    """Proxy ``entry`` to ``dispatch.url`` and stream the answer to ``request``'s client.
+
+    ``on_upstream_error`` is called once when the upstream fails (502 or mid-stream abort);
+    a client that leaves does not count.
+    """
     headers = upstream_request_headers(entry.headers, dispatch.extra_request_headers)
     url = dispatch.url.rstrip("/") + entry.path_qs
     response: web.StreamResponse | None = None
@@ -127,11 +132,15 @@ async def forward(
                 # The client went away mid-stream; leaving the ``async with`` closed upstream.
                 return response
             log.warning("upstream %s failed mid-stream: %r", dispatch.name, exc)
+            if on_upstream_error is not None:
+                on_upstream_error()
             # Headers are out: we cannot send a 502 any more. Abort the connection so the
             # client sees a broken transfer instead of a clean (truncated) end of stream.
             if request.transport is not None:
                 request.transport.abort()
             return response
+        if on_upstream_error is not None:
+            on_upstream_error()
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, asyncio.TimeoutError):
             reason += f" (limits: total {timeout.total} s, connect {timeout.sock_connect} s)"

@@ -89,7 +89,8 @@ class LoadBalancer:
         self.lb_queue_sizes: dict[str, int] = {}
         self.dispatched_total = 0
         self.forwarded_total = 0
-        self.failed_total = 0
+        self.failed_total = 0  # answered by the LB itself (503 "No ready replicas")
+        self.upstream_errors_total = 0  # upstream failed: 502, or a stream aborted midway
         self._needs_text = self.replicas.policy.needs_text or (
             config.lb_mode.pushes_user_requests and self.lbs.policy.needs_text
         )
@@ -102,8 +103,8 @@ class LoadBalancer:
     # ------------------------------------------------------------------ description
 
     def describe(self) -> dict[str, Any]:
-        """Effective configuration (logged once as "System Config", returned by ``/conf``-like
-        tooling and meant to be recorded with results)."""
+        """Effective configuration: logged once at start as "System Config", and meant to be
+        recorded with results (identity, modes, constants, fixes, policy settings)."""
         return {
             "name": self.name,
             "region": self.region,
@@ -130,6 +131,7 @@ class LoadBalancer:
             "dispatched_total": self.dispatched_total,
             "forwarded_total": self.forwarded_total,
             "failed_total": self.failed_total,
+            "upstream_errors_total": self.upstream_errors_total,
             "replica_names": {url: name for name, url in self.replicas.urls.items()},
             "lb_queue": self.lbs.in_flight_by_url(),
         }
@@ -310,12 +312,17 @@ class LoadBalancer:
             if isinstance(outcome, Failure):
                 return json_error(outcome.status, outcome.message)
             assert self._session is not None, "request handled before startup"
-            return await forward(request, entry, outcome, self._session, self._timeout)
+            return await forward(
+                request, entry, outcome, self._session, self._timeout, self._count_upstream_error
+            )
         finally:
             # Runs on every path, including cancellation when the client disconnects
             # (handler_cancellation=True): leave the queue, undo the pre hooks.
             self.queue.remove(entry)
             entry.release_all()
+
+    def _count_upstream_error(self) -> None:
+        self.upstream_errors_total += 1
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,0 +1,118 @@
+"""The client against a real simulated replica: one record per request, failures included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from pytest_lbbench.client.records import RequestRecord, served_by
+from pytest_lbbench.client.runner import ClientSettings, EndpointNotReady, run_client
+from pytest_lbbench.procutil import ManagedProcess, launch, python_module_argv, spawn
+from pytest_lbbench.workloads.base import Conversation, RequestSettings, UserScript, WorkloadPlan
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> Iterator[ManagedProcess]:
+    proc = spawn(
+        "replica",
+        python_module_argv("pytest_lbbench.sim", "--port", "0", "--name", "r0", "--time-scale", "0.05"),
+        log_path=tmp_path / "replica.log",
+    )
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def make_plan(turns: list[tuple[str, ...]], max_tokens: int = 8, users: int = 1) -> WorkloadPlan:
+    convs = tuple(Conversation(f"c{i}", f"judge{i}", float(i), t) for i, t in enumerate(turns))
+    return WorkloadPlan(
+        name="test",
+        users=tuple(UserScript(u, convs) for u in range(users)),
+        settings=RequestSettings(max_tokens=max_tokens, temperature=0.0),
+    )
+
+
+def run(plan: WorkloadPlan, url: str, **kw: Any) -> tuple[list[RequestRecord], Any]:
+    records: list[RequestRecord] = []
+    settings = ClientSettings(backend_url=url, region="us-east-2", **kw)
+    result = asyncio.run(run_client(plan, settings, records.append))
+    return records, result
+
+
+def test_multi_turn_history_grows_with_the_servers_answers(replica: ManagedProcess) -> None:
+    url = f"http://127.0.0.1:{replica.info['port']}"
+    plan = make_plan([("What is a radix tree?", "And why use one?", "Thanks, bye.")])
+    records, result = run(plan, url, duration_s=0.5, drain_timeout_s=30)
+    first_three = records[:3]
+    assert [r.turn_index for r in first_three] == [0, 1, 2]
+    assert all(r.failed is None for r in first_three)
+    # The second turn's prompt is the first prompt + the first answer + the new question,
+    # so the replica finds the first turn (and its answer) in its prefix cache.
+    assert first_three[1].input_tokens > first_three[0].input_tokens + first_three[0].output_tokens
+    assert first_three[1].cached_tokens >= first_three[0].input_tokens
+    assert all(r.replica == "r0" and r.hash_key == "judge0" for r in first_three)
+    assert all(r.itl and len(r.itl) == r.output_tokens - 1 for r in first_three)
+    assert result.sent == result.recorded == len(records)
+
+
+def test_failures_and_timeouts_are_recorded(replica: ManagedProcess) -> None:
+    url = f"http://127.0.0.1:{replica.info['port']}"
+    too_long = " ".join(["word"] * 9000)  # longer than the profile's 8192-token context
+    records, result = run(make_plan([(too_long,)]), url, duration_s=0.3, drain_timeout_s=10)
+    assert records and all(r.failed and r.failed.startswith("http 400") for r in records)
+    assert result.sent == len(records)
+    # A request timeout shorter than the answer: recorded as "timeout", never dropped.
+    records, result = run(make_plan([("Tell me a long story.",)], max_tokens=400), url,
+                          duration_s=0.2, request_timeout_s=0.3, drain_timeout_s=10)
+    assert records and all(r.failed == "timeout" for r in records)
+    assert result.sent == len(records)
+
+
+def test_drain_timeout_cancels_and_records_turns_in_flight(replica: ManagedProcess) -> None:
+    url = f"http://127.0.0.1:{replica.info['port']}"
+    records, result = run(make_plan([("Tell me a long story.",)], max_tokens=400, users=3), url,
+                          duration_s=0.1, drain_timeout_s=0.3)
+    assert len(records) == result.sent == 3
+    assert all(r.failed == "cancelled: drain timeout exceeded" for r in records)
+
+
+def test_lag_threshold_flags_a_client_bound_run(replica: ManagedProcess) -> None:
+    url = f"http://127.0.0.1:{replica.info['port']}"
+    _, result = run(make_plan([("hi",)]), url, duration_s=0.5, lag_threshold_ms=-1.0)
+    assert result.loop_lag["samples"] > 10
+    assert result.loop_lag["client_bound"] is True
+
+
+def test_unreachable_endpoint_fails_fast_with_a_message() -> None:
+    with pytest.raises(EndpointNotReady, match="did not answer within 1 s"):
+        run(make_plan([("hi",)]), "http://127.0.0.1:9", duration_s=1, ready_timeout_s=1)
+
+
+def test_cli_writes_the_original_layout_and_no_partial_file(replica: ManagedProcess, tmp_path: Path) -> None:
+    out = tmp_path / "metric" / "exp_sys" / "us-east-2.json"
+    argv = python_module_argv(
+        "pytest_lbbench.client", "--backend-url", f"http://127.0.0.1:{replica.info['port']}",
+        "--workload", "arena_syn", "--num-users", "2", "--duration", "1", "--max-tokens", "4",
+        "--output-file", str(out),
+    )
+    proc = launch("client", argv, log_path=tmp_path / "client.log", wait_ready_line=False)
+    assert proc.popen.wait(timeout=60) == 0, proc.log_tail()
+    data = json.loads(out.read_text())
+    assert {"workload", "latency", "metrics", "backend_url", "workload_args"} <= set(data)
+    assert data["workload"] == "arena_syn" and data["workload_args"]["num_users"] == 2
+    assert len(data["metrics"]) == data["sent"] > 0
+    assert not out.with_name(out.name + ".partial.jsonl").exists()
+
+
+def test_served_by_reads_replica_and_lb_headers() -> None:
+    replica, lbs = served_by({
+        "X-Lbbench-Replica": "replica-1",
+        "lb-decision-0": "Select LB in region ap-northeast-1 (http://127.0.0.1:1)",
+        "replica-decision-1": "Select Replica with id 1 (http://127.0.0.1:2)",
+    })
+    assert replica == "replica-1" and lbs == ["ap-northeast-1"]
