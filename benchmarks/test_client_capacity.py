@@ -44,7 +44,8 @@ def _run_client(tmp: Path, url: str, users: int) -> dict[str, Any]:
     finally:
         proc.stop()
     assert proc.popen.returncode == 0, proc.log_tail()
-    return json.loads(out.read_text())
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
 
 
 def _gaps_ms(records: list[dict[str, Any]]) -> list[float]:

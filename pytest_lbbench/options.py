@@ -87,8 +87,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"workloads to run (default: arena_syn): {', '.join(WORKLOADS)}")
     add("--duration", type=float, default=60.0, metavar="SECONDS",
         help="seconds during which users start new turns; turns in flight then finish. Default: 60")
-    add("--num-users", type=int, default=30, metavar="N",
-        help="simulated users per client region. Default: 30")
+    add("--num-users", type=int, default=50, metavar="N",
+        help="simulated users per client region. Default: 50")
     add("--num-conv", type=int, default=1000, metavar="N",
         help="conversations per client region. Default: 1000")
     add("--seed", type=int, default=0, metavar="INT", help="workload seed. Default: 0")

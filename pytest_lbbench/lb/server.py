@@ -95,8 +95,10 @@ class LoadBalancer:
             config.lb_mode.pushes_user_requests and self.lbs.policy.needs_text
         )
         self._session: aiohttp.ClientSession | None = None
+        # Per read, not per exchange: the original's httpx ``timeout=120`` bounds each step
+        # (connect, every read), so a long stream that keeps producing tokens is never cut.
         self._timeout = aiohttp.ClientTimeout(
-            total=config.stream_timeout_s, sock_connect=config.connect_timeout_s
+            total=None, sock_read=config.stream_timeout_s, sock_connect=config.connect_timeout_s
         )
         self._tasks: list[asyncio.Task[None]] = []
 

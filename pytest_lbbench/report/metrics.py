@@ -16,7 +16,7 @@ Definitions (DESIGN §5; times in seconds unless the key says ``_ms``):
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from pytest_lbbench.stats import mean, percentile
 
@@ -43,7 +43,7 @@ def span_seconds(records: Iterable[Record]) -> float | None:
     ends = [r["end"] for r in ok if r.get("end") is not None]
     if not starts or not ends:
         return None
-    return max(ends) - min(starts)
+    return float(max(ends) - min(starts))
 
 
 def cache_hit_rate(records: Iterable[Record]) -> float | None:
@@ -69,7 +69,7 @@ def tpot_values(records: Iterable[Record]) -> list[float]:
     return out
 
 
-def summarize(records: list[Record]) -> dict[str, Any]:
+def summarize(records: Sequence[Record]) -> dict[str, Any]:
     """Every metric of one experiment (or one client region of it) as a flat dict."""
     ok = _ok(records)
     failed = len(records) - len(ok)
