@@ -16,12 +16,13 @@ import random
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Coroutine, TypeVar
+from typing import Any, AsyncIterator, Callable, Coroutine, TypeVar, cast
 
 import pytest
 import uvloop
@@ -77,11 +78,13 @@ class Tracked(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # cast: uvloop's transports do not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         self.registry.add(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.registry.discard(self.transport)  # type: ignore[arg-type]
+        if self.transport is not None:
+            self.registry.discard(self.transport)
 
 
 class Echo(Tracked):
@@ -184,6 +187,38 @@ def test_handshake_emulation(handshake: bool) -> None:
         assert rtt - 2 * EARLY_MS <= value <= rtt + 0.8 * rtt, detail
 
 
+class Greeter(Tracked):
+    """A server that speaks first (SMTP-style), to check the target-side handshake floor."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        self.transport.write(b"220 hello\r\n")
+
+
+@pytest.mark.parametrize("handshake", [True, False], ids=["handshake", "no-handshake"])
+def test_server_first_greeting_waits_for_the_emulated_accept(handshake: bool) -> None:
+    one_way_ms = 20.0
+
+    async def main() -> float:
+        async with serve(Greeter) as port, DelayLink(
+            "greet", ("127.0.0.1", port), one_way_ms / 1000, emulate_handshake=handshake
+        ) as link:
+            t0 = time.perf_counter()
+            reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
+            await reader.readuntil(b"\r\n")
+            elapsed = ms_since(t0)
+            writer.close()
+            await writer.wait_closed()
+            return elapsed
+
+    elapsed = run(main())
+    # SYN, SYN-ACK, ACK (the target's accept completes after 3 one-way delays), then the
+    # greeting's own trip: 4 one-way delays; without handshake emulation just one.
+    expected = (4 if handshake else 1) * one_way_ms
+    assert expected - EARLY_MS <= elapsed <= expected + 1.5 * one_way_ms, elapsed
+
+
 # -- integrity and flow control -------------------------------------------------------------------
 
 
@@ -255,8 +290,9 @@ class SlowReader(Tracked):
         super().connection_made(transport)
         self.chunks: list[bytes] = []
         self.size = 0
-        transport.pause_reading()  # type: ignore[attr-defined]
-        asyncio.get_running_loop().call_later(self.hold_s, transport.resume_reading)  # type: ignore[attr-defined]
+        assert self.transport is not None
+        self.transport.pause_reading()
+        asyncio.get_running_loop().call_later(self.hold_s, self.transport.resume_reading)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -295,9 +331,10 @@ def test_backpressure_bounds_what_a_link_holds(loop_name: str) -> None:
 
 
 class Recorder(Tracked):
-    """Records when EOF / connection loss arrive; answers EOF with b"bye" and a close."""
+    """Records when EOF / connection loss arrive; answers EOF with b"bye", closes a bit later."""
 
     events: list[tuple[str, float, bytes]]
+    close_after_s = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -309,8 +346,10 @@ class Recorder(Tracked):
     def eof_received(self) -> bool:
         self.events.append(("eof", time.perf_counter(), self.data))
         assert self.transport is not None
-        self.transport.write(b"bye")
-        return False  # close after the write buffer is flushed
+        if not self.transport.is_closing():
+            self.transport.write(b"bye")
+            asyncio.get_running_loop().call_later(self.close_after_s, self.transport.close)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.events.append(("lost", time.perf_counter(), self.data))
@@ -319,29 +358,40 @@ class Recorder(Tracked):
 
 def test_eof_and_close_travel_with_the_delay() -> None:
     one_way_ms = 30.0
+    # Each close/EOF below happens well after the preceding data has been delivered, so it
+    # cannot merely ride behind that data in the link's queue: it must be delayed itself.
+    gap_s = 2 * one_way_ms / 1000
 
     async def main() -> None:
         events: list[tuple[str, float, bytes]] = []
-        server_cls = type("Rec", (Recorder,), {"events": events})
+        server_cls = type("Rec", (Recorder,), {"events": events, "close_after_s": gap_s})
         async with serve(server_cls) as port, DelayLink(
             "eof", ("127.0.0.1", port), one_way_ms / 1000, emulate_handshake=False
         ) as link:
-            # Half-close: the data arrives, then the EOF, one delay after the client sent it
-            # (sent well after the data, so it cannot merely ride behind it in the queue).
+            # Half-close by the client: data first, then the EOF one delay after it was sent;
+            # the target answers on the half-open connection, then closes.
             reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
             writer.write(b"hello")
-            await asyncio.sleep(2 * one_way_ms / 1000)
+            await asyncio.sleep(gap_s)
             t_eof = time.perf_counter()
             writer.write_eof()
-            answer = await reader.read()
+            answer = await reader.readexactly(3)
             t_answer = ms_since(t_eof)
+            t_bye = time.perf_counter()
+            rest = await reader.read()
+            bye_to_eof = ms_since(t_bye)
             writer.close()
             await writer.wait_closed()
-            assert answer == b"bye"
+            assert (answer, rest) == (b"bye", b"")
             kind, t_server, data = events[0]
             assert (kind, data) == ("eof", b"hello")
             assert (t_server - t_eof) * 1000 >= one_way_ms - EARLY_MS
             assert 2 * one_way_ms - 2 * EARLY_MS <= t_answer <= 2 * one_way_ms + 40
+            # The target closed gap_s after answering and its FIN travels with the delay too, so
+            # the client sees it about gap_s after the answer (gap_s - one_way if the FIN were
+            # not delayed). Both ends of this interval are observed late by scheduling noise,
+            # hence the margin.
+            assert bye_to_eof >= gap_s * 1000 - one_way_ms / 2, bye_to_eof
             await wait_until(lambda: link.active_connections == 0)
 
             # Full close by the client: the target sees it one delay later, after the data.
@@ -349,13 +399,29 @@ def test_eof_and_close_travel_with_the_delay() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
             writer.write(b"partial")
             await writer.drain()
-            await asyncio.sleep(2 * one_way_ms / 1000)
+            await asyncio.sleep(gap_s)
             t_close = time.perf_counter()
             writer.close()
             await writer.wait_closed()
-            await wait_until(lambda: link.active_connections == 0)
-            assert events and events[0][2] == b"partial"
+            await wait_until(lambda: link.active_connections == 0 and bool(events))
+            assert events[0][2] == b"partial"
             assert (events[0][1] - t_close) * 1000 >= one_way_ms - EARLY_MS
+
+            # Reset by the client (RST, no FIN): the target's connection ends one delay later.
+            events.clear()
+            reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
+            writer.write(b"doomed")
+            await writer.drain()
+            await asyncio.sleep(gap_s)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            t_reset = time.perf_counter()
+            writer.transport.abort()
+            # The link is done once its side of both sockets is closed; the target learns of
+            # the reset in a later loop iteration.
+            await wait_until(lambda: link.active_connections == 0 and bool(events))
+            assert events[0][2] == b"doomed"
+            assert (events[0][1] - t_reset) * 1000 >= one_way_ms - EARLY_MS
             assert link.stats().connections_active == 0
 
     run(main())
@@ -660,6 +726,20 @@ def test_cli_rejects_bad_links_json_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"--links-file {links_file}: invalid JSON" in result.stderr
+
+
+def test_cli_nice_applies_to_every_thread(tmp_path: Path) -> None:
+    # A positive value, so the test needs no privileges; negative values work the same way.
+    argv = netem_argv([LinkSpec("l", "127.0.0.1", 9, 1.0)], "--nice", "3")
+    proc = procutil.spawn("netem", argv, log_path=tmp_path / "netem.log", env=_child_env())
+    try:
+        tasks = list(Path(f"/proc/{proc.pid}/task").iterdir())
+        assert len(tasks) >= 2  # the main thread and the parent watchdog
+        for task in tasks:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            assert int(fields[16]) == 3, task.name  # field 19 of stat: nice
+    finally:
+        proc.stop()
 
 
 _PARENT_SCRIPT = textwrap.dedent(

@@ -26,6 +26,8 @@ from .spec import LINKS_JSON_EXAMPLE, SPEC_FORMAT_HELP, LinkSpec, LinkSpecError,
 
 STATS_PREFIX = "LBBENCH_NETEM_STATS "
 
+logger = logging.getLogger("pytest_lbbench.netem")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the delay-link process."""
@@ -48,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="stderr log level (default: %(default)s; INFO logs failed target connects)",
+    )
+    parser.add_argument(
+        "--nice", type=int, default=None, metavar="N",
+        help="set this process's nice value, e.g. -10 (needs root or CAP_SYS_NICE), so delays stay "
+        "accurate while the benchmark saturates the CPU (default: unchanged)",
     )
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -80,11 +87,28 @@ async def serve(specs: Sequence[LinkSpec], listen_host: str = "127.0.0.1", quick
     return links
 
 
+def set_nice(value: int) -> None:
+    """Set our scheduling priority; warn (do not fail) when not permitted.
+
+    Every chunk waits on a timer; on a saturated 2-core machine the wake-up waits for a CPU
+    slice, which added about 2 ms per hop (104 ms for a 100 ms RTT) with two busy processes
+    running; at nice -10 the RTT stayed within 100 +- 3 ms. The links use little CPU, so
+    favouring them costs the benchmarked processes almost nothing.
+    """
+    # Linux nice values are per thread: call this before any thread starts (watch_parent).
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, value)
+    except OSError as exc:
+        logger.warning("cannot set nice %d (%s); delays may stretch under CPU load", value, exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     specs = load_specs(args, parser)
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s netem %(levelname)s %(message)s")
+    if args.nice is not None:
+        set_nice(args.nice)
     watch_parent(args.parent_pid)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
