@@ -16,10 +16,14 @@ import pytest
 
 from pytest_lbbench.backends.base import Deployment, ExperimentSpec
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
-from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment, LocalSettings
+from pytest_lbbench.backends.local import (
+    LocalClientLauncher,
+    LocalDeployment,
+    LocalSettings,
+    telemetry_recorder,
+)
 from pytest_lbbench.options import LbbenchConfig, get_config
 from pytest_lbbench.report.results import ExperimentResult
-from pytest_lbbench.systems import get_system
 
 PROPERTY_KEY = "lbbench"
 PROGRESS_INTERVAL_S = 5.0
@@ -49,7 +53,7 @@ def lbbench_deployment(
     """The system ``lbbench_system``, started once per process and always stopped."""
     cfg = lbbench_config
     deployment = LocalDeployment(
-        get_system(lbbench_system),
+        cfg.system(lbbench_system),
         LocalSettings(
             replicas=cfg.replicas,
             replica_regions=cfg.replica_regions,
@@ -74,7 +78,8 @@ def lbbench_run(
 ) -> RunExperiment:
     """Run one experiment (every client region in parallel) and record its summary.
 
-    Results land in ``<output-dir>/metric/<exp>_<system>/<client-region>.json``; the summary
+    Results land in ``<output-dir>/metric/<exp>_<system>/<client-region>.json``, the 1 Hz
+    telemetry in ``<output-dir>/queue_size/<exp>_<system>.txt``; the summary
     goes to the test's ``user_properties`` so the controller can report it, under xdist too.
     """
     cfg = lbbench_config
@@ -98,11 +103,14 @@ def lbbench_run(
             region_to_args=cfg.region_to_args,
         )
         metric_dir: Path = cfg.output_dir / "metric" / exp_name
-        launcher = LocalClientLauncher(cfg.output_dir / "logs" / system, lbbench_ledger, cfg.rtt)
-        files = launcher.run(
-            deployment, spec, metric_dir,
-            on_progress=progress_printer(request.config, f"{system}-{workload}", cfg.duration_s),
-        )
+        log_dir = cfg.output_dir / "logs" / system
+        launcher = LocalClientLauncher(log_dir, lbbench_ledger, cfg.rtt)
+        queue_file = cfg.output_dir / "queue_size" / f"{exp_name}.txt"
+        with telemetry_recorder(deployment.telemetry_targets(), queue_file, log_dir, lbbench_ledger):
+            files = launcher.run(
+                deployment, spec, metric_dir,
+                on_progress=progress_printer(request.config, f"{system}-{workload}", cfg.duration_s),
+            )
         result = ExperimentResult.load(system, workload, exp_name, files)
         result.attach("deployment", deployment.describe())
         request.node.user_properties.append((PROPERTY_KEY, result.properties()))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
-from pytest_lbbench.systems import SYSTEMS
+from pytest_lbbench.systems import SYSTEMS, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
 
 BACKENDS = ("local",)
@@ -48,6 +48,11 @@ class LbbenchConfig:
     lag_threshold_ms: float = 10.0
     time_scale: float = 1.0
     rtt: RttMatrix = field(default_factory=RttMatrix)
+    catalog: dict[str, SystemSpec] = field(default_factory=lambda: dict(SYSTEMS))
+
+    def system(self, name: str) -> SystemSpec:
+        """The catalog entry of ``name`` (built-in or added through the hook)."""
+        return self.catalog[name]
 
     def exp_prefix(self, workload: str) -> str:
         """``<exp>`` of the result paths: ``--exp-name`` or the workload's name."""
@@ -57,6 +62,7 @@ class LbbenchConfig:
         data = asdict(self)
         data["output_dir"] = str(self.output_dir)
         data.pop("rtt")
+        data["catalog"] = {name: spec.to_dict() for name, spec in self.catalog.items()}
         return data
 
 
@@ -82,7 +88,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--replicas", type=int, default=4, metavar="N",
         help="replicas per system. Default: 4")
     add("--systems", nargs="+", default=None, metavar="NAME",
-        help=f"systems to run (default: all): {', '.join(SYSTEMS)}")
+        help=f"systems to run (default: all): {', '.join(SYSTEMS)}, and any added by the "
+        "pytest_lbbench_systems hook")
     add("--workloads", nargs="+", default=None, metavar="NAME",
         help=f"workloads to run (default: arena_syn): {', '.join(WORKLOADS)}")
     add("--duration", type=float, default=60.0, metavar="SECONDS",
@@ -150,9 +157,26 @@ def _parse_region_to_args(raw: str | None, valid_regions: list[str]) -> dict[str
     return dict(data)
 
 
+def build_catalog(config: pytest.Config) -> dict[str, SystemSpec]:
+    """The built-in systems plus those returned by ``pytest_lbbench_systems`` implementations."""
+    catalog = dict(SYSTEMS)
+    for extra in config.hook.pytest_lbbench_systems(config=config):
+        for spec in extra or []:
+            if not isinstance(spec, SystemSpec):
+                _fail(f"pytest_lbbench_systems returned {spec!r}; return SystemSpec objects.")
+            if spec.name in catalog:
+                _fail(
+                    f"pytest_lbbench_systems: a system named {spec.name!r} already exists; "
+                    f"pick another name (taken: {', '.join(catalog)})."
+                )
+            catalog[spec.name] = spec
+    return catalog
+
+
 def build_config(config: pytest.Config) -> LbbenchConfig:
     """Validate the options and freeze them (raises ``pytest.UsageError`` on bad input)."""
     opt = config.getoption
+    catalog = build_catalog(config)
     rtt = RttMatrix()
     valid_regions = list(rtt.regions)
     backend = opt("backend")
@@ -162,8 +186,8 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
     _check_names("region", "--regions", regions, valid_regions)
     replica_regions = _split_names(opt("replica_regions")) or list(DEFAULT_REPLICA_REGIONS)
     _check_names("region", "--replica-regions", replica_regions, valid_regions)
-    systems = _split_names(opt("systems")) or list(SYSTEMS)
-    _check_names("system", "--systems", systems, list(SYSTEMS))
+    systems = _split_names(opt("systems")) or list(catalog)
+    _check_names("system", "--systems", systems, list(catalog))
     workloads = _split_names(opt("workloads")) or ["arena_syn"]
     _check_names("workload", "--workloads", workloads, sorted(WORKLOADS))
     positive = {
@@ -198,6 +222,7 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         lag_threshold_ms=opt("lag_threshold_ms"),
         time_scale=opt("time_scale"),
         rtt=rtt,
+        catalog=catalog,
     )
 
 

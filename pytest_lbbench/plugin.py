@@ -24,6 +24,12 @@ from pytest_lbbench.options import CONFIG_KEY, build_config, get_config
 from pytest_lbbench.options import pytest_addoption  # noqa: F401 - hook
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_lbbench import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONFIG_KEY] = build_config(config)
     config.addinivalue_line(

@@ -89,3 +89,16 @@ def test_percentile_matches_numpy_linear() -> None:
     values = [0.5, 3.0, 1.25, 9.0, 2.0, 7.5, 4.0]
     for q in (0, 10, 50, 90, 99, 100):
         assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_served_remote_share_counts_known_replicas_of_successes() -> None:
+    regions = {"r-us": "us-east-2", "r-ap": "ap-northeast-1"}
+    records = [
+        record(client_region="us-east-2", replica="r-us"),
+        record(client_region="us-east-2", replica="r-ap"),
+        record(client_region="us-east-2", replica="r-ap"),
+        record(client_region="us-east-2", replica="unknown"),  # not in the map: left out
+        record(client_region="us-east-2", replica="r-ap", failed="timeout", e2e_latency=None),
+    ]
+    assert summarize(records, regions)["served_remote_share"] == pytest.approx(2 / 3)
+    assert summarize(records)["served_remote_share"] is None

@@ -66,6 +66,34 @@ def test_systems_option_and_comma_lists(bench: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*[[]sgl-arena_syn[]]", "1 test collected*"])
 
 
+HOOK_CONFTEST = """
+from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
+
+def pytest_lbbench_systems(config):
+    return [SystemSpec(name=NAME, label="Push+Push [least load]", kind=BalancerKind.SKY_LB,
+                       placement=Placement.REGIONAL, lb_mode="push", replica_mode="push",
+                       policy="least_load", meta_policy="least_load")]
+"""
+
+
+def test_a_conftest_adds_a_system_through_the_hook(bench: pytest.Pytester) -> None:
+    bench.makeconftest("NAME = 'sky_push_push_ll'\n" + HOOK_CONFTEST)
+    out = bench.path / "results"
+    result = bench.runpytest("-k", "push_push_ll", "--regions", "us-east-2", "--output-dir", str(out),
+                             *FAST)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["sky_push_push_ll*arena_syn*all*"])
+    data = json.loads((out / "metric" / "arena_syn_sky_push_push_ll" / "us-east-2.json").read_text())
+    assert data["deployment"]["system"]["policy"] == "least_load"
+
+
+def test_the_hook_refuses_a_taken_name(bench: pytest.Pytester) -> None:
+    bench.makeconftest("NAME = 'sgl'\n" + HOOK_CONFTEST)
+    result = bench.runpytest("--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*a system named 'sgl' already exists*"])
+
+
 def test_selfcheck_benchmarks_run_only_when_asked(bench: pytest.Pytester) -> None:
     bench.makepyfile(test_self="""
         import pytest

@@ -73,8 +73,8 @@ class Deployment(Protocol):
     def endpoint_for(self, client_region: str) -> str:
         """The base URL a client in ``client_region`` uses (its nearest entry point)."""
 
-    def telemetry_urls(self) -> dict[str, str]:
-        """Name → base URL of every component that exposes telemetry (``/conf``, ``/metrics``)."""
+    def telemetry_targets(self) -> list[dict[str, str]]:
+        """``{"name", "url", "kind"}`` of every component to poll (see :mod:`pytest_lbbench.telemetry`)."""
 
     def describe(self) -> dict[str, Any]:
         """Placement, software versions and effective configuration, for result files."""

@@ -17,6 +17,7 @@ stopped in reverse order by :meth:`LocalDeployment.stop`. No pytest import here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -26,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pytest_lbbench import __version__
 from pytest_lbbench.backends.base import Deployment, ExperimentSpec
@@ -169,11 +170,15 @@ class LocalDeployment(Deployment):
             raise KeyError(f"no endpoint for client region {client_region!r}; started: {sorted(self._entry_for)}")
         return f"http://127.0.0.1:{link['port']}"
 
-    def telemetry_urls(self) -> dict[str, str]:
-        urls = {c.name: c.url for c in self.replicas + self.lbs}
+    def telemetry_targets(self) -> list[dict[str, str]]:
+        # Direct addresses, not the delay links: the poller is the operator's monitoring, and
+        # a WAN delay would only skew its snapshot.
+        lb_kind = "sky_lb"
+        targets = [{"name": c.name, "url": c.url, "kind": lb_kind} for c in self.lbs]
         if self.router is not None:
-            urls[self.router.name] = self.router.url
-        return urls
+            targets.append({"name": self.router.name, "url": self.router.url, "kind": "sglang_router"})
+        targets += [{"name": c.name, "url": c.url, "kind": "replica"} for c in self.replicas]
+        return targets
 
     def describe(self) -> dict[str, Any]:
         versions: dict[str, str | None] = {"pytest_lbbench": __version__}
@@ -429,3 +434,28 @@ def _count_lines(result_file: Path) -> int:
     except OSError:
         return 0
 
+
+
+@contextlib.contextmanager
+def telemetry_recorder(
+    targets: list[dict[str, str]], output: Path, log_dir: Path, ledger: ProcessLedger | None = None
+) -> Iterator[Path]:
+    """Poll ``targets`` at 1 Hz into ``output`` (JSONL, truncated first) while the block runs."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("")
+    name = f"telemetry-{output.stem}"
+    proc = launch(
+        name,
+        python_module_argv("pytest_lbbench.telemetry", "--targets-json", json.dumps(targets),
+                           "--output", str(output)),
+        log_path=log_dir / f"{name}.log",
+    )
+    if ledger is not None:
+        ledger.started(name, proc.pid)
+    try:
+        proc.wait_ready(30.0)
+        yield output
+    finally:
+        proc.stop()
+        if ledger is not None:
+            ledger.stopped(name, proc.pid)

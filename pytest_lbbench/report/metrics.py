@@ -11,7 +11,10 @@ Definitions (DESIGN §5; times in seconds unless the key says ``_ms``):
 * ``throughput_tpt_per_s`` = Σ(input + 2·output) / span: the original paper's definition;
 * ``output_tokens_per_s`` = Σ output / span; ``requests_per_s`` = successes / span;
 * ``cache_hit_rate`` = Σ min(cached, input) / Σ input over successful requests that report
-  ``cached_tokens`` (a request without a cache report is left out of both sums, not zeroed).
+  ``cached_tokens`` (a request without a cache report is left out of both sums, not zeroed);
+* ``served_remote_share``: of the successful requests whose serving replica is known, the
+  share served by a replica outside the request's client region (needs the replica → region
+  map of the deployment).
 """
 
 from __future__ import annotations
@@ -69,7 +72,21 @@ def tpot_values(records: Iterable[Record]) -> list[float]:
     return out
 
 
-def summarize(records: Sequence[Record]) -> dict[str, Any]:
+def served_remote_share(records: Iterable[Record], replica_regions: Mapping[str, str]) -> float | None:
+    """Share of successful requests served by a replica outside their client region."""
+    known = [
+        r for r in _ok(records)
+        if r.get("replica") in replica_regions and r.get("client_region") is not None
+    ]
+    if not known:
+        return None
+    remote = sum(1 for r in known if replica_regions[r["replica"]] != r["client_region"])
+    return remote / len(known)
+
+
+def summarize(
+    records: Sequence[Record], replica_regions: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Every metric of one experiment (or one client region of it) as a flat dict."""
     ok = _ok(records)
     failed = len(records) - len(ok)
@@ -89,6 +106,7 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
         "output_tokens_per_s": tokens_out / span if span else None,
         "requests_per_s": len(ok) / span if span else None,
         "cache_hit_rate": cache_hit_rate(records),
+        "served_remote_share": served_remote_share(records, replica_regions or {}),
     }
     summary.update(_dist("ttft", [r["ttft"] for r in ok if r.get("ttft") is not None]))
     summary.update(_dist("e2e", [r["e2e_latency"] for r in ok]))

@@ -47,11 +47,21 @@ class ExperimentResult:
     def client_bound(self) -> bool:
         return any(p.get("client", {}).get("client_bound") for p in self.payloads.values())
 
+    @property
+    def replica_regions(self) -> dict[str, str]:
+        """Replica name → region, from the deployment description attached to the files."""
+        for payload in self.payloads.values():
+            replicas = (payload.get("deployment") or {}).get("replicas") or []
+            if replicas:
+                return {r["name"]: r["region"] for r in replicas}
+        return {}
+
     def summary(self) -> dict[str, Any]:
-        return summarize(self.records)
+        return summarize(self.records, self.replica_regions)
 
     def region_summaries(self) -> dict[str, dict[str, Any]]:
-        return {region: summarize(p["metrics"]) for region, p in self.payloads.items()}
+        regions = self.replica_regions
+        return {region: summarize(p["metrics"], regions) for region, p in self.payloads.items()}
 
     def attach(self, key: str, value: Any) -> None:
         """Add ``key`` to every region file (e.g. the deployment's versions), atomically."""

@@ -34,6 +34,7 @@ COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("TPT tok/s", "throughput_tpt_per_s", _num),
     ("out tok/s", "output_tokens_per_s", _num),
     ("cache hit", "cache_hit_rate", _pct),
+    ("remote", "served_remote_share", _pct),
     ("fail", "failure_rate", _pct),
     ("requests", "requests", _num),
 )
