@@ -148,6 +148,9 @@ def test_both_systems_in_parallel_workers(bench: pytest.Pytester) -> None:
             assert data["metrics"] and len(data["metrics"]) == data["sent"]
             assert all(m["client_region"] == region for m in data["metrics"])
             assert data["deployment"]["system"]["name"] == system
+        telemetry = (out / "queue_size" / f"arena_syn_{system}.txt").read_text().splitlines()
+        assert len(telemetry) >= 3  # one line per second of a >= 3 s run
+        assert all("time" in json.loads(line) for line in telemetry)
     sgl = json.loads((out / "metric" / "arena_syn_sgl" / "us-east-2.json").read_text())
     assert sgl["deployment"]["versions"]["sglang_router"]
     assert not live_entries(ledger_path(out)), "processes left running after the run"
