@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,11 +20,7 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def start_router(tmp_path: Path, worker_url: str) -> tuple[procutil.ManagedProcess, str]:
-    """Launch the router on free ports; retry if a port was taken in the meantime.
-
-    Started with Popen rather than ``procutil.spawn(wait_ready_line=False)``, which leaves its
-    log file open (a ResourceWarning, an error under ``filterwarnings = error``).
-    """
+    """Launch the router on free ports; retry if a port was taken in the meantime."""
     for attempt in range(3):
         port, prom_port = procutil.free_port(), procutil.free_port()
         argv = [
@@ -35,17 +30,9 @@ def start_router(tmp_path: Path, worker_url: str) -> tuple[procutil.ManagedProce
             "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom_port),
             "--log-level", "warn",
         ]  # fmt: skip
-        log_path = tmp_path / f"router-{attempt}.log"
-        with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        proc = procutil.ManagedProcess(name=f"router-{attempt}", popen=popen, log_path=log_path)
+        proc = procutil.spawn(
+            f"router-{attempt}", argv, log_path=tmp_path / f"router-{attempt}.log", wait_ready_line=False
+        )
         time.sleep(0.3)
         if proc.alive():
             return proc, f"http://127.0.0.1:{port}"
