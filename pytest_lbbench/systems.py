@@ -17,6 +17,7 @@ class BalancerKind(str, Enum):
 
     SGLANG_ROUTER = "sglang_router"  # the real Rust router from the sglang-router package
     SKY_LB = "sky_lb"  # our reimplementation of the SkyServe multi-region LB
+    GATEWAY = "gateway"  # nearest-region L7 with capacity spillover, as the GKE Gateway
 
 
 class Placement(str, Enum):
@@ -24,6 +25,7 @@ class Placement(str, Enum):
 
     REGIONAL = "regional"  # one LB per replica region; clients reach the nearest one
     GLOBAL = "global"  # one entry point in ``entry_region`` for every client
+    EDGE = "edge"  # one front end in every client region (a global anycast L7's edge)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,26 @@ SGLANG_ROUTER_ORIGINAL_ARGS: tuple[str, ...] = (
     "--max-tree-size", str(2**24),
 )
 
+def _sky(
+    name: str,
+    label: str,
+    lb_mode: str,
+    replica_mode: str,
+    policy: str = "prefix_tree",
+    meta_policy: str | None = None,
+    placement: Placement = Placement.REGIONAL,
+    balancer_args: tuple[str, ...] = (),
+) -> SystemSpec:
+    return SystemSpec(
+        name=name, label=label, kind=BalancerKind.SKY_LB, placement=placement,
+        lb_mode=lb_mode, replica_mode=replica_mode, policy=policy,
+        meta_policy=meta_policy or policy, balancer_args=balancer_args,
+    )
+
+
+# DESIGN §3, in the original's order, then the extra rows. "global" LB mode = no LB-level
+# action: with GLOBAL placement it is the single global LB, with REGIONAL placement each LB
+# only serves its own region's replicas (the region-local rows).
 SYSTEMS: dict[str, SystemSpec] = {
     spec.name: spec
     for spec in (
@@ -71,16 +93,12 @@ SYSTEMS: dict[str, SystemSpec] = {
             entry_region="us-east-2",
             balancer_args=SGLANG_ROUTER_ORIGINAL_ARGS,
         ),
-        SystemSpec(
-            name="sky_push_push",
-            label="Ours [Push+Push]",
-            kind=BalancerKind.SKY_LB,
-            placement=Placement.REGIONAL,
-            lb_mode="push",
-            replica_mode="push",
-            policy="prefix_tree",
-            meta_policy="prefix_tree",
-        ),
+        _sky("sky_sgl_enhanced", "Baseline [Pull]", "global", "pull", placement=Placement.GLOBAL),
+        _sky("sky_push_pull", "Ours [Push+Pull]", "push", "pull"),
+        _sky("sky_push_push", "Ours [Push+Push]", "push", "push"),
+        _sky("sky_round_robin", "RR", "global", "push", "round_robin"),
+        _sky("sky_least_load", "LL", "global", "push", "least_load"),
+        _sky("sky_consistent_hashing", "CH", "global", "push", "consistent_hashing"),
     )
 }
 

@@ -123,6 +123,7 @@ class LocalDeployment(Deployment):
         self._lock = threading.Lock()
         self.replicas: list[Component] = []
         self.lbs: list[Component] = []
+        self.gateways: list[Component] = []
         self.router: Component | None = None
         self._links: dict[str, dict[str, Any]] = {}  # name → spec (+ "port" once started)
         self._entry_for: dict[str, Component] = {}  # client region → entry component
@@ -141,6 +142,11 @@ class LocalDeployment(Deployment):
                 self._choose_entries(self.lbs)
                 self._start_links()
                 self._send_membership()
+            elif self.system.kind is BalancerKind.GATEWAY:
+                self._start_gateways()
+                self._choose_entries(self.gateways)
+                self._start_links()
+                self._send_gateway_membership()
             else:
                 router_port = free_port()
                 self.router = Component("sglang-router", self.system.entry_region, router_port)
@@ -173,8 +179,8 @@ class LocalDeployment(Deployment):
     def telemetry_targets(self) -> list[dict[str, str]]:
         # Direct addresses, not the delay links: the poller is the operator's monitoring, and
         # a WAN delay would only skew its snapshot.
-        lb_kind = "sky_lb"
-        targets = [{"name": c.name, "url": c.url, "kind": lb_kind} for c in self.lbs]
+        targets = [{"name": c.name, "url": c.url, "kind": "sky_lb"} for c in self.lbs]
+        targets += [{"name": c.name, "url": c.url, "kind": "gateway"} for c in self.gateways]
         if self.router is not None:
             targets.append({"name": self.router.name, "url": self.router.url, "kind": "sglang_router"})
         targets += [{"name": c.name, "url": c.url, "kind": "replica"} for c in self.replicas]
@@ -188,7 +194,7 @@ class LocalDeployment(Deployment):
             "backend": "local",
             "system": self.system.to_dict(),
             "replicas": [{"name": c.name, "region": c.region} for c in self.replicas],
-            "balancers": [{"name": c.name, "region": c.region} for c in self.lbs]
+            "balancers": [{"name": c.name, "region": c.region} for c in self.lbs + self.gateways]
             + ([{"name": self.router.name, "region": self.router.region}] if self.router else []),
             "entry_points": {region: c.name for region, c in self._entry_for.items()},
             "links_one_way_ms": {name: spec["one_way_ms"] for name, spec in self._links.items()},
@@ -284,7 +290,7 @@ class LocalDeployment(Deployment):
     def _start_links(self) -> None:
         for client, entry in self._entry_for.items():
             self._add_link(self._client_link_name(client), client, entry)
-        balancers = self.lbs if self.router is None else [self.router]
+        balancers = self.lbs + self.gateways + ([self.router] if self.router is not None else [])
         for balancer in balancers:
             for replica in self._replicas_of(balancer):
                 self._add_link(f"{balancer.name}>{replica.name}", balancer.region, replica)
@@ -306,7 +312,7 @@ class LocalDeployment(Deployment):
             self._links[name]["port"] = int(port)
 
     def _replicas_of(self, balancer: Component) -> list[Component]:
-        if self.system.placement is Placement.GLOBAL or self.router is not None:
+        if self.system.placement is not Placement.REGIONAL or self.router is not None:
             return list(self.replicas)
         return [r for r in self.replicas if r.region == balancer.region]
 
@@ -324,6 +330,40 @@ class LocalDeployment(Deployment):
             status, reply = _http_json("POST", f"{lb.url}/lbbench/membership", body)
             if status != 200:
                 raise RuntimeError(f"{lb.name} refused its membership (HTTP {status}): {reply}")
+
+    def _start_gateways(self) -> None:
+        """One gateway front end per client region: the edge a global anycast L7 gives each client."""
+        spec = self.system
+        regions = list(self.settings.client_regions)
+        names = [f"gke-{region}" for region in regions]
+        procs = self._launch_all([
+            (
+                name,
+                python_module_argv(
+                    "pytest_lbbench.gateway", "--host", "127.0.0.1", "--port", "0", "--name", name,
+                    "--region", region, *spec.balancer_args,
+                ),
+            )
+            for name, region in zip(names, regions)
+        ])
+        self.gateways = [
+            Component(name, region, int(proc.info["port"]))
+            for name, region, proc in zip(names, regions, procs)
+        ]
+
+    def _send_gateway_membership(self) -> None:
+        replica_regions = list(dict.fromkeys(r.region for r in self.replicas))
+        for gw in self.gateways:
+            order = sorted(replica_regions, key=lambda r: (self.settings.rtt.rtt(gw.region, r), replica_regions.index(r)))
+            body = {
+                "self": gw.name,
+                "backends": {r.name: self._link_url(f"{gw.name}>{r.name}") for r in self.replicas},
+                "regions": {r.name: r.region for r in self.replicas},
+                "region_order": order,
+            }
+            status, reply = _http_json("POST", f"{gw.url}/lbbench/membership", body)
+            if status != 200:
+                raise RuntimeError(f"{gw.name} refused its membership (HTTP {status}): {reply}")
 
     def _start_router(self) -> None:
         assert self.router is not None
