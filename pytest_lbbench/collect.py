@@ -7,10 +7,12 @@ into the test reports it sends to the controller; so this works the same with an
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_lbbench.benchstore import save_run
 from pytest_lbbench.fixtures import PROPERTY_KEY
 from pytest_lbbench.options import get_config
 from pytest_lbbench.report.table import summary_lines
@@ -25,6 +27,7 @@ class LbbenchCollector:
         self.config = config
         self.experiments: list[dict[str, Any]] = []
         self.notes: list[tuple[str, list[str]]] = []
+        self.saved: Path | None = None
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -35,6 +38,13 @@ class LbbenchCollector:
                 self.experiments.append(value)
             elif name == NOTE_KEY and isinstance(value, (list, tuple)) and len(value) == 2:
                 self.notes.append((str(value[0]), [str(line) for line in value[1]]))
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self) -> None:
+        cfg = get_config(self.config)
+        self.saved = None
+        if cfg.save_name and self.experiments:
+            self.saved = save_run(self.experiments, cfg.save_name, cfg.storage)
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -63,7 +73,10 @@ class LbbenchCollector:
                 for reason, count in (exp.get("failure_reasons") or {}).items():
                     tr.write_line(f"  {count} failed: {reason}")
             out = get_config(self.config).output_dir
-            tr.write_line(f"results: {out / 'metric'}  logs: {out / 'logs'}")
+            tr.write_line(f"results: {out / 'metric'}  telemetry: {out / 'queue_size'}  logs: {out / 'logs'}")
+            if self.saved is not None:
+                tr.write_line(f"saved run: {self.saved} (compare with: pytest-benchmark "
+                              f"--storage {get_config(self.config).storage} compare)")
         for title, lines in self.notes:
             tr.write_sep("=", title)
             for line in lines:

@@ -22,6 +22,7 @@ from pytest_lbbench.backends.local import (
     LocalSettings,
     telemetry_recorder,
 )
+from pytest_lbbench.gate import check
 from pytest_lbbench.options import LbbenchConfig, get_config
 from pytest_lbbench.report.results import ExperimentResult
 
@@ -113,7 +114,19 @@ def lbbench_run(
             )
         result = ExperimentResult.load(system, workload, exp_name, files)
         result.attach("deployment", deployment.describe())
-        request.node.user_properties.append((PROPERTY_KEY, result.properties()))
+        properties = result.properties()
+        request.node.user_properties.append((PROPERTY_KEY, properties))
+        if cfg.thresholds:
+            label = f"{system}-{workload}"
+            base = cfg.baseline.get(label)
+            if base is None:
+                request.node.warn(pytest.PytestWarning(
+                    f"{label} is not in baseline {cfg.baseline_name}; nothing to compare"))
+            else:
+                breaches = check(label, properties["overall"], base, list(cfg.thresholds),
+                                 cfg.baseline_name or "?")
+                if breaches:
+                    pytest.fail("\n".join(breaches), pytrace=False)
         return result
 
     return run

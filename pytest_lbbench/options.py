@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from pytest_lbbench.benchstore import BaselineNotFound, load_baseline
+from pytest_lbbench.gate import Threshold, parse_threshold
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
 from pytest_lbbench.systems import SYSTEMS, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
@@ -49,6 +51,11 @@ class LbbenchConfig:
     time_scale: float = 1.0
     rtt: RttMatrix = field(default_factory=RttMatrix)
     catalog: dict[str, SystemSpec] = field(default_factory=lambda: dict(SYSTEMS))
+    storage: Path = Path(".benchmarks")
+    save_name: str | None = None
+    thresholds: tuple[Threshold, ...] = ()
+    baseline_name: str | None = None
+    baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def system(self, name: str) -> SystemSpec:
         """The catalog entry of ``name`` (built-in or added through the hook)."""
@@ -62,6 +69,9 @@ class LbbenchConfig:
         data = asdict(self)
         data["output_dir"] = str(self.output_dir)
         data.pop("rtt")
+        data.pop("baseline")
+        data["storage"] = str(self.storage)
+        data["thresholds"] = [f"{t.metric}:{t.max_worse_pct:g}%" for t in self.thresholds]
         data["catalog"] = {name: spec.to_dict() for name, spec in self.catalog.items()}
         return data
 
@@ -116,6 +126,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--lbbench-selfcheck", action="store_true", default=False,
         help="also run the benchmarks of pytest-lbbench itself (marked lbbench_selfcheck), "
         "such as the client-capacity check; off by default because they load the machine")
+    add("--lbbench-storage", default=".benchmarks", metavar="DIR",
+        help="where runs are saved, in pytest-benchmark's format. Default: .benchmarks")
+    add("--lbbench-save", default=None, metavar="NAME",
+        help="save this run as NNNN_NAME.json in the storage (pytest-benchmark list/compare read it)")
+    add("--lbbench-compare", default=None, metavar="REF",
+        help="compare with a saved run: its number (0001), its NAME, a path, or 'last'")
+    add("--lbbench-fail", action="append", default=[], metavar="METRIC:PCT%",
+        help="with --lbbench-compare: fail a test whose METRIC got worse by more than PCT%%, "
+        "e.g. ttft_p90_s:10%% or throughput_tpt_per_s:5%% (repeatable)")
     add("--time-scale", type=float, default=1.0, metavar="FACTOR",
         help="multiply every simulated engine time by FACTOR (tests use < 1). Default: 1")
 
@@ -202,6 +221,22 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         _fail(f"--max-tokens must be at least 1, got {opt('max_tokens')!r}.")
     if opt("drain_timeout") < 0:
         _fail(f"--drain-timeout must be >= 0, got {opt('drain_timeout')!r}.")
+    thresholds = []
+    for raw in opt("lbbench_fail"):
+        try:
+            thresholds.append(parse_threshold(raw))
+        except ValueError as exc:
+            _fail(f"--lbbench-fail: {exc}.")
+    storage = Path(opt("lbbench_storage")).resolve()
+    baseline_name: str | None = None
+    baseline: dict[str, dict[str, Any]] = {}
+    if opt("lbbench_compare"):
+        try:
+            baseline_name, baseline = load_baseline(opt("lbbench_compare"), storage)
+        except BaselineNotFound as exc:
+            _fail(f"--lbbench-compare: {exc}")
+    elif thresholds:
+        _fail("--lbbench-fail needs a baseline: add --lbbench-compare REF (e.g. 'last').")
     return LbbenchConfig(
         backend=backend,
         regions=tuple(dict.fromkeys(regions)),
@@ -223,6 +258,11 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         time_scale=opt("time_scale"),
         rtt=rtt,
         catalog=catalog,
+        storage=storage,
+        save_name=opt("lbbench_save"),
+        thresholds=tuple(thresholds),
+        baseline_name=baseline_name,
+        baseline=baseline,
     )
 
 

@@ -96,6 +96,12 @@ SYSTEMS: dict[str, SystemSpec] = {
         _sky("sky_sgl_enhanced", "Baseline [Pull]", "global", "pull", placement=Placement.GLOBAL),
         _sky("sky_push_pull", "Ours [Push+Pull]", "push", "pull"),
         _sky("sky_push_push", "Ours [Push+Push]", "push", "push"),
+        SystemSpec(
+            name="gke_gateway",
+            label="GKE Gateway",
+            kind=BalancerKind.GATEWAY,
+            placement=Placement.EDGE,
+        ),
         _sky("sky_round_robin", "RR", "global", "push", "round_robin"),
         _sky("sky_least_load", "LL", "global", "push", "least_load"),
         _sky("sky_consistent_hashing", "CH", "global", "push", "consistent_hashing"),

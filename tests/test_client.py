@@ -116,3 +116,5 @@ def test_served_by_reads_replica_and_lb_headers() -> None:
         "replica-decision-1": "Select Replica with id 1 (http://127.0.0.1:2)",
     })
     assert replica == "replica-1" and lbs == ["ap-northeast-1"]
+    _, lbs = served_by({"gateway-decision-0": "Select backend r2 in region eu-central-1 (spill: yes)"})
+    assert lbs == ["eu-central-1"]

@@ -82,7 +82,7 @@ def test_a_conftest_adds_a_system_through_the_hook(bench: pytest.Pytester) -> No
     result = bench.runpytest("-k", "push_push_ll", "--regions", "us-east-2", "--output-dir", str(out),
                              *FAST)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["sky_push_push_ll*arena_syn*all*"])
+    result.stdout.fnmatch_lines(["sky_push_push_ll*all*"])
     data = json.loads((out / "metric" / "arena_syn_sky_push_push_ll" / "us-east-2.json").read_text())
     assert data["deployment"]["system"]["policy"] == "least_load"
 
@@ -137,9 +137,10 @@ def test_both_systems_in_parallel_workers(bench: pytest.Pytester) -> None:
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
         "*lbbench results*",
-        "system*workload*clients*TTFT p50 ms*",
-        "sgl*arena_syn*all*", "*ap-northeast-1*", "*us-east-2*",
-        "sky_push_push*arena_syn*all*",
+        "workload arena_syn*",
+        "system*clients*TTFT p50 ms*",
+        "sgl*all*", "*ap-northeast-1*", "*us-east-2*",
+        "sky_push_push*all*",
     ])
     for system in ("sgl", "sky_push_push"):
         for region in ("us-east-2", "ap-northeast-1"):
@@ -196,3 +197,37 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_save_then_gate_against_the_saved_run(bench: pytest.Pytester) -> None:
+    out, storage = bench.path / "results", bench.path / "store"
+    common = ("-k", "push_push", "--regions", "us-east-2", "--output-dir", str(out),
+              "--lbbench-storage", str(storage), *FAST)
+    first = bench.runpytest_subprocess(*common, "--lbbench-save", "base", timeout=300)
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(["saved run: *0001_base.json*"])
+    # pytest-benchmark's own CLI lists and compares the stored run.
+    cli = Path(sys.executable).with_name("pytest-benchmark")
+    listed = subprocess.run([str(cli), "--storage", str(storage), "compare", "0001"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "sky_push_push-arena_syn[ttft]" in listed.stdout
+    # Every engine and WAN time doubled: TTFT p50 must grow well past 10 % and the gate says so.
+    slower = [a if a != "0.05" else "0.1" for a in common]
+    second = bench.runpytest_subprocess(*slower, "--lbbench-compare", "base",
+                                        "--lbbench-fail", "ttft_p50_s:10%", timeout=300)
+    second.assert_outcomes(failed=1)
+    second.stdout.fnmatch_lines(["*sky_push_push-arena_syn: ttft_p50_s grew from * (baseline 0001_base.json) to *"])
+    # Within a generous threshold the same comparison passes.
+    third = bench.runpytest_subprocess(*slower, "--lbbench-compare", "0001",
+                                       "--lbbench-fail", "ttft_p50_s:1000%", timeout=300)
+    third.assert_outcomes(passed=1)
+
+
+def test_gate_options_are_validated(bench: pytest.Pytester) -> None:
+    result = bench.runpytest("--lbbench-fail", "ttft_p90_s:10%")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--lbbench-fail needs a baseline*"])
+    result = bench.runpytest("--lbbench-compare", "nope", "--lbbench-storage", str(bench.path / "s"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no saved run matches 'nope'*Save one with --lbbench-save NAME*"])

@@ -341,7 +341,8 @@ class LocalDeployment(Deployment):
                 name,
                 python_module_argv(
                     "pytest_lbbench.gateway", "--host", "127.0.0.1", "--port", "0", "--name", name,
-                    "--region", region, *spec.balancer_args,
+                    "--region", region, "--time-scale", str(self.settings.time_scale),
+                    *spec.balancer_args,
                 ),
             )
             for name, region in zip(names, regions)

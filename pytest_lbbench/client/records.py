@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 REPLICA_HEADER = "x-lbbench-replica"
-_LB_DECISION = re.compile(r"^lb-decision-\d+$", re.IGNORECASE)
-_LB_URL = re.compile(r"Select LB in region (?P<region>\S+)")
+_LB_DECISION = re.compile(r"^(lb|gateway)-decision-\d+$", re.IGNORECASE)
+_LB_URL = re.compile(r"(Select LB in region|in region) (?P<region>[^\s(]+)")
 
 
 @dataclass

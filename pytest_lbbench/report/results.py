@@ -84,6 +84,14 @@ class ExperimentResult:
             "overall": self.summary(),
             "regions": self.region_summaries(),
             "failure_reasons": failure_reasons(self.records),
+            # Per-request latencies of successful requests, for stored runs' statistics.
+            "samples": {
+                "ttft_s": [r["ttft"] for r in self.records if not r.get("failed") and r.get("ttft") is not None],
+                "e2e_s": [
+                    r["e2e_latency"] for r in self.records
+                    if not r.get("failed") and r.get("e2e_latency") is not None
+                ],
+            },
             "files": {r: str(p) for r, p in self.files.items()},
             "versions": (next(iter(self.payloads.values()), {}).get("deployment") or {}).get("versions", {}),
         }

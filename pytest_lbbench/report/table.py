@@ -1,10 +1,16 @@
-"""Plain-text tables for the end-of-run terminal summary."""
+"""Plain-text tables for the end-of-run terminal summary: one table per workload.
+
+Systems are rows (each followed by its client regions), and in every column where "better"
+has a direction the best system's value is marked with ``*``.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 Row = dict[str, Any]
+BEST_MARK = "*"
 
 
 def _ms(value: Any) -> str:
@@ -23,56 +29,88 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-# (header, key in the experiment summary, formatter)
-COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("TTFT p50 ms", "ttft_p50_s", _ms),
-    ("p90", "ttft_p90_s", _ms),
-    ("p99", "ttft_p99_s", _ms),
-    ("E2E p50 s", "e2e_p50_s", _s),
-    ("p90", "e2e_p90_s", _s),
-    ("p99", "e2e_p99_s", _s),
-    ("TPT tok/s", "throughput_tpt_per_s", _num),
-    ("out tok/s", "output_tokens_per_s", _num),
-    ("cache hit", "cache_hit_rate", _pct),
-    ("remote", "served_remote_share", _pct),
-    ("fail", "failure_rate", _pct),
-    ("requests", "requests", _num),
+@dataclass(frozen=True)
+class Column:
+    """A table column: header, summary key, formatter, and which way is better."""
+
+    header: str
+    key: str
+    fmt: Callable[[Any], str]
+    better: str | None  # "min", "max" or None (no best)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("TTFT p50 ms", "ttft_p50_s", _ms, "min"),
+    Column("p90", "ttft_p90_s", _ms, "min"),
+    Column("p99", "ttft_p99_s", _ms, "min"),
+    Column("E2E p50 s", "e2e_p50_s", _s, "min"),
+    Column("p90", "e2e_p90_s", _s, "min"),
+    Column("p99", "e2e_p99_s", _s, "min"),
+    Column("TPT tok/s", "throughput_tpt_per_s", _num, "max"),
+    Column("out tok/s", "output_tokens_per_s", _num, "max"),
+    Column("cache hit", "cache_hit_rate", _pct, "max"),
+    Column("remote", "served_remote_share", _pct, None),
+    Column("fail", "failure_rate", _pct, "min"),
+    Column("requests", "requests", _num, None),
 )
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-align the first columns (labels), right-align the rest (numbers)."""
+def best_value(summaries: Sequence[Row], column: Column) -> Any:
+    """The best value of ``column`` over ``summaries`` (``None`` if no direction or no data)."""
+    if column.better is None:
+        return None
+    values: list[float] = [s[column.key] for s in summaries if s.get(column.key) is not None]
+    if len(values) < 2:
+        return None  # a single system is not "best" of anything
+    return min(values) if column.better == "min" else max(values)
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], label_cols: int) -> list[str]:
+    """Left-align the first ``label_cols`` columns (labels), right-align the rest (numbers)."""
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
-    label_cols = sum(1 for h in headers if h in ("system", "workload", "clients"))
 
     def fmt(cells: Sequence[str]) -> str:
         return "  ".join(
             cell.ljust(w) if i < label_cols else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(cells, widths))
-        )
+        ).rstrip()
 
-    lines = [fmt(headers), fmt(["-" * w for w in widths])]
-    lines += [fmt(row) for row in rows]
-    return lines
+    return [fmt(headers), fmt(["-" * w for w in widths])] + [fmt(row) for row in rows]
 
 
-def experiment_rows(experiments: Sequence[Row]) -> list[list[str]]:
-    """One row per experiment (all client regions), then one per client region."""
+def _cells(summary: Row, best: dict[str, Any]) -> list[str]:
+    cells = []
+    for col in COLUMNS:
+        value = summary.get(col.key)
+        text = col.fmt(value)
+        if value is not None and best.get(col.key) is not None and value == best[col.key]:
+            text += BEST_MARK
+        cells.append(text)
+    return cells
+
+
+def workload_table(experiments: Sequence[Row]) -> list[str]:
+    """The table of one workload: each system's overall row, then its client regions."""
+    overall = [e["overall"] for e in experiments]
+    best = {col.key: best_value(overall, col) for col in COLUMNS}
     rows: list[list[str]] = []
-    for exp in sorted(experiments, key=lambda e: (e["workload"], e["system"])):
+    for exp in sorted(experiments, key=lambda e: e["system"]):
         flag = " (client-bound!)" if exp.get("client_bound") else ""
-        rows.append(
-            [exp["system"] + flag, exp["workload"], "all"]
-            + [f(exp["overall"].get(key)) for _, key, f in COLUMNS]
-        )
+        rows.append([exp["system"] + flag, "all"] + _cells(exp["overall"], best))
         if len(exp["regions"]) > 1:
             for region, summary in sorted(exp["regions"].items()):
-                rows.append(["", "", region] + [f(summary.get(key)) for _, key, f in COLUMNS])
-    return rows
+                rows.append(["", region] + _cells(summary, {}))
+    return render_table(["system", "clients"] + [c.header for c in COLUMNS], rows, label_cols=2)
 
 
 def summary_lines(experiments: Sequence[Row]) -> list[str]:
-    headers = ["system", "workload", "clients"] + [h for h, _, _ in COLUMNS]
-    return render_table(headers, experiment_rows(experiments))
+    """One titled table per workload."""
+    lines: list[str] = []
+    for workload in sorted({e["workload"] for e in experiments}):
+        if lines:
+            lines.append("")
+        lines.append(f"workload {workload}  ({BEST_MARK} = best system in that column)")
+        lines += workload_table([e for e in experiments if e["workload"] == workload])
+    return lines

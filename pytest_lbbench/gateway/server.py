@@ -1,0 +1,316 @@
+"""One gateway front end process: health checks, the routing decision, and the streaming proxy.
+
+Request path: the catch-all handler waits (bounded) for the first membership, asks the
+:class:`~.routing.Router` for a backend, and proxies with the LB's own
+:func:`pytest_lbbench.lb.proxy.forward`, so hop-by-hop handling, streaming, 502s and mid-stream
+aborts are identical to our LB's. The response carries upstream headers (``x-lbbench-replica``
+among them) plus ``gateway-decision-<n>: Select backend <name> in region <r> (spill: yes|no)``.
+There is no queue: like a Google front end, the gateway forwards every request at once.
+
+Endpoints: ``GET /health``, ``GET /conf``, ``POST /lbbench/membership``, catch-all proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..lb.policies import RequestInfo
+from ..lb.proxy import forward, json_error
+from ..lb.queue import Dispatch, RequestEntry
+from .config import GatewayConfig
+from .routing import Choice, Router
+
+__all__ = ["DECISION_HEADER", "MEMBERSHIP_PATH", "Gateway", "MembershipError", "serve"]
+
+log = logging.getLogger("pytest_lbbench.gateway")
+
+DECISION_HEADER = "gateway-decision"
+MEMBERSHIP_PATH = "/lbbench/membership"
+# The same cap as our LB: chat prompts of long conversations can be large.
+_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class MembershipError(ValueError):
+    """A membership payload that cannot be applied."""
+
+
+class Gateway:
+    """One front end of the emulated GKE multi-cluster Gateway; :meth:`make_app` serves it.
+
+    Rate budgets are accounted per front end: each process only sees the requests it sent
+    itself (the real Google front-end fleet shares load reports; ours do not share state).
+    """
+
+    def __init__(self, config: GatewayConfig, *, name: str, region: str) -> None:
+        self.config = config
+        self.name = name
+        self.region = region
+        scale = config.time_scale
+        self.router = Router(
+            max_rate_per_endpoint=config.max_rate_per_endpoint,
+            window_s=config.rate_window_s,
+            healthy_threshold=config.healthy_threshold,
+            unhealthy_threshold=config.unhealthy_threshold,
+            # A model clock: budgets and reported rates mean the same at every time scale.
+            clock=lambda: time.monotonic() / scale,
+        )
+        self.in_flight: dict[str, int] = {}
+        self.requests_total = 0
+        self.failed_total = 0  # answered by the gateway itself (503)
+        self.upstream_errors_total = 0  # upstream failed: 502, or a stream aborted midway
+        self.has_membership = False
+        self._membership_event: asyncio.Event | None = None
+        self._session: aiohttp.ClientSession | None = None
+        # Per read, not per exchange, as in our LB: a long stream that keeps producing tokens
+        # must never be cut by a total limit.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_read=config.stream_timeout_s, sock_connect=config.connect_timeout_s
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ description
+
+    def describe(self) -> dict[str, Any]:
+        """Identity and effective configuration (logged once at start)."""
+        return {"system": "gke_gateway", "name": self.name, "region": self.region,
+                **self.config.to_dict()}
+
+    def conf(self) -> dict[str, Any]:
+        """The ``GET /conf`` payload: identity, budget, per-region rates, spills, health."""
+        return {
+            "time": time.time(),
+            "name": self.name,
+            "region": self.region,
+            "system": "gke_gateway",
+            "membership": self.has_membership,
+            "max_rate_per_endpoint": self.config.max_rate_per_endpoint,
+            "rate_window_s": self.config.rate_window_s,
+            "time_scale": self.config.time_scale,
+            **self.router.describe(),
+            "in_flight": {name: self.in_flight.get(name, 0) for name in self.router.backends},
+            "requests_total": self.requests_total,
+            "failed_total": self.failed_total,
+            "upstream_errors_total": self.upstream_errors_total,
+        }
+
+    # ------------------------------------------------------------------ membership
+
+    def apply_membership(self, payload: Mapping[str, Any]) -> None:
+        """Apply ``{"self": name, "backends": {name: url}, "regions": {backend: region},
+        "region_order": [region, ...]}`` (regions nearest to this front end first).
+
+        A missing ``region_order`` means "this front end's region, then the others by name".
+        """
+        if not isinstance(payload, Mapping):
+            raise MembershipError("membership must be a JSON object")
+        me = payload.get("self", self.name)
+        if me != self.name:
+            raise MembershipError(f"membership is for {me!r}, but this gateway is {self.name!r}")
+        backends = _str_map(payload, "backends")
+        regions = _str_map(payload, "regions")
+        order = payload.get("region_order", [self.region])
+        if not isinstance(order, list) or not all(isinstance(r, str) for r in order):
+            raise MembershipError("'region_order' must be a list of region names")
+        try:
+            appended = self.router.set_membership(backends, regions, order)
+        except ValueError as exc:
+            raise MembershipError(str(exc)) from None
+        if appended and "region_order" in payload:
+            log.warning("regions %s host backends but are not in region_order; tried last",
+                        appended)
+        self.has_membership = True
+        if self._membership_event is not None:
+            self._membership_event.set()
+        log.info("membership: %d backend(s) %s, region order %s",
+                 len(backends), sorted(backends), self.router.region_order)
+
+    # ------------------------------------------------------------------ HTTP handlers
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _conf(self, request: web.Request) -> web.Response:
+        return web.json_response(self.conf())
+
+    async def _membership(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+            self.apply_membership(payload)
+        except (ValueError, MembershipError) as exc:
+            return json_error(400, f"bad membership payload: {exc}")
+        return web.json_response(
+            {"ok": True, "num_backends": len(self.router.backends),
+             "region_order": self.router.region_order}
+        )
+
+    async def _wait_for_membership(self) -> bool:
+        if self.has_membership:
+            return True
+        assert self._membership_event is not None, "request handled before startup"
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._membership_event.wait(), self.config.membership_wait_s)
+        return self.has_membership
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        arrive = time.time()
+        self.requests_total += 1
+        body = await request.read()
+        if not await self._wait_for_membership():
+            self.failed_total += 1
+            return json_error(
+                503,
+                f"gateway {self.name} has no backends yet: no membership was posted to "
+                f"{MEMBERSHIP_PATH} within {self.config.membership_wait_s} s",
+                gateway=self.name,
+            )
+        choice = self.router.choose()
+        if choice is None:
+            self.failed_total += 1
+            return json_error(503, f"gateway {self.name}: no healthy backends in any region",
+                              gateway=self.name)
+        assert self._session is not None, "request handled before startup"
+        # forward() takes a queue entry; the gateway has no queue, so the entry only carries
+        # the request, and its outcome is settled from the start.
+        outcome = asyncio.get_running_loop().create_future()
+        dispatch = self._dispatch(choice)
+        outcome.set_result(dispatch)
+        entry = RequestEntry(
+            method=request.method,
+            path_qs=request.raw_path,
+            headers=tuple(request.headers.items()),
+            body=body,
+            info=RequestInfo(),
+            from_lb=False,
+            time_arrive=arrive,
+            outcome=outcome,
+        )
+        self.in_flight[choice.backend] = self.in_flight.get(choice.backend, 0) + 1
+        try:
+            return await forward(
+                request, entry, dispatch, self._session, self._timeout, self._count_upstream_error
+            )
+        finally:
+            # Runs on every path, including cancellation when the client disconnects.
+            self.in_flight[choice.backend] -= 1
+
+    @staticmethod
+    def _dispatch(choice: Choice) -> Dispatch:
+        spill = "yes" if choice.spill else "no"
+        return Dispatch(
+            name=choice.backend,
+            url=choice.url,
+            to_lb=False,
+            decision_headers=(
+                (DECISION_HEADER,
+                 f"Select backend {choice.backend} in region {choice.region} (spill: {spill})"),
+            ),
+        )
+
+    def _count_upstream_error(self) -> None:
+        self.upstream_errors_total += 1
+
+    # ------------------------------------------------------------------ health checks
+
+    async def _probe(self, name: str, url: str) -> None:
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=self.config.probe_timeout_s)
+        ok = False
+        try:
+            async with self._session.get(
+                url.rstrip("/") + self.config.health_path, timeout=timeout, allow_redirects=False
+            ) as resp:
+                await resp.read()
+                ok = resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            ok = False
+        if self.router.record_probe(name, ok):
+            state = "healthy" if ok else "UNHEALTHY"
+            log.warning("backend %s (%s) is now %s", name, url, state)
+
+    async def _health_loop(self) -> None:
+        while True:
+            # Probe all backends concurrently, then wait one interval: a hung backend costs one
+            # probe timeout, never a stalled loop.
+            targets = [(b.name, b.url) for b in self.router.backends.values()]
+            if targets:
+                await asyncio.gather(*(self._probe(n, u) for n, u in targets))
+            await asyncio.sleep(self.config.health_interval_s)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application (routes, startup/cleanup of the session and health loop)."""
+        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/conf", self._conf)
+        app.router.add_post(MEMBERSHIP_PATH, self._membership)
+        app.router.add_route("*", "/{tail:.*}", self._proxy)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self._membership_event = asyncio.Event()
+        if self.has_membership:
+            self._membership_event.set()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            # As our LB: pass bytes through untouched and invent no headers.
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+        self._tasks.append(asyncio.create_task(self._health_loop(), name=f"{self.name}:health"))
+        log.info("System Config: %s", json.dumps(self.describe(), sort_keys=True))
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _str_map(payload: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = payload.get(key, {})
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise MembershipError(f"{key!r} must be an object of name → string")
+    return dict(value)
+
+
+async def serve(
+    gateway: Gateway,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve ``gateway`` on the already-bound ``sock`` until ``stop`` is set."""
+    runner = web.AppRunner(
+        gateway.make_app(),
+        access_log=None,  # one line per request would cost more than the proxying itself
+        handler_cancellation=True,  # a client disconnect cancels its handler → upstream closed
+        shutdown_timeout=2.0,
+    )
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        if on_ready is not None:
+            on_ready(int(sock.getsockname()[1]))
+        await stop.wait()
+    finally:
+        await runner.cleanup()
