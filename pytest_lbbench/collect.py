@@ -28,9 +28,16 @@ class LbbenchCollector:
         self.experiments: list[dict[str, Any]] = []
         self.notes: list[tuple[str, list[str]]] = []
         self.saved: Path | None = None
+        self.lost: list[tuple[str, str]] = []  # (test id, why) of experiments with no result
+        self.crashed_workers: list[str] = []
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        text = str(report.longrepr) if report.failed else ""
+        if "crashed while running" in text:
+            # xdist's report for the test a worker was running when it died (when == "???").
+            self.lost.append((report.nodeid, text.strip().splitlines()[0]))
+            return
         if report.when != "call":
             return
         for name, value in report.user_properties:
@@ -38,6 +45,12 @@ class LbbenchCollector:
                 self.experiments.append(value)
             elif name == NOTE_KEY and isinstance(value, (list, tuple)) and len(value) == 2:
                 self.notes.append((str(value[0]), [str(line) for line in value[1]]))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist: a worker finished; ``error`` is set when it crashed."""
+        if error is not None:
+            self.crashed_workers.append(str(node.gateway.id))
 
     @pytest.hookimpl
     def pytest_sessionfinish(self) -> None:
@@ -49,7 +62,7 @@ class LbbenchCollector:
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
-        if not self.experiments and not self.notes:
+        if not self.experiments and not self.notes and not self.lost:
             return
         if self.experiments:
             tr.write_sep("=", "lbbench results (TTFT in ms, E2E in s)")
@@ -77,6 +90,14 @@ class LbbenchCollector:
             if self.saved is not None:
                 tr.write_line(f"saved run: {self.saved} (compare with: pytest-benchmark "
                               f"--storage {get_config(self.config).storage} compare)")
+        if self.lost or self.crashed_workers:
+            tr.write_sep("=", "lbbench: experiments lost to crashed workers", red=True)
+            for nodeid, why in self.lost:
+                tr.write_line(f"LOST {nodeid}: {why}")
+            if self.crashed_workers:
+                tr.write_line(f"crashed workers: {', '.join(self.crashed_workers)}; the results above "
+                              "are the experiments that finished. Partial records of a lost experiment "
+                              "may remain in its *.partial.jsonl files.")
         for title, lines in self.notes:
             tr.write_sep("=", title)
             for line in lines:

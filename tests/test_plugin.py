@@ -231,3 +231,39 @@ def test_gate_options_are_validated(bench: pytest.Pytester) -> None:
     result = bench.runpytest("--lbbench-compare", "nope", "--lbbench-storage", str(bench.path / "s"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*no saved run matches 'nope'*Save one with --lbbench-save NAME*"])
+
+
+CRASHING_BENCH = '''
+import os, pathlib, signal
+
+def test_benchmark(lbbench_deployment, lbbench_workload, lbbench_run):
+    flag = pathlib.Path("killed-once")
+    if lbbench_deployment.system.name == "sgl" and not flag.exists():
+        flag.touch()
+        os.kill(os.getpid(), signal.SIGKILL)  # this worker dies mid-experiment, once
+    result = lbbench_run(lbbench_deployment, lbbench_workload)
+    assert result.recorded == result.sent > 0
+'''
+
+
+def test_a_killed_worker_loses_only_its_experiment(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_bench=CRASHING_BENCH)
+    out = pytester.path / "results"
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--dist", "loadgroup", "--systems", "sgl", "sky_push_push",
+        "--regions", "us-east-2", "--output-dir", str(out), *FAST, timeout=300,
+    )
+    # xdist replaces the dead worker and runs the test again; the crashed attempt stays failed.
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "*lbbench results*", "sgl*all*", "sky_push_push*all*",
+        "*experiments lost to crashed workers*",
+        "LOST test_bench.py::test_benchmark[[]sgl-arena_syn[]]*crashed while running*",
+        "crashed workers: gw*",
+    ])
+    assert (out / "metric" / "arena_syn_sky_push_push" / "us-east-2.json").exists()
+    # The dead worker's replicas, router and links went with it (parent-death signal).
+    deadline = time.monotonic() + 15
+    while live_entries(ledger_path(out)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not live_entries(ledger_path(out))
