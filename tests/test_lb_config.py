@@ -61,6 +61,7 @@ def test_cli_round_trips_through_to_argv() -> None:
     )
     args = build_parser().parse_args(["--name", "lb-x", *config.to_argv()])
     assert config_from_args(args) == config
+    assert config_from_args(build_parser().parse_args([])) == LbConfig()
     assert args.name == "lb-x" and args.port == 0 and args.host == "127.0.0.1"
 
 
@@ -136,3 +137,43 @@ def test_response_headers_number_decisions_after_the_upstream_ones() -> None:
     assert out["lb-decision-1"] == "Select LB in region ap (http://lb-b)"
     assert out["second-hop-sky-time-arrive"] == "1.0"
     assert out["x-lbbench-replica"] == "replica-0"
+
+
+def test_policy_knobs_round_trip_and_reach_both_prefix_trees() -> None:
+    from pytest_lbbench.lb.server import LoadBalancer
+
+    config = LbConfig(
+        lb_mode=LbMode.RATE_LIMITED_PUSH,
+        replica_mode=ReplicaMode.CAP,
+        cache_threshold=0.3,
+        balance_abs_threshold=64,
+        balance_rel_threshold=1.5,
+        least_load_fallback=False,
+        rate_limit_count_own_pushes=False,
+        max_concurrent_requests=40,
+    )
+    argv = config.to_argv()
+    assert "--no-least-load-fallback" in argv and "--no-rate-limit-count-own-pushes" in argv
+    assert argv[argv.index("--replica-mode") + 1] == "cap"
+    assert config_from_args(build_parser().parse_args(argv)) == config
+    lb = LoadBalancer(config, name="lb", region="r")
+    for key in ("replica_policy_config", "meta_policy_config"):
+        described = lb.describe()[key]
+        assert described["cache_threshold"] == 0.3 and described["balance_abs_threshold"] == 64
+        assert described["least_load_fallback"] is False
+    data = config.to_dict()
+    assert data["replica_availability"] == "in_flight_below_max_concurrent_requests"
+    assert data["meta_records_self"] is True and data["steals"] is False
+
+
+def test_cli_flags_for_policy_knobs() -> None:
+    args = build_parser().parse_args(
+        ["--cache-threshold", "0.7", "--balance-abs-threshold", "8", "--balance-rel-threshold",
+         "2", "--no-least-load-fallback", "--lb-mode", "steal_v2", "--steal-v2-batch-factor", "5"]
+    )
+    config = config_from_args(args)
+    assert (config.cache_threshold, config.balance_abs_threshold) == (0.7, 8)
+    assert config.balance_rel_threshold == 2.0 and config.least_load_fallback is False
+    assert config.lb_mode is LbMode.STEAL_V2 and config.steal_v2_batch_factor == 5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--steal-threshold", "-1"])

@@ -274,10 +274,16 @@ def test_membership_removes_replicas_and_keeps_ids_stable() -> None:
     assert set(lb.replicas.available()) == {"replica-1", "replica-2"}
 
 
-@pytest.mark.parametrize("mode", [LbMode.STEAL_V1, LbMode.STEAL_V2, LbMode.RATE_LIMITED_PUSH])
-def test_unimplemented_lb_modes_are_refused(mode: LbMode) -> None:
-    with pytest.raises(NotImplementedError, match="supported: global, push"):
-        _lb(lb_mode=mode)
+@pytest.mark.parametrize("mode", list(LbMode))
+@pytest.mark.parametrize("replica_mode", list(ReplicaMode))
+def test_every_mode_combination_starts_and_describes_itself(
+    mode: LbMode, replica_mode: ReplicaMode
+) -> None:
+    lb = _lb(lb_mode=mode, replica_mode=replica_mode)
+    described = lb.describe()
+    assert described["lb_mode"] == mode.value and described["replica_mode"] == replica_mode.value
+    assert described["steals"] is mode.steals
+    json.dumps(described)
 
 
 def test_same_prefix_burst_sticks_until_the_imbalance_threshold(

@@ -5,7 +5,8 @@ Run one with ``python -m pytest_lbbench.lb`` (see ``__main__``). The pieces:
 * :mod:`.prefix_tree`: the radix "proximate tree";
 * :mod:`.policies`: round robin, least load, prefix tree, consistent hashing;
 * :mod:`.config`: LB-level × replica-level modes and the original constants;
-* :mod:`.server`: one LB process (queue processor, dispatch, endpoints).
+* :mod:`.peers`: LB↔LB cooperation rules (V1 fair share, steal ranking, rate-limit rule);
+* :mod:`.server`: one LB process (queue processor, dispatch, stealing, endpoints).
 
 No pytest import anywhere below this package.
 """

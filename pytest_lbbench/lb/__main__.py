@@ -16,7 +16,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 
 from .. import procutil
 from .config import LbConfig, LbMode, ReplicaMode
@@ -32,6 +33,30 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,16 +78,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LB-level policy. Default: %(default)s")
     p.add_argument("--mimic-one-dispatch-per-tick", action="store_true",
                    help="restore the original cap of one queue pop per tick")
-    p.add_argument("--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
-                   help="reported in /conf. Default: %(default)s")
-    for field_name in ("tick_s", "probe_interval_s", "probe_timeout_s", "lb_probe_interval_s",
-                       "stream_timeout_s", "connect_timeout_s"):
+    p.add_argument("--max-concurrent-requests", type=_int_at_least(1),
+                   default=defaults.max_concurrent_requests,
+                   help="per-replica in-flight cap of --replica-mode cap; reported in /conf. "
+                        "Default: %(default)s")
+    for field_name in ("tick_s", "steal_interval_s", "probe_interval_s", "probe_timeout_s", "lb_probe_interval_s",
+                       "lb_rpc_timeout_s", "stream_timeout_s", "connect_timeout_s"):
         p.add_argument("--" + field_name.replace("_", "-"), type=_positive_float,
                        default=getattr(defaults, field_name), help="Default: %(default)s")
-    p.add_argument("--steal-threshold", type=int, default=defaults.steal_threshold,
-                   help="Default: %(default)s")
-    p.add_argument("--steal-v2-batch-factor", type=int, default=defaults.steal_v2_batch_factor,
-                   help="Default: %(default)s")
+    p.add_argument("--latency-check-attempts", type=_int_at_least(1),
+                   default=defaults.latency_check_attempts,
+                   help="tries of a new peer's /sky-lb-health latency check. Default: %(default)s")
+    p.add_argument("--steal-threshold", type=_int_at_least(0), default=defaults.steal_threshold,
+                   help="steal only while the own queue holds at most this many. "
+                        "Default: %(default)s")
+    p.add_argument("--steal-v2-batch-factor", type=_int_at_least(0),
+                   default=defaults.steal_v2_batch_factor,
+                   help="V2 steals factor x available replicas per round. Default: %(default)s")
+    p.add_argument("--rate-limit-queue-threshold", type=_int_at_least(0),
+                   default=defaults.rate_limit_queue_threshold,
+                   help="rate-limited push: a peer's queue_size must be at most this. "
+                        "Default: %(default)s")
+    p.add_argument("--no-rate-limit-count-own-pushes", dest="rate_limit_count_own_pushes",
+                   action="store_false",
+                   help="rate-limited push: judge a peer by its last /conf alone, ignoring what "
+                        "we pushed to it since")
+    prefix = p.add_argument_group("prefix_tree policy (replica and meta level)")
+    prefix.add_argument("--cache-threshold", type=_non_negative_float,
+                        default=defaults.cache_threshold,
+                        help="minimum prefix match rate. Default: %(default)s")
+    prefix.add_argument("--balance-abs-threshold", type=_int_at_least(0),
+                        default=defaults.balance_abs_threshold,
+                        help="imbalance fallback: max - min load above this ... "
+                             "Default: %(default)s")
+    prefix.add_argument("--balance-rel-threshold", type=_non_negative_float,
+                        default=defaults.balance_rel_threshold,
+                        help="... and max above this x min. Default: %(default)s")
+    prefix.add_argument("--eviction-interval-s", type=_positive_float,
+                        default=defaults.eviction_interval_s, help="Default: %(default)s")
+    prefix.add_argument("--max-tree-size", type=_int_at_least(1), default=defaults.max_tree_size,
+                        help="characters kept per target. Default: %(default)s")
+    prefix.add_argument("--no-least-load-fallback", dest="least_load_fallback",
+                        action="store_false",
+                        help="always take the best prefix match (DISABLE_LEAST_LOAD_IN_PREFIX)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="Default: %(default)s")
@@ -70,23 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> LbConfig:
-    """The :class:`LbConfig` described by parsed CLI arguments."""
-    return LbConfig(
-        lb_mode=LbMode(args.lb_mode),
-        replica_mode=ReplicaMode(args.replica_mode),
-        policy=args.policy,
-        meta_policy=args.meta_policy,
-        tick_s=args.tick_s,
-        probe_interval_s=args.probe_interval_s,
-        probe_timeout_s=args.probe_timeout_s,
-        lb_probe_interval_s=args.lb_probe_interval_s,
-        steal_threshold=args.steal_threshold,
-        steal_v2_batch_factor=args.steal_v2_batch_factor,
-        stream_timeout_s=args.stream_timeout_s,
-        connect_timeout_s=args.connect_timeout_s,
-        max_concurrent_requests=args.max_concurrent_requests,
-        mimic_one_dispatch_per_tick=args.mimic_one_dispatch_per_tick,
-    )
+    """The :class:`LbConfig` described by parsed CLI arguments (one flag per field)."""
+    values = {f.name: getattr(args, f.name) for f in fields(LbConfig)}
+    values["lb_mode"] = LbMode(args.lb_mode)
+    values["replica_mode"] = ReplicaMode(args.replica_mode)
+    return LbConfig(**values)
 
 
 async def _run(lb: LoadBalancer, host: str, port: int) -> None:

@@ -13,7 +13,12 @@ original system            ``lb_mode``                  ``replica_mode``
 3 sky_push_pull            ``PUSH``                     ``PULL``
 4 sky_push_push            ``PUSH``                     ``PUSH``
 5 sky_pull_pull_rate_limit ``RATE_LIMITED_PUSH``        ``PULL``
+``sgl-router-sp-c-N``      ``GLOBAL`` (one LB)          ``CAP``
 =========================  ===========================  =========================
+
+The prefix-tree knobs (``cache_threshold``, ``balance_*_threshold``, ``least_load_fallback``,
+eviction) apply to every prefix-tree policy instance of the LB, replica and meta level alike, as
+the original's process-wide ``PrefixTreeConfig`` and ``DISABLE_LEAST_LOAD_IN_PREFIX`` did.
 """
 
 from __future__ import annotations
@@ -55,6 +60,24 @@ class LbMode(str, enum.Enum):
         """Whether this LB runs the stealing loop and serves ``/steal-request``."""
         return self in (LbMode.STEAL_V1, LbMode.STEAL_V2)
 
+    @property
+    def probes_peer_status(self) -> bool:
+        """Whether this LB polls every peer's ``/conf`` (the rate-limited push)."""
+        return self is LbMode.RATE_LIMITED_PUSH
+
+    @property
+    def uses_meta_policy(self) -> bool:
+        """Whether the meta (LB-level) policy makes or ranks decisions in this mode."""
+        return self is not LbMode.GLOBAL
+
+    @property
+    def meta_records_self(self) -> bool:
+        """Whether requests served by this LB's own replicas are recorded in the meta tree under
+        this LB's name. True only for the rate-limited push (the original's self hooks are
+        guarded by ``not LB_PUSHING_ENABLE_LB``); in the stealing modes the meta tree learns only
+        from requests handed to thieves. (``PUSH`` records self picks as the hop they replace.)"""
+        return self is LbMode.RATE_LIMITED_PUSH
+
 
 class ReplicaMode(str, enum.Enum):
     """When a replica counts as available for dispatch."""
@@ -63,18 +86,43 @@ class ReplicaMode(str, enum.Enum):
     """Only replicas whose last ``/metrics`` probe showed ``sglang:num_queue_reqs == 0``."""
     PUSH = "push"
     """Every replica, always; the replica policy's imbalance fallback is enabled."""
+    CAP = "cap"
+    """Concurrency cap (LB-C ``USE_IE_QUEUE_INDICATOR=false``, the ``sp-c-N`` ablations): a
+    replica is unavailable while this LB's in-flight count to it is ≥ ``max_concurrent_requests``.
+    No engine probe; as in those ablations (``DO_PUSHING_TO_REPLICA=true``) the replica policy's
+    imbalance fallback is enabled."""
 
     @property
     def probes_engine_queue(self) -> bool:
         """Whether the LB polls every replica's ``/metrics``."""
         return self is ReplicaMode.PULL
 
+    @property
+    def replica_load_balancing(self) -> bool:
+        """Whether the replica policy's imbalance fallback is on (``DO_PUSHING_TO_REPLICA``)."""
+        return self in (ReplicaMode.PUSH, ReplicaMode.CAP)
 
-# Modes whose LB-level action exists in this package; the others are accepted by the enum (so
-# the systems catalog can name them) but refused when an LB is started. Stealing and the
-# rate-limited push slot into ``server.LoadBalancer`` (see ``_try_rate_limited_push`` and the
-# ``/steal-request`` handler).
-IMPLEMENTED_LB_MODES: frozenset[LbMode] = frozenset({LbMode.GLOBAL, LbMode.PUSH})
+    @property
+    def availability_rule(self) -> str:
+        """Human-readable availability rule, recorded in the effective configuration."""
+        return {
+            ReplicaMode.PULL: "engine_queue_empty",
+            ReplicaMode.PUSH: "always",
+            ReplicaMode.CAP: "in_flight_below_max_concurrent_requests",
+        }[self]
+
+
+# Modes whose LB-level action exists in this package (all of them now; kept so callers can
+# check before starting an LB).
+IMPLEMENTED_LB_MODES: frozenset[LbMode] = frozenset(LbMode)
+
+_POSITIVE_FLOATS = (
+    "tick_s", "steal_interval_s", "probe_interval_s", "probe_timeout_s", "lb_probe_interval_s", "lb_rpc_timeout_s",
+    "stream_timeout_s", "connect_timeout_s", "eviction_interval_s",
+)
+_POSITIVE_INTS = ("latency_check_attempts", "max_concurrent_requests", "max_tree_size")
+_NON_NEGATIVE = ("steal_threshold", "steal_v2_batch_factor", "rate_limit_queue_threshold",
+                 "cache_threshold", "balance_abs_threshold", "balance_rel_threshold")
 
 
 @dataclass(frozen=True)
@@ -88,34 +136,84 @@ class LbConfig:
     meta_policy: str = "prefix_tree"
     """LB-level policy (the original ``--meta-load-balancing-policy``)."""
     tick_s: float = 0.01
-    """Queue-processor interval (``_QUEUE_PROCESSOR_SLEEP_TIME``); also the steal-loop tick."""
+    """Queue-processor interval (``_QUEUE_PROCESSOR_SLEEP_TIME``)."""
+    steal_interval_s: float = 0.01
+    """Stealing-loop interval (the original ran it at the queue-processor tick). V1 reads every
+    peer's ``/conf`` once per round while the preconditions hold, so an idle LB polls its peers
+    at this rate."""
     probe_interval_s: float = 0.1
     """Engine-queue probe period (``_IE_QUEUE_PROBE_INTERVAL``)."""
     probe_timeout_s: float = 1.0
     """Per-probe HTTP timeout; the original had none (a hung replica stalled the probe loop)."""
     lb_probe_interval_s: float = 0.1
-    """Peer ``/conf`` probe period of the rate-limited push."""
+    """Peer ``/conf`` probe period of the rate-limited push (``_probe_lb_status``)."""
+    lb_rpc_timeout_s: float = 1.0
+    """Timeout of every LB↔LB control call: peer ``/conf`` reads, ``/steal-request`` and the
+    ``/sky-lb-health`` latency check. The original had none."""
+    latency_check_attempts: int = 3
+    """Tries of the ``/sky-lb-health`` latency check of a new peer; the original retried forever.
+    A peer that never answers is still a steal target, ordered last."""
     steal_threshold: int = 10
     """``_STEAL_TRIGGER_THRESHOLD``: steal only while the own queue holds at most this many."""
     steal_v2_batch_factor: int = 3
     """V2 steals ``factor × available local replicas`` requests per round."""
+    rate_limit_queue_threshold: int = 10
+    """Rate-limited push: a peer is available only if its ``queue_size`` is at most this (and at
+    most ours, and it has an available replica)."""
+    rate_limit_count_own_pushes: bool = True
+    """Rate-limited push: add our own pushes to a peer's last-seen ``queue_size`` until its next
+    probe. Needed because one tick may place many requests (no one-dispatch-per-tick cap), which
+    would otherwise empty our queue into a peer on one stale ``/conf``; with
+    ``mimic_one_dispatch_per_tick`` the original's unadjusted view can be restored by turning
+    this off."""
     stream_timeout_s: float = 120.0
     """``LB_STREAM_TIMEOUT``; applied as the total time of one upstream exchange."""
     connect_timeout_s: float = 10.0
     """Upstream TCP connect timeout (fail fast with 502 instead of waiting the full stream timeout)."""
     max_concurrent_requests: int = 10
-    """Reported in ``/conf`` as in the original (the concurrency-cap mode is not used here)."""
+    """Per-replica in-flight cap of ``ReplicaMode.CAP``; reported in ``/conf`` in every mode."""
     mimic_one_dispatch_per_tick: bool = False
     """Restore the original cap of one queue pop per tick (~100 req/s per LB); off by default."""
+    cache_threshold: float = 0.5
+    """Prefix tree: a match must cover more than this share of the text."""
+    balance_abs_threshold: int = 32
+    """Prefix tree imbalance fallback: ``max − min`` load must exceed this ..."""
+    balance_rel_threshold: float = 1.0001
+    """... and ``max`` must exceed this × ``min``."""
+    eviction_interval_s: float = 60.0
+    """Prefix tree LRU eviction period."""
+    max_tree_size: int = 2**24
+    """Prefix tree: characters kept per target by eviction."""
+    least_load_fallback: bool = True
+    """Prefix tree: fall back to least load when the match is too short. False = the later
+    ``DISABLE_LEAST_LOAD_IN_PREFIX=true`` (CLI ``--no-least-load-fallback``)."""
 
     def __post_init__(self) -> None:
         # Accept plain strings (CLI, JSON) and normalise them to the enums.
         object.__setattr__(self, "lb_mode", LbMode(self.lb_mode))
         object.__setattr__(self, "replica_mode", ReplicaMode(self.replica_mode))
-        for name in ("tick_s", "probe_interval_s", "probe_timeout_s", "lb_probe_interval_s",
-                     "stream_timeout_s", "connect_timeout_s"):
+        for name in _POSITIVE_FLOATS + _POSITIVE_INTS:
             if getattr(self, name) <= 0:
                 raise ValueError(f"LbConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in _NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"LbConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def prefix_tree_kwargs(self) -> dict[str, Any]:
+        """Keyword configuration of a ``prefix_tree`` policy built for this LB."""
+        return {
+            "cache_threshold": self.cache_threshold,
+            "balance_abs_threshold": self.balance_abs_threshold,
+            "balance_rel_threshold": self.balance_rel_threshold,
+            "eviction_interval_s": self.eviction_interval_s,
+            "max_tree_size": self.max_tree_size,
+            "least_load_fallback": self.least_load_fallback,
+        }
+
+    def policy_kwargs(self, policy: str) -> dict[str, Any]:
+        """Keyword configuration for the policy registered as ``policy`` (only the prefix tree
+        takes any)."""
+        return self.prefix_tree_kwargs() if policy == "prefix_tree" else {}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON record of the configuration, including which deliberate fixes are active."""
@@ -127,6 +225,11 @@ class LbConfig:
         # them at the head. Recorded so results say which behaviour produced them.
         data["requeue_unscheduled"] = True
         data["dispatch_per_tick"] = "one" if self.mimic_one_dispatch_per_tick else "all_placeable"
+        data["replica_availability"] = self.replica_mode.availability_rule
+        data["replica_load_balancing"] = self.replica_mode.replica_load_balancing
+        data["meta_load_balancing"] = self.lb_mode.meta_load_balancing
+        data["steals"] = self.lb_mode.steals
+        data["meta_records_self"] = self.lb_mode.meta_records_self
         return data
 
     def to_argv(self) -> list[str]:
@@ -136,7 +239,9 @@ class LbConfig:
             value = getattr(self, f.name)
             flag = "--" + f.name.replace("_", "-")
             if isinstance(value, bool):
-                if value:
+                if f.default is True and not value:
+                    argv.append("--no-" + f.name.replace("_", "-"))
+                elif f.default is not True and value:
                     argv.append(flag)
             elif isinstance(value, enum.Enum):
                 argv += [flag, str(value.value)]

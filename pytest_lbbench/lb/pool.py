@@ -18,9 +18,13 @@ __all__ = ["TargetPool"]
 class TargetPool:
     """Known targets, their availability and in-flight counts, and the policy over them."""
 
-    def __init__(self, kind: str, policy: Policy) -> None:
+    def __init__(self, kind: str, policy: Policy, *, concurrency_cap: int | None = None) -> None:
         self.kind = kind
         self.policy = policy
+        # ``ReplicaMode.CAP``: a target with this many requests in flight is unavailable until
+        # one of them ends (the original flipped availability in the pre/post hooks; computing
+        # it on read gives the same answer at every decision).
+        self.concurrency_cap = concurrency_cap
         self.urls: dict[str, str] = {}
         # Stable ordinal per name in order of first appearance, like the original's
         # ``_replica2id``; it names the replica in the ``replica-decision`` header.
@@ -50,7 +54,10 @@ class TargetPool:
 
     def available(self) -> list[str]:
         """Targets eligible for selection right now, in membership order."""
-        return list(self._available)
+        cap = self.concurrency_cap
+        if cap is None:
+            return list(self._available)
+        return [name for name in self._available if self.in_flight.get(name, 0) < cap]
 
     def set_available(self, name: str, available: bool) -> None:
         """Mark a known target (un)available; unknown names are ignored."""
@@ -63,7 +70,9 @@ class TargetPool:
 
     def is_available(self, name: str) -> bool:
         """Whether ``name`` is currently eligible."""
-        return name in self._available
+        if name not in self._available:
+            return False
+        return self.concurrency_cap is None or self.in_flight.get(name, 0) < self.concurrency_cap
 
     # --- selection and hooks ----------------------------------------------------------
 
@@ -73,6 +82,12 @@ class TargetPool:
         if not available:
             return None
         return self.policy.select(info, available)
+
+    def select_among(self, info: RequestInfo, candidates: list[str]) -> str | None:
+        """The policy's choice among ``candidates`` (a subset the caller vetted; None if empty)."""
+        if not candidates:
+            return None
+        return self.policy.select(info, candidates)
 
     def acquire(self, name: str, info: RequestInfo) -> None:
         """A request is being sent to ``name``: count it and run the policy's pre hook."""

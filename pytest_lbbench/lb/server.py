@@ -12,8 +12,13 @@ Request path (reference §2.2, LB-B), with the two deliberate fixes:
       (meta pre/post hooks on self, ``lb-decision`` and ``second-hop-*`` headers).
    b. **no replicas** after membership → 503 "No ready replicas" (before the first
       membership, requests simply wait);
-   c. **local replica** chosen by the replica policy among available replicas;
-   d. *(rate-limited push, later issue)*;
+   c. **local replica** chosen by the replica policy among available replicas (``PULL``:
+      last engine probe showed an empty waiting queue; ``PUSH``: always; ``CAP``: fewer than
+      ``max_concurrent_requests`` in flight from this LB). ``RATE_LIMITED_PUSH`` records the
+      request in the meta tree under this LB's own name;
+   d. **rate-limited push** (``RATE_LIMITED_PUSH``, user requests only): the meta policy picks
+      among the peers whose last ``/conf`` shows capacity (:func:`.peers.peer_accepts_push`),
+      never self;
    e. otherwise the entry goes back to the **head** of the queue. *Fix 1:* the original
       dropped it on two paths; here no path drops a request.
 
@@ -24,8 +29,21 @@ Request path (reference §2.2, LB-B), with the two deliberate fixes:
    sees the new load), then the handler proxies and streams; post hooks run when the stream
    ends, fails, or the client leaves. "Load" = open streams.
 
+LB-level background work besides the queue processor:
+
+* ``STEAL_V1``/``STEAL_V2``: a stealing loop every ``steal_interval_s`` (10 ms, as the
+  original; :meth:`LoadBalancer.steal_round`).
+  Peers are ordered by a ``/sky-lb-health`` latency measured once when first seen. The victim
+  side is :meth:`LoadBalancer.hand_over`. In these modes the meta tree learns only from
+  requests handed to thieves (the original skipped the self hooks), kept as is.
+* ``RATE_LIMITED_PUSH``: every peer's ``/conf`` every ``lb_probe_interval_s``
+  (:meth:`LoadBalancer.probe_peers_once`).
+
+Every LB↔LB control call has a timeout (``lb_rpc_timeout_s``); the original had none.
+
 Endpoints: ``GET /sky-lb-health``, ``GET /conf``, ``POST /lbbench/membership`` (replaces the
-controller sync), ``POST /steal-request`` (501 until stealing lands), and a catch-all proxy.
+controller sync), ``POST /steal-request`` (steal modes; 409 in the others), and a catch-all
+proxy.
 """
 
 from __future__ import annotations
@@ -42,7 +60,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .config import IMPLEMENTED_LB_MODES, LbConfig, ReplicaMode
+from .config import IMPLEMENTED_LB_MODES, LbConfig, LbMode, ReplicaMode
+from .peers import (
+    PeerLoad,
+    PeerStatus,
+    fetch_conf,
+    measure_latency,
+    peer_accepts_push,
+    plan_v1_steal,
+    post_steal,
+    rank_steal_candidates,
+)
 from .policies import HASH_KEY_HEADER, RequestInfo, make_policy, request_text
 from .pool import TargetPool
 from .probe import probe_engine_queues
@@ -77,22 +105,35 @@ class LoadBalancer:
         self.config = config
         self.name = name
         self.region = region
-        self.replicas = TargetPool("replica", make_policy(config.policy))
-        self.lbs = TargetPool("lb", make_policy(config.meta_policy))
-        if config.replica_mode is ReplicaMode.PUSH:
+        cap = config.max_concurrent_requests if config.replica_mode is ReplicaMode.CAP else None
+        self.replicas = TargetPool(
+            "replica", make_policy(config.policy, **config.policy_kwargs(config.policy)),
+            concurrency_cap=cap,
+        )
+        self.lbs = TargetPool(
+            "lb", make_policy(config.meta_policy, **config.policy_kwargs(config.meta_policy))
+        )
+        if config.replica_mode.replica_load_balancing:
             self.replicas.policy.enable_load_balancing()
         if config.lb_mode.meta_load_balancing:
             self.lbs.policy.enable_load_balancing()
         self.queue = RequestQueue()
         self.lb_regions: dict[str, str] = {}
-        # Last queue size seen per peer LB (rate-limited push probes fill it; -1 = unknown).
-        self.lb_queue_sizes: dict[str, int] = {}
+        # Rate-limited push: each peer's load from its last ``/conf`` (absent = unknown, which
+        # makes the peer unavailable).
+        self.peer_status: dict[str, PeerStatus] = {}
+        # Stealing: ``/sky-lb-health`` latency per peer, measured once per (name, URL).
+        self.peer_latency: dict[str, tuple[str, float]] = {}
+        self._latency_pending: set[str] = set()
         self.dispatched_total = 0
-        self.forwarded_total = 0
+        self.forwarded_total = 0  # sent to another LB: pushed + stolen away
+        self.pushed_total = 0  # sent to another LB by this LB's own decision (push modes)
+        self.stolen_total = 0  # received through this LB's steal requests (as the victims said)
+        self.stolen_away_total = 0  # handed to thieves
         self.failed_total = 0  # answered by the LB itself (503 "No ready replicas")
         self.upstream_errors_total = 0  # upstream failed: 502, or a stream aborted midway
         self._needs_text = self.replicas.policy.needs_text or (
-            config.lb_mode.pushes_user_requests and self.lbs.policy.needs_text
+            config.lb_mode.uses_meta_policy and self.lbs.policy.needs_text
         )
         self._session: aiohttp.ClientSession | None = None
         # Per read, not per exchange: the original's httpx ``timeout=120`` bounds each step
@@ -132,10 +173,26 @@ class LoadBalancer:
             "replica_mode": self.config.replica_mode.value,
             "dispatched_total": self.dispatched_total,
             "forwarded_total": self.forwarded_total,
+            "pushed_total": self.pushed_total,
+            "stolen_total": self.stolen_total,
+            "stolen_away_total": self.stolen_away_total,
             "failed_total": self.failed_total,
             "upstream_errors_total": self.upstream_errors_total,
             "replica_names": {url: name for name, url in self.replicas.urls.items()},
             "lb_queue": self.lbs.in_flight_by_url(),
+            "lb_status": {
+                name: {
+                    "queue_size": st.queue_size,
+                    "num_available_replicas": st.num_available_replicas,
+                    "pushed_since_probe": st.pushed_since_probe,
+                    "age_s": round(time.monotonic() - st.seen_at, 3),
+                }
+                for name, st in self.peer_status.items()
+            },
+            "lb_latency_s": {
+                name: (None if latency == float("inf") else latency)
+                for name, (_, latency) in self.peer_latency.items()
+            },
         }
 
     # ------------------------------------------------------------------ membership
@@ -193,6 +250,7 @@ class LoadBalancer:
                 if lb != self.name:
                     self._resolve(entry, self._lb_dispatch(entry, lb, now))
                     self.forwarded_total += 1
+                    self.pushed_total += 1
                     return True
                 # Self: continue as if the request had just arrived from an LB (no HTTP hop).
                 entry.lb_hop = LbHop(lb, self.lbs.url_of(lb), self.region, now)
@@ -205,15 +263,45 @@ class LoadBalancer:
             return True
         replica = self.replicas.select(entry.info)
         if replica is not None:
+            if self.config.lb_mode.meta_records_self and self.name in self.lbs.urls:
+                entry.acquire(self.lbs, self.name)
             entry.acquire(self.replicas, replica)
             self._resolve(entry, self._replica_dispatch(entry, replica, now))
             self.dispatched_total += 1
             return True
-        return self._try_rate_limited_push(entry)
+        return self._try_rate_limited_push(entry, now)
 
-    def _try_rate_limited_push(self, entry: RequestEntry) -> bool:
-        """Step (d): push to a peer LB with spare capacity. Arrives with ``RATE_LIMITED_PUSH``."""
-        return False
+    def push_candidates(self, own_queue_size: int) -> list[str]:
+        """Peers (never self) that the rate-limited push may use now, in membership order."""
+        count_own = self.config.rate_limit_count_own_pushes
+        candidates = []
+        for name in self.lbs.urls:
+            status = self.peer_status.get(name)
+            if name == self.name or status is None:
+                continue
+            if peer_accepts_push(
+                peer_queue_size=status.effective_queue_size(count_own),
+                peer_available_replicas=status.num_available_replicas,
+                own_queue_size=own_queue_size,
+                threshold=self.config.rate_limit_queue_threshold,
+            ):
+                candidates.append(name)
+        return candidates
+
+    def _try_rate_limited_push(self, entry: RequestEntry, now: float) -> bool:
+        """Step (d): push a user request to a peer LB that advertises spare capacity."""
+        if self.config.lb_mode is not LbMode.RATE_LIMITED_PUSH or not entry.is_user_request:
+            return False
+        # Our queue as ``/conf`` would show it right now: the popped head counts.
+        lb = self.lbs.select_among(entry.info, self.push_candidates(len(self.queue) + 1))
+        if lb is None:
+            return False
+        entry.acquire(self.lbs, lb)
+        self._resolve(entry, self._lb_dispatch(entry, lb, now))
+        self.peer_status[lb].pushed_since_probe += 1
+        self.pushed_total += 1
+        self.forwarded_total += 1
+        return True
 
     @staticmethod
     def _resolve(entry: RequestEntry, outcome: Outcome) -> None:
@@ -229,7 +317,7 @@ class LoadBalancer:
             to_lb=True,
             extra_request_headers=(
                 (FROM_LB_HEADER, "true"),
-                (QUEUE_SIZE_HEADER, str(self.lb_queue_sizes.get(lb, -1))),
+                (QUEUE_SIZE_HEADER, str(self._last_seen_queue_size(lb))),
             ),
             # The original calls the LB hop "second" (its comment: "first and second hop is
             # inversed"), because headers are added on the way back.
@@ -239,6 +327,10 @@ class LoadBalancer:
             ),
             decision_headers=(("lb-decision", f"Select LB in region {region} ({url})"),),
         )
+
+    def _last_seen_queue_size(self, lb: str) -> int:
+        status = self.peer_status.get(lb)
+        return -1 if status is None else status.queue_size
 
     def _replica_dispatch(self, entry: RequestEntry, replica: str, now: float) -> Dispatch:
         url = self.replicas.url_of(replica)
@@ -268,6 +360,160 @@ class LoadBalancer:
             decision_headers=decisions,
         )
 
+    # ------------------------------------------------------------------ stealing
+
+    def resolve_lb(self, ref: str) -> str | None:
+        """The membership name of an LB given by name or by URL (None if unknown)."""
+        if ref in self.lbs.urls:
+            return ref
+        wanted = ref.rstrip("/")
+        for name, url in self.lbs.urls.items():
+            if url.rstrip("/") == wanted:
+                return name
+        return None
+
+    def hand_over(self, thief: str, num_steal: int) -> int:
+        """Victim side of ``/steal-request``: give ``thief`` up to ``num_steal`` queued user requests.
+
+        Runs without awaiting, so the scan and the removal are atomic with respect to the queue
+        processor (the original held the queue lock). Candidates are ranked by
+        :func:`.peers.rank_steal_candidates`; each chosen entry leaves the queue and is forwarded
+        to the thief as a from-LB request, with the meta pre hook under the thief's name (so this
+        LB's meta tree learns that the thief now serves the prefix). Returns how many were given.
+        """
+        if num_steal <= 0:
+            return 0
+        candidates = [e for e in self.queue if e.is_user_request and not e.abandoned]
+        if not candidates:
+            return 0
+        ranked = rank_steal_candidates(candidates, self.lbs.policy, self.lbs.available(), thief)
+        chosen = ranked[:num_steal]
+        now = time.time()
+        for entry in chosen:
+            self.queue.remove(entry)
+            entry.acquire(self.lbs, thief)
+            self._resolve(entry, self._lb_dispatch(entry, thief, now))
+        self.stolen_away_total += len(chosen)
+        self.forwarded_total += len(chosen)
+        return len(chosen)
+
+    def steal_targets(self) -> list[str]:
+        """Peers whose latency check finished, nearest first (unreachable ones last)."""
+        ranked = []
+        for name, url in self.lbs.urls.items():
+            measured = self.peer_latency.get(name)
+            if name != self.name and measured is not None and measured[0] == url:
+                ranked.append((measured[1], name))
+        return [name for _, name in sorted(ranked)]
+
+    def _check_new_peers(self) -> None:
+        """Start a latency check for every peer (or changed peer URL) not measured yet."""
+        for name, url in self.lbs.urls.items():
+            if name == self.name or name in self._latency_pending:
+                continue
+            measured = self.peer_latency.get(name)
+            if measured is None or measured[0] != url:
+                self._latency_pending.add(name)
+                self._spawn(self._measure_peer(name, url), f"latency-{name}")
+
+    async def _measure_peer(self, name: str, url: str) -> None:
+        assert self._session is not None
+        try:
+            latency = await measure_latency(
+                self._session, url, self.config.lb_rpc_timeout_s, self.config.latency_check_attempts
+            )
+            self.peer_latency[name] = (url, latency)
+        finally:
+            self._latency_pending.discard(name)
+
+    def own_inflight(self) -> int:
+        """Requests streaming to this LB's replicas (``Σ replica_queue`` of our ``/conf``)."""
+        return sum(self.replicas.in_flight_by_url().values())
+
+    async def steal_round(self) -> int:
+        """One round of the stealing loop; returns how many requests the victims handed over."""
+        self._check_new_peers()
+        if self.name not in self.lbs.urls:  # own identity not in the LB list: never steal
+            return 0
+        if len(self.queue) > self.config.steal_threshold or not self.replicas.available():
+            return 0
+        targets = self.steal_targets()
+        if not targets:
+            return 0
+        if self.config.lb_mode is LbMode.STEAL_V1:
+            stolen = await self._steal_v1(targets)
+        else:
+            stolen = await self._steal_v2(targets)
+        self.stolen_total += stolen
+        return stolen
+
+    async def _steal_v1(self, targets: list[str]) -> int:
+        assert self._session is not None
+        session, timeout = self._session, self.config.lb_rpc_timeout_s
+        confs = await asyncio.gather(
+            *(fetch_conf(session, self.lbs.url_of(t), timeout) for t in targets)
+        )
+        peers: list[tuple[str, PeerLoad]] = []
+        for target, conf in zip(targets, confs):
+            if conf is None:
+                continue
+            try:
+                peers.append((target, PeerLoad.from_conf(conf)))
+            except ValueError as exc:
+                log.debug("ignoring /conf of %s: %s", target, exc)
+        if not peers:
+            return 0
+        plan = plan_v1_steal(
+            own_queue_size=len(self.queue),
+            own_inflight=self.own_inflight(),
+            own_num_replicas=len(self.replicas.urls),
+            peers=peers,
+        )
+        if not plan.steals:
+            return 0
+        log.debug("V1 steal plan: %s", plan)
+        remaining = await asyncio.gather(
+            *(post_steal(session, self.lbs.url_of(t), n, self.name, timeout) for t, n in plan.steals)
+        )
+        return sum(n - left for (_, n), left in zip(plan.steals, remaining) if left is not None)
+
+    async def _steal_v2(self, targets: list[str]) -> int:
+        assert self._session is not None
+        wanted = self.config.steal_v2_batch_factor * len(self.replicas.available())
+        stolen = 0
+        for target in targets:
+            if wanted <= 0:
+                break
+            left = await post_steal(
+                self._session, self.lbs.url_of(target), wanted, self.name,
+                self.config.lb_rpc_timeout_s,
+            )
+            if left is None:
+                continue
+            stolen += wanted - left
+            wanted = left
+        return stolen
+
+    # ------------------------------------------------------------------ rate-limited push
+
+    async def probe_peers_once(self) -> None:
+        """Read every peer's ``/conf`` concurrently; a peer that fails becomes unknown
+        (unavailable) until it answers again, and our push count for it restarts at 0."""
+        assert self._session is not None
+        peers = [(n, u) for n, u in self.lbs.urls.items() if n != self.name]
+        confs = await asyncio.gather(
+            *(fetch_conf(self._session, url, self.config.lb_rpc_timeout_s) for _, url in peers)
+        )
+        seen: dict[str, PeerStatus] = {}
+        for (name, _), conf in zip(peers, confs):
+            if conf is None:
+                continue
+            try:
+                seen[name] = PeerStatus.from_conf(conf)
+            except ValueError as exc:
+                log.debug("ignoring /conf of %s: %s", name, exc)
+        self.peer_status = seen
+
     # ------------------------------------------------------------------ HTTP handlers
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -287,8 +533,21 @@ class LoadBalancer:
         )
 
     async def _steal_request(self, request: web.Request) -> web.Response:
-        # Stealing (STEAL_V1/V2) arrives with the systems issue; the victim side slots in here.
-        return json_error(501, "request stealing is not implemented by this LB yet")
+        if not self.config.lb_mode.steals:
+            return json_error(409, f"request stealing is off in lb_mode {self.config.lb_mode.value!r}")
+        try:
+            payload = await request.json()
+        except ValueError as exc:
+            return json_error(400, f"bad steal request: {exc}")
+        num = payload.get("num_steal") if isinstance(payload, dict) else None
+        source = payload.get("source_lb_url") if isinstance(payload, dict) else None
+        if isinstance(num, bool) or not isinstance(num, int) or not isinstance(source, str):
+            return json_error(400, 'steal request must be {"num_steal": int, "source_lb_url": str}')
+        thief = self.resolve_lb(source)
+        if thief is None or thief == self.name:
+            return json_error(400, f"steal request from unknown LB {source!r}")
+        stolen = self.hand_over(thief, num)
+        return web.json_response({"remaining_to_steal": num - stolen, "stolen": stolen})
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         arrive = time.time()
@@ -358,8 +617,12 @@ class LoadBalancer:
                 "engine-queue-probe",
             )
         self._start_eviction(self.replicas)
-        if self.config.lb_mode.pushes_user_requests:
+        if self.config.lb_mode.uses_meta_policy:
             self._start_eviction(self.lbs)
+        if self.config.lb_mode.steals:
+            self._spawn(self._steal_loop(), "steal-loop")
+        if self.config.lb_mode.probes_peer_status:
+            self._spawn(self._peer_status_loop(), "lb-status-probe")
         log.info("System Config: %s", json.dumps(self.describe(), sort_keys=True))
 
     async def _on_cleanup(self, app: web.Application) -> None:
@@ -388,6 +651,24 @@ class LoadBalancer:
                 self.process_queue()
             except Exception:  # pragma: no cover - keep serving; the bug shows in the log
                 log.exception("queue processor step failed")
+
+    async def _steal_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.steal_interval_s)
+            try:
+                await self.steal_round()
+            except Exception:  # pragma: no cover - keep stealing; the bug shows in the log
+                log.exception("steal round failed")
+
+    async def _peer_status_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            try:
+                await self.probe_peers_once()
+            except Exception:  # pragma: no cover
+                log.exception("peer status probe failed")
+            await asyncio.sleep(max(0.0, self.config.lb_probe_interval_s - (loop.time() - start)))
 
     @staticmethod
     async def _eviction_loop(pool: TargetPool, interval_s: float) -> None:
