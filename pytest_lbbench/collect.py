@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_lbbench.benchstore import save_run
+from pytest_lbbench.report.build import ReportFiles, build_report
 from pytest_lbbench.fixtures import PROPERTY_KEY
 from pytest_lbbench.options import get_config
 from pytest_lbbench.report.table import summary_lines
@@ -28,6 +29,7 @@ class LbbenchCollector:
         self.experiments: list[dict[str, Any]] = []
         self.notes: list[tuple[str, list[str]]] = []
         self.saved: Path | None = None
+        self.report: ReportFiles | None = None
         self.lost: list[tuple[str, str]] = []  # (test id, why) of experiments with no result
         self.crashed_workers: list[str] = []
 
@@ -56,7 +58,14 @@ class LbbenchCollector:
     def pytest_sessionfinish(self) -> None:
         cfg = get_config(self.config)
         self.saved = None
-        if cfg.save_name and self.experiments:
+        if not self.experiments:
+            return
+        # Data first (summary files), then pictures; a failing plot is a warning, never a loss.
+        self.report = build_report(
+            cfg.output_dir, self.experiments,
+            {"config": cfg.to_dict(), "lost": [nodeid for nodeid, _ in self.lost]}, slo=cfg.slo,
+        )
+        if cfg.save_name:
             self.saved = save_run(self.experiments, cfg.save_name, cfg.storage)
 
     @pytest.hookimpl
@@ -87,6 +96,12 @@ class LbbenchCollector:
                     tr.write_line(f"  {count} failed: {reason}")
             out = get_config(self.config).output_dir
             tr.write_line(f"results: {out / 'metric'}  telemetry: {out / 'queue_size'}  logs: {out / 'logs'}")
+            if self.report is not None:
+                page = self.report.index_html or "(not written)"
+                tr.write_line(f"summary: {self.report.summary_csv}  report: {page}  "
+                              f"figures: {len(self.report.figures)} in {out / 'fig'}")
+                for warning in self.report.warnings:
+                    tr.write_line(f"  report warning: {warning}", yellow=True)
             if self.saved is not None:
                 tr.write_line(f"saved run: {self.saved} (compare with: pytest-benchmark "
                               f"--storage {get_config(self.config).storage} compare)")

@@ -6,6 +6,7 @@ Every mistake a user can make on the command line is caught here, at start-up, w
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ import pytest
 from pytest_lbbench.benchstore import BaselineNotFound, load_baseline
 from pytest_lbbench.gate import Threshold, parse_threshold
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
+from pytest_lbbench.report.__main__ import parse_slo
 from pytest_lbbench.systems import SYSTEMS, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
 
@@ -56,6 +58,7 @@ class LbbenchConfig:
     thresholds: tuple[Threshold, ...] = ()
     baseline_name: str | None = None
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slo: dict[str, float] | None = None
 
     def system(self, name: str) -> SystemSpec:
         """The catalog entry of ``name`` (built-in or added through the hook)."""
@@ -126,6 +129,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--lbbench-selfcheck", action="store_true", default=False,
         help="also run the benchmarks of pytest-lbbench itself (marked lbbench_selfcheck), "
         "such as the client-capacity check; off by default because they load the machine")
+    add("--slo", default=None, metavar="KEY=S,...",
+        help="thresholds for goodput and SLO attainment in summary.csv, e.g. ttft_s=1,e2e_s=30,"
+        "tpot_s=0.1 (seconds). Default: ttft_s=1,e2e_s=30,tpot_s=0.1")
     add("--lbbench-storage", default=".benchmarks", metavar="DIR",
         help="where runs are saved, in pytest-benchmark's format. Default: .benchmarks")
     add("--lbbench-save", default=None, metavar="NAME",
@@ -221,6 +227,12 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         _fail(f"--max-tokens must be at least 1, got {opt('max_tokens')!r}.")
     if opt("drain_timeout") < 0:
         _fail(f"--drain-timeout must be >= 0, got {opt('drain_timeout')!r}.")
+    slo = None
+    if opt("slo"):
+        try:
+            slo = parse_slo(opt("slo"))
+        except argparse.ArgumentTypeError as exc:
+            _fail(f"--slo: {exc}.")
     thresholds = []
     for raw in opt("lbbench_fail"):
         try:
@@ -263,6 +275,7 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         thresholds=tuple(thresholds),
         baseline_name=baseline_name,
         baseline=baseline,
+        slo=slo,
     )
 
 

@@ -94,14 +94,22 @@ SYSTEMS: dict[str, SystemSpec] = {
             balancer_args=SGLANG_ROUTER_ORIGINAL_ARGS,
         ),
         _sky("sky_sgl_enhanced", "Baseline [Pull]", "global", "pull", placement=Placement.GLOBAL),
+        _sky("sky_pull_pull", "Ours [Pull/Stealing+Pull]", "steal_v1", "pull"),
+        _sky("sky_pull_pull_v2", "Ours [Pull/Stealing V2+Pull]", "steal_v2", "pull"),
         _sky("sky_push_pull", "Ours [Push+Pull]", "push", "pull"),
         _sky("sky_push_push", "Ours [Push+Push]", "push", "push"),
+        _sky("sky_pull_pull_rate_limit", "Ours [Pull/RateLimit+Pull]", "rate_limited_push", "pull"),
         SystemSpec(
             name="gke_gateway",
             label="GKE Gateway",
             kind=BalancerKind.GATEWAY,
             placement=Placement.EDGE,
         ),
+        # SkyWalker's final design (LB-C with ENABLE_SELECTIVE_PUSHING): rate-limited push between
+        # LBs plus selective pushing to replicas, i.e. engine-queue gating. In LB-B terms that is
+        # the configuration of system 5; it keeps its own row as the later paper's name.
+        _sky("sky_walker", "Sky\nWalker", "rate_limited_push", "pull"),
+        _sky("sky_walker_ch", "Sky\nWalker\nCH", "rate_limited_push", "pull", "consistent_hashing"),
         _sky("sky_round_robin", "RR", "global", "push", "round_robin"),
         _sky("sky_least_load", "LL", "global", "push", "least_load"),
         _sky("sky_consistent_hashing", "CH", "global", "push", "consistent_hashing"),

@@ -108,6 +108,7 @@ def test_unplaceable_head_goes_back_to_the_head_and_blocks_fifo(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     lb = _lb(lb_mode=LbMode.GLOBAL, replica_mode=ReplicaMode.PULL)
+    assert lb.config.pull_dispatches_per_probe == 0  # unlimited by default, as the original
     _membership(lb)
     for name in REPLICAS:
         lb.replicas.set_available(name, False)
@@ -122,6 +123,25 @@ def test_unplaceable_head_goes_back_to_the_head_and_blocks_fifo(
     assert lb.process_queue() == 2
     assert user.outcome.result().name == "replica-1"  # type: ignore[union-attr]
     assert forwarded.outcome.result().name == "replica-1"  # type: ignore[union-attr]
+
+
+def test_pull_takes_one_dispatch_per_replica_per_probe_window(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    lb = _lb(lb_mode=LbMode.GLOBAL, replica_mode=ReplicaMode.PULL, pull_dispatches_per_probe=1)
+    _membership(lb)
+    make = _entry_factory(loop)
+    _enqueue(lb, *(make(f"q{i}") for i in range(5)))
+    # A burst: each replica takes one request, the rest wait in the LB for the next probe.
+    assert lb.process_queue() == len(REPLICAS)
+    assert lb.process_queue() == 0
+    assert len(lb.queue) == 5 - len(REPLICAS)
+    first, second = list(REPLICAS)
+    lb.replicas.set_available(first, True)  # the probe found its engine queue empty
+    assert lb.process_queue() == 1
+    lb.replicas.set_available(first, False)  # the probe found a waiting request
+    lb.replicas.set_available(second, False)
+    assert lb.process_queue() == 0
 
 
 def test_abandoned_entries_are_skipped(loop: asyncio.AbstractEventLoop) -> None:

@@ -257,7 +257,8 @@ class LocalDeployment(Deployment):
                     "pytest_lbbench.lb", "--host", "127.0.0.1", "--port", "0", "--name", name,
                     "--region", region, "--lb-mode", str(spec.lb_mode),
                     "--replica-mode", str(spec.replica_mode), "--policy", str(spec.policy),
-                    "--meta-policy", str(spec.meta_policy), *spec.balancer_args,
+                    "--meta-policy", str(spec.meta_policy), *self._lb_interval_args(),
+                    *spec.balancer_args,
                 ),
             )
             for name, region in zip(names, regions)
@@ -266,6 +267,19 @@ class LocalDeployment(Deployment):
             Component(name, region, int(proc.info["port"]))
             for name, region, proc in zip(names, regions, procs)
         ]
+
+    def _lb_interval_args(self) -> list[str]:
+        """The LB's clocks (tick, probes, steal loop) shrunk with the engine and WAN times, so a
+        scaled run is the same model in less time (floors keep the LB from spinning)."""
+        scale = self.settings.time_scale
+        if scale == 1.0:
+            return []
+        intervals = {"--tick-s": (0.01, 0.001), "--steal-interval-s": (0.01, 0.001),
+                     "--probe-interval-s": (0.1, 0.01), "--lb-probe-interval-s": (0.1, 0.01)}
+        args: list[str] = []
+        for flag, (original, floor) in intervals.items():
+            args += [flag, f"{max(floor, original * scale):.4f}"]
+        return args
 
     def _choose_entries(self, entries: list[Component]) -> None:
         by_region = {c.region: c for c in entries}

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LB-level policy. Default: %(default)s")
     p.add_argument("--mimic-one-dispatch-per-tick", action="store_true",
                    help="restore the original cap of one queue pop per tick")
+    p.add_argument("--pull-dispatches-per-probe", type=_int_at_least(0),
+                   default=defaults.pull_dispatches_per_probe,
+                   help="replica pull: dispatches a replica may take between two engine-queue "
+                        "probes; 0 = unlimited (the original's rule). Default: %(default)s")
     p.add_argument("--max-concurrent-requests", type=_int_at_least(1),
                    default=defaults.max_concurrent_requests,
                    help="per-replica in-flight cap of --replica-mode cap; reported in /conf. "

@@ -121,7 +121,7 @@ _POSITIVE_FLOATS = (
     "stream_timeout_s", "connect_timeout_s", "eviction_interval_s",
 )
 _POSITIVE_INTS = ("latency_check_attempts", "max_concurrent_requests", "max_tree_size")
-_NON_NEGATIVE = ("steal_threshold", "steal_v2_batch_factor", "rate_limit_queue_threshold",
+_NON_NEGATIVE = ("pull_dispatches_per_probe", "steal_threshold", "steal_v2_batch_factor", "rate_limit_queue_threshold",
                  "cache_threshold", "balance_abs_threshold", "balance_rel_threshold")
 
 
@@ -167,13 +167,20 @@ class LbConfig:
     ``mimic_one_dispatch_per_tick`` the original's unadjusted view can be restored by turning
     this off."""
     stream_timeout_s: float = 120.0
-    """``LB_STREAM_TIMEOUT``; applied as the total time of one upstream exchange."""
+    """``LB_STREAM_TIMEOUT``; applied per read, as httpx applied the original's ``timeout=120``."""
     connect_timeout_s: float = 10.0
     """Upstream TCP connect timeout (fail fast with 502 instead of waiting the full stream timeout)."""
     max_concurrent_requests: int = 10
     """Per-replica in-flight cap of ``ReplicaMode.CAP``; reported in ``/conf`` in every mode."""
     mimic_one_dispatch_per_tick: bool = False
     """Restore the original cap of one queue pop per tick (~100 req/s per LB); off by default."""
+    pull_dispatches_per_probe: int = 0
+    """``ReplicaMode.PULL``: dispatches a replica may take between two engine-queue probes;
+    0 = unlimited, the original's rule and the default. The original never marked a replica busy
+    on dispatch, but its one-pop-per-tick cap limited a burst to ~10 requests per 0.1 s probe
+    window; without that cap a burst lands on the replicas that last looked free and queues in
+    their engines until the next probe. 1 makes "pull" mean "one request per empty-queue report"
+    (an option, not a default: it also costs conversation affinity under concurrency)."""
     cache_threshold: float = 0.5
     """Prefix tree: a match must cover more than this share of the text."""
     balance_abs_threshold: int = 32

@@ -18,13 +18,20 @@ __all__ = ["TargetPool"]
 class TargetPool:
     """Known targets, their availability and in-flight counts, and the policy over them."""
 
-    def __init__(self, kind: str, policy: Policy, *, concurrency_cap: int | None = None) -> None:
+    def __init__(
+        self, kind: str, policy: Policy, *, concurrency_cap: int | None = None,
+        dispatches_per_probe: int | None = None,
+    ) -> None:
         self.kind = kind
         self.policy = policy
         # ``ReplicaMode.CAP``: a target with this many requests in flight is unavailable until
         # one of them ends (the original flipped availability in the pre/post hooks; computing
         # it on read gives the same answer at every decision).
         self.concurrency_cap = concurrency_cap
+        # ``ReplicaMode.PULL``: dispatches left to a target until its next "available" probe
+        # result (None = unlimited). See ``LbConfig.pull_dispatches_per_probe``.
+        self.dispatches_per_probe = dispatches_per_probe
+        self._budget: dict[str, int] = {}
         self.urls: dict[str, str] = {}
         # Stable ordinal per name in order of first appearance, like the original's
         # ``_replica2id``; it names the replica in the ``replica-decision`` header.
@@ -65,6 +72,8 @@ class TargetPool:
             return
         if available:
             self._available[name] = None
+            if self.dispatches_per_probe is not None:
+                self._budget[name] = self.dispatches_per_probe
         else:
             self._available.pop(name, None)
 
@@ -92,6 +101,11 @@ class TargetPool:
     def acquire(self, name: str, info: RequestInfo) -> None:
         """A request is being sent to ``name``: count it and run the policy's pre hook."""
         self.in_flight[name] = self.in_flight.get(name, 0) + 1
+        if self.dispatches_per_probe is not None and name in self._available:
+            left = self._budget.get(name, self.dispatches_per_probe) - 1
+            self._budget[name] = left
+            if left <= 0:
+                self._available.pop(name, None)  # until the next probe finds its queue empty
         self.policy.pre_execute(name, info)
 
     def release(self, name: str, info: RequestInfo) -> None:

@@ -106,9 +106,14 @@ class LoadBalancer:
         self.name = name
         self.region = region
         cap = config.max_concurrent_requests if config.replica_mode is ReplicaMode.CAP else None
+        per_probe = (
+            config.pull_dispatches_per_probe
+            if config.replica_mode is ReplicaMode.PULL and config.pull_dispatches_per_probe > 0
+            else None
+        )
         self.replicas = TargetPool(
             "replica", make_policy(config.policy, **config.policy_kwargs(config.policy)),
-            concurrency_cap=cap,
+            concurrency_cap=cap, dispatches_per_probe=per_probe,
         )
         self.lbs = TargetPool(
             "lb", make_policy(config.meta_policy, **config.policy_kwargs(config.meta_policy))

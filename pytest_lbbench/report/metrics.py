@@ -15,6 +15,9 @@ Definitions (DESIGN §5; times in seconds unless the key says ``_ms``):
 * ``served_remote_share``: of the successful requests whose serving replica is known, the
   share served by a replica outside the request's client region (needs the replica → region
   map of the deployment).
+* goodput under an SLO (``{"ttft_s", "e2e_s", "tpot_s"}`` thresholds, inclusive): a request
+  counts if it succeeded within every threshold; ``slo_attainment`` = those / all requests,
+  ``goodput_requests_per_s`` = those / span.
 """
 
 from __future__ import annotations
@@ -123,3 +126,60 @@ def failure_reasons(records: Iterable[Record], limit: int = 5) -> dict[str, int]
             key = str(r["failed"])[:120]
             counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])
+
+
+#: Thresholds a service-level objective may set, all in seconds.
+SLO_KEYS: tuple[str, ...] = ("ttft_s", "e2e_s", "tpot_s")
+
+
+def validate_slo(slo: Mapping[str, float]) -> dict[str, float]:
+    """``slo`` as a plain dict of positive finite floats; ``ValueError`` names bad keys."""
+    out: dict[str, float] = {}
+    for key, value in slo.items():
+        if key not in SLO_KEYS:
+            raise ValueError(f"unknown SLO threshold {key!r}; valid: {', '.join(SLO_KEYS)}")
+        number = float(value)
+        if not number > 0 or number == float("inf"):
+            raise ValueError(f"SLO threshold {key}={value!r} must be a positive finite number of seconds")
+        out[key] = number
+    return out
+
+
+def meets_slo(record: Record, slo: Mapping[str, float]) -> bool:
+    """Whether one request succeeded within every threshold of ``slo`` (inclusive).
+
+    A request with fewer than two output tokens has no decode phase, so the TPOT threshold
+    does not apply to it; a threshold whose value the record lacks counts as missed (an
+    unknown latency cannot be shown to meet an objective).
+    """
+    if record.get("failed") or record.get("e2e_latency") is None:
+        return False
+    e2e = float(record["e2e_latency"])
+    ttft = record.get("ttft")
+    if "e2e_s" in slo and e2e > slo["e2e_s"]:
+        return False
+    if "ttft_s" in slo and (ttft is None or ttft > slo["ttft_s"]):
+        return False
+    if "tpot_s" in slo and (record.get("output_tokens") or 0) >= 2:
+        if ttft is None:
+            return False
+        if (e2e - ttft) / (record["output_tokens"] - 1) > slo["tpot_s"]:
+            return False
+    return True
+
+
+def goodput(records: Sequence[Record], slo: Mapping[str, float]) -> dict[str, Any]:
+    """Requests that met ``slo``: their count, their share of all requests, and their rate.
+
+    ``slo_attainment`` counts failed requests in the denominator (a failure misses every
+    objective); ``goodput_requests_per_s`` divides by the same span as ``requests_per_s``,
+    so goodput ≤ requests/s always holds.
+    """
+    slo = validate_slo(slo)
+    met = sum(1 for r in records if meets_slo(r, slo))
+    span = span_seconds(records)
+    return {
+        "slo_met_requests": met,
+        "slo_attainment": met / len(records) if records else None,
+        "goodput_requests_per_s": met / span if span else None,
+    }

@@ -1,0 +1,54 @@
+"""The whole report of a run in one call: summary files, then figures, then ``index.html``.
+
+The order matters: the summary (the data) is written first and is the only step allowed to
+raise; figures and the page are drawn from the files just written, so what a session end
+produces and what ``python -m pytest_lbbench.report DIR`` redraws later are the same. No
+pytest here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pytest_lbbench.report.html import write_index
+from pytest_lbbench.report.plots import FIG_DIR, draw_figures
+from pytest_lbbench.report.store import load_summary, write_summary
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`build_report` wrote, and what went wrong without losing data."""
+
+    summary_csv: Path
+    summary_json: Path
+    index_html: Path | None
+    figures: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def build_report(
+    out_dir: Path,
+    experiments: list[dict[str, Any]],
+    run_meta: dict[str, Any],
+    slo: Mapping[str, float] | None = None,
+) -> ReportFiles:
+    """Write ``summary.csv``/``summary.json``, ``fig/*.png`` and ``index.html`` under ``out_dir``.
+
+    Arguments as for :func:`~pytest_lbbench.report.store.write_summary`. Raises only if the
+    summary cannot be written (or ``slo`` is invalid); every figure or page failure is
+    returned in ``warnings`` for the caller to show.
+    """
+    out_dir = Path(out_dir)
+    csv_path, json_path = write_summary(out_dir, experiments, run_meta, slo=slo)
+    summary = load_summary(json_path)
+    figures, warnings = draw_figures(summary, out_dir, out_dir / FIG_DIR)
+    warnings = list(summary.get("notes") or []) + warnings
+    index: Path | None
+    try:
+        index = write_index(out_dir, summary, figures, warnings)
+    except Exception as exc:  # noqa: BLE001 - the page is a view; the data is already on disk
+        index = None
+        warnings.append(f"index.html not written: {type(exc).__name__}: {exc}")
+    return ReportFiles(csv_path, json_path, index, figures, warnings)

@@ -1,0 +1,201 @@
+"""``<out>/index.html``: the run's summary table and every figure on one page.
+
+Self-contained apart from the PNGs (inline CSS, no scripts, no external fonts), with
+relative links only, so the output directory can be moved, zipped or served as CI
+artifacts. One table per experiment group (the workload by default), one row per system
+over all client regions, the best value of each column marked as in the terminal table;
+the per-region rows are folded underneath. No pytest here.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import quote
+
+from pytest_lbbench.report.plots import safe_name as _safe  # the names the files were given
+from pytest_lbbench.report.resultdir import system_sort_key
+from pytest_lbbench.report.store import ALL_REGIONS, SUMMARY_CSV, SUMMARY_JSON
+from pytest_lbbench.report.table import COLUMNS, Column, best_value
+
+INDEX_HTML = "index.html"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _rate(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+#: The terminal table's columns plus the SLO ones, which only this report has room for.
+HTML_COLUMNS: tuple[Column, ...] = (
+    *COLUMNS[:-2],
+    Column("req/s", "requests_per_s", _rate, "max"),
+    Column("goodput req/s", "goodput_requests_per_s", _rate, "max"),
+    Column("SLO met", "slo_attainment", _pct, "max"),
+    *COLUMNS[-2:],
+)
+
+#: Figure file-name suffix → caption.
+CAPTIONS: dict[str, str] = {
+    "throughput": "Throughput: Σ(input + 2·output) / span (the paper's) and output tokens/s",
+    "ttft_box": "TTFT (log scale); box P25–P75, whiskers P10–P90, red median, ▲ mean",
+    "e2e_box": "E2E latency; box P25–P75, whiskers P10–P90, red median, ▲ mean",
+    "ttft_cdf": "TTFT CDF of successful requests",
+    "cache_hit": "KV-cache hit rate Σ min(cached, input) / Σ input",
+    "region_latency": "TTFT and E2E latency per client region",
+}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.best { font-weight: bold; background: #e6f4e6; }
+tr.region td { color: #555; font-size: 0.95em; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.85em; color: #444; max-width: 60em; }
+.warn { color: #a33; }
+dl.meta dt { font-weight: bold; float: left; clear: left; width: 11em; }
+dl.meta dd { margin-left: 12em; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _href(path: Path, base: Path) -> str:
+    rel = os.path.relpath(path, base).replace(os.sep, "/")
+    return quote(rel)
+
+
+def _cells(row: Mapping[str, Any], best: Mapping[str, Any]) -> str:
+    out = []
+    for col in HTML_COLUMNS:
+        value = row.get(col.key)
+        is_best = value is not None and best.get(col.key) is not None and value == best[col.key]
+        cls = "num best" if is_best else "num"
+        title = ' title="best in this column"' if is_best else ""
+        out.append(f'<td class="{cls}"{title}>{_esc(col.fmt(value))}</td>')
+    return "".join(out)
+
+
+def group_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One group's table: a row per system (all regions), its client regions folded under it."""
+    overall = sorted((r for r in rows if r.get("client_region") == ALL_REGIONS),
+                     key=lambda r: system_sort_key(str(r.get("system"))))
+    best = {col.key: best_value(overall, col) for col in HTML_COLUMNS}
+    head = "".join(f"<th>{_esc(c.header)}</th>" for c in HTML_COLUMNS)
+    lines = [f"<table><tr><th>system</th><th>clients</th>{head}</tr>"]
+    for row in overall:
+        flag = " ⚠ client-bound" if row.get("client_bound") else ""
+        lines.append(
+            f'<tr><td title="{_esc(row.get("system"))}">{_esc(row.get("label"))}{_esc(flag)}</td>'
+            f"<td>all</td>{_cells(row, best)}</tr>"
+        )
+        regions = sorted((r for r in rows if r.get("exp_name") == row.get("exp_name")
+                          and r.get("client_region") != ALL_REGIONS),
+                         key=lambda r: str(r.get("client_region")))
+        if len(regions) > 1:
+            for region in regions:
+                lines.append(f'<tr class="region"><td></td><td>{_esc(region.get("client_region"))}</td>'
+                             f"{_cells(region, {})}</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _figure(path: Path, base: Path, caption: str) -> str:
+    return (f'<figure><a href="{_href(path, base)}"><img src="{_href(path, base)}" '
+            f'alt="{_esc(caption)}"></a><figcaption>{_esc(caption)}</figcaption></figure>')
+
+
+def _meta(summary: Mapping[str, Any]) -> str:
+    versions = summary.get("versions") or {}
+    slo = summary.get("slo") or {}
+    items: list[tuple[str, str]] = [
+        ("run id", _esc(summary.get("run_id"))),
+        ("written", _esc(summary.get("created"))),
+        ("git commit", _esc(summary.get("git_commit") or "unknown")),
+        ("pytest-lbbench", _esc(summary.get("pytest_lbbench"))),
+        ("software that ran", _esc(", ".join(f"{k} {v}" for k, v in versions.items()) or "-")),
+        ("SLO for goodput", _esc(", ".join(f"{k} ≤ {v:g}" for k, v in slo.items()) or "-")),
+    ]
+    body = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
+    return f'<dl class="meta">{body}</dl>'
+
+
+def render_index(
+    summary: Mapping[str, Any], figures: Sequence[Path], warnings: Sequence[str], out_dir: Path
+) -> str:
+    """The page's HTML text (see the module docstring)."""
+    records: list[dict[str, Any]] = summary.get("records") or []
+    entries = summary.get("experiments") or []
+    groups = sorted({str(e["exp_group"]) for e in entries} | {str(r["exp_group"]) for r in records})
+    by_name = {p.name: p for p in figures}
+    used: set[str] = set()
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>pytest-lbbench {_esc(summary.get('run_id'))}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>pytest-lbbench results</h1>",
+        _meta(summary),
+        f'<p>Data: <a href="{SUMMARY_CSV}">{SUMMARY_CSV}</a>, <a href="{SUMMARY_JSON}">{SUMMARY_JSON}</a>. '
+        "TTFT in ms, E2E in s; bold = best system in that column.</p>",
+    ]
+    if warnings:  # the caller's list already holds the summary's notes
+        parts.append('<ul class="warn">' + "".join(f"<li>{_esc(w)}</li>" for w in warnings) + "</ul>")
+    for group in groups:
+        rows = [r for r in records if r.get("exp_group") == group]
+        workloads = sorted({str(r.get("workload")) for r in rows})
+        title = group if workloads == [group] else f"{group} (workload {', '.join(workloads)})"
+        parts.append(f"<h2>{_esc(title)}</h2>")
+        parts.append(group_table(rows))
+        for suffix, caption in CAPTIONS.items():
+            name = _safe_figure_name(group, suffix)
+            if name in by_name:
+                parts.append(_figure(by_name[name], out_dir, caption))
+                used.add(name)
+        queue_figs = [
+            (e, by_name[f"queue_{_safe(e['exp_name'])}.png"]) for e in
+            sorted((e for e in entries if e["exp_group"] == group),
+                   key=lambda e: system_sort_key(str(e["system"])))
+            if f"queue_{_safe(e['exp_name'])}.png" in by_name
+        ]
+        if queue_figs:
+            parts.append("<h3>Queues over time (1 Hz)</h3>")
+            for entry, path in queue_figs:
+                parts.append(_figure(path, out_dir, f"{entry['label']}: LB queues (top), replica "
+                                                    "queued / running requests (bottom)"))
+                used.add(path.name)
+    rest = [p for p in figures if p.name not in used]
+    if rest:
+        parts.append("<h2>Other figures</h2>")
+        parts.extend(_figure(p, out_dir, p.stem) for p in rest)
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _safe_figure_name(group: str, suffix: str) -> str:
+    return f"{_safe(group)}_{suffix}.png"
+
+
+def write_index(
+    out_dir: Path,
+    summary: Mapping[str, Any],
+    figures: Sequence[Path],
+    warnings: Sequence[str] = (),
+) -> Path:
+    """Write ``<out_dir>/index.html`` and return its path."""
+    path = Path(out_dir) / INDEX_HTML
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render_index(summary, figures, warnings, Path(out_dir)), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

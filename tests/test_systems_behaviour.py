@@ -1,0 +1,157 @@
+"""Each system, really started on loopback, shows its defining property (DESIGN §3).
+
+These drive whole systems through the local backend without the pytest plugin: replicas, LBs,
+routers, gateways and delay links are real processes; times are shrunk 20× (``time_scale``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path, live_entries
+from pytest_lbbench.backends.local import (
+    LocalClientLauncher,
+    LocalDeployment,
+    LocalSettings,
+    telemetry_recorder,
+)
+from pytest_lbbench.systems import SYSTEMS, BalancerKind, Placement
+
+SCALE = 0.05
+
+
+def run_system(
+    name: str, tmp: Path, *, regions: tuple[str, ...] = ("us-east-2", "ap-northeast-1"),
+    users: int = 3, replicas: int = 3, duration: float = 3.0, max_tokens: int = 12,
+    region_to_args: dict[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Run ``name`` once; return (records, telemetry lines, deployment description)."""
+    ledger = ProcessLedger(ledger_path(tmp))
+    deployment = LocalDeployment(SYSTEMS[name], LocalSettings(
+        replicas=replicas, replica_regions=("us-east-2", "ap-northeast-1", "eu-central-1"),
+        client_regions=regions, log_dir=tmp / "logs", time_scale=SCALE, ledger=ledger,
+    ))
+    spec = ExperimentSpec(
+        system=name, workload="arena_syn", exp_name=f"t_{name}", client_regions=regions,
+        duration_s=duration, num_users=users, num_conv=50, seed=1, max_tokens=max_tokens,
+        drain_timeout_s=30, region_to_args=region_to_args or {},
+    )
+    deployment.start()
+    try:
+        with telemetry_recorder(deployment.telemetry_targets(), tmp / "queue.txt", tmp / "logs", ledger):
+            files = LocalClientLauncher(tmp / "logs", ledger).run(deployment, spec, tmp / "metric")
+        description = deployment.describe()
+    finally:
+        deployment.stop()
+    assert not live_entries(ledger_path(tmp))
+    records = []
+    for path in files.values():
+        data = json.loads(path.read_text())
+        assert len(data["metrics"]) == data["sent"] > 0, "a request was lost"
+        records += data["metrics"]
+    telemetry = [json.loads(line) for line in (tmp / "queue.txt").read_text().splitlines()]
+    return records, telemetry, description
+
+
+def replica_regions(description: dict[str, Any]) -> dict[str, str]:
+    return {r["name"]: r["region"] for r in description["replicas"]}
+
+
+@pytest.mark.parametrize("name", sorted(SYSTEMS))
+def test_every_system_serves_without_losing_requests_under_overload(name: str, tmp_path: Path) -> None:
+    # 2 replicas, 12 users per region: queues build in the LBs or the engines.
+    records, telemetry, _ = run_system(name, tmp_path, users=12, replicas=2, max_tokens=24)
+    failed = [r for r in records if r["failed"]]
+    assert len(failed) <= 0.01 * len(records), failed[:3]
+    assert len(telemetry) >= 3
+
+
+# Stealing systems are left out on purpose: an idle LB steals queued requests from a busy one
+# by design, which moves conversations (tests/test_lb_modes.py covers stealing).
+PREFIX_SYSTEMS = [n for n, s in SYSTEMS.items()
+                  if s.policy == "prefix_tree" and not str(s.lb_mode).startswith("steal")]
+
+
+def same_replica_share(records: list[dict[str, Any]]) -> tuple[float, int]:
+    """Share of later turns served by the replica that served the conversation's first turn."""
+    by_conv: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if not r["failed"]:
+            by_conv[r["program_id"]].append(r)
+    later = [(turns[0]["replica"], t["replica"]) for turns in by_conv.values()
+             for t in sorted(turns, key=lambda t: t["turn_index"])[1:]]
+    return sum(1 for first, other in later if first == other) / max(1, len(later)), len(later)
+
+
+@pytest.mark.parametrize("name", PREFIX_SYSTEMS)
+def test_prefix_systems_keep_a_conversation_on_one_replica(name: str, tmp_path: Path) -> None:
+    records, _, _ = run_system(name, tmp_path, regions=("us-east-2",), users=3, replicas=4, duration=4.0)
+    share, later = same_replica_share(records)
+    assert later >= 5
+    # Not 100 %: the original's prefix tree matches the JSON text of the messages and needs a
+    # match rate above 0.5, so a second turn whose answer and new question outweigh the first
+    # prompt falls back to least load; and replica pull skips a replica whose last probe saw a
+    # waiting request. Measured here: 0.76-0.78, against 0.43 for round robin (test below).
+    assert share >= 0.65, share
+    hits = [r["cached_tokens"] / r["input_tokens"] for r in records if not r["failed"] and r["turn_index"] > 0]
+    assert sum(hits) / len(hits) > 0.5  # later turns hit their history in the replica's cache
+
+
+def test_round_robin_has_no_affinity_control(tmp_path: Path) -> None:
+    # 4 replicas place 2 in us-east-2, so round robin alternates between them.
+    records, _, _ = run_system("sky_round_robin", tmp_path, regions=("us-east-2",), users=3, replicas=4, duration=4.0)
+    share, later = same_replica_share(records)
+    assert later >= 5 and share < 0.6, share  # the control for the test above
+
+
+REGION_LOCAL = [n for n, s in SYSTEMS.items()
+                if s.kind is BalancerKind.SKY_LB and s.lb_mode == "global" and s.placement is Placement.REGIONAL]
+
+
+@pytest.mark.parametrize("name", REGION_LOCAL)
+def test_region_local_rows_never_leave_their_region(name: str, tmp_path: Path) -> None:
+    records, _, description = run_system(name, tmp_path, users=6)
+    regions = replica_regions(description)
+    served = [(r["client_region"], regions[r["replica"]]) for r in records if not r["failed"]]
+    assert served and all(client == replica for client, replica in served)
+
+
+def lb_waits(records: list[dict[str, Any]]) -> list[float]:
+    """Seconds each request waited in an LB queue, from the LBs' timing headers."""
+    waits = []
+    for r in records:
+        h = {k.lower(): v for k, v in (r["headers"] or {}).items()}
+        for hop in ("first-hop", "second-hop"):
+            if f"{hop}-sky-time-arrive" in h:
+                waits.append(float(h[f"{hop}-sky-time-scheduled"]) - float(h[f"{hop}-sky-time-arrive"]))
+    return waits
+
+
+def test_push_push_holds_nothing_in_lb_queues_while_pull_does(tmp_path: Path) -> None:
+    # The same overload (2 replicas, 20 users per region) on both systems.
+    push, _, _ = run_system("sky_push_push", tmp_path / "push", users=20, replicas=2, max_tokens=48)
+    pull, _, _ = run_system("sky_push_pull", tmp_path / "pull", users=20, replicas=2, max_tokens=48)
+    push_waits, pull_waits = lb_waits(push), lb_waits(pull)
+    assert push_waits and pull_waits
+    # Push dispatches at the next 10 ms tick at the latest (plus event-loop slack)...
+    assert max(push_waits) < 0.05, max(push_waits)
+    # ...while pull holds requests in the LB until a replica's engine queue is empty.
+    assert max(pull_waits) > 0.1, max(pull_waits)
+
+
+def test_skewed_load_shows_who_serves_outside_the_region(tmp_path: Path) -> None:
+    skew = {"us-east-2": "--num-users 12", "ap-northeast-1": "--num-users 1"}
+    records, _, description = run_system("sky_push_push", tmp_path, replicas=3, max_tokens=24,
+                                         region_to_args=skew)
+    regions = replica_regions(description)
+    us = [r for r in records if r["client_region"] == "us-east-2" and not r["failed"]]
+    ap = [r for r in records if r["client_region"] == "ap-northeast-1"]
+    assert len(us) > 4 * len(ap)  # the per-region user counts took effect
+    remote = sum(1 for r in us if regions[r["replica"]] != "us-east-2")
+    assert 0 < remote < len(us)  # push spreads us-east-2 work across regions, not all of it
