@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_lbbench.backends.ledger import ledger_path, live_entries
+from pytest_lbbench.systems import SYSTEMS
 
 BENCH = '''
 from pytest_lbbench.backends.base import Deployment
@@ -50,13 +53,13 @@ def test_ids_read_system_workload(bench: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines([
         "test_bench.py::test_benchmark[[]sgl-arena_syn[]]",
         "test_bench.py::test_benchmark[[]sky_push_push-arena_syn[]]",
-        "2 tests collected*",
+        f"{len(SYSTEMS)} tests collected*",
     ])
 
 
 def test_k_selects_one_system(bench: pytest.Pytester) -> None:
     result = bench.runpytest("--collect-only", "-q", "-k", "push_push")
-    result.stdout.fnmatch_lines(["*[[]sky_push_push-arena_syn[]]", "1/2 tests collected*"])
+    result.stdout.fnmatch_lines(["*[[]sky_push_push-arena_syn[]]", f"1/{len(SYSTEMS)} tests collected*"])
     assert "sgl-arena_syn" not in result.stdout.str()
 
 
@@ -102,10 +105,11 @@ def test_selfcheck_benchmarks_run_only_when_asked(bench: pytest.Pytester) -> Non
         def test_capacity():
             pass
     """)
+    n = len(SYSTEMS)
     result = bench.runpytest("--collect-only", "-q")
-    result.stdout.fnmatch_lines(["2/3 tests collected (1 deselected)*"])
+    result.stdout.fnmatch_lines([f"{n}/{n + 1} tests collected (1 deselected)*"])
     result = bench.runpytest("--collect-only", "-q", "--lbbench-selfcheck")
-    result.stdout.fnmatch_lines(["test_self.py::test_capacity", "3 tests collected*"])
+    result.stdout.fnmatch_lines(["test_self.py::test_capacity", f"{n + 1} tests collected*"])
 
 
 @pytest.mark.parametrize(
@@ -113,7 +117,7 @@ def test_selfcheck_benchmarks_run_only_when_asked(bench: pytest.Pytester) -> Non
     [
         (("--regions", "us-east-2", "mars-1"),
          "*--regions: unknown region 'mars-1'. Valid regions: us-east-2, ap-northeast-1, eu-central-1.*"),
-        (("--systems", "sky_nope"), "*unknown system 'sky_nope'. Valid systems: sgl, sky_push_push*"),
+        (("--systems", "sky_nope"), "*unknown system 'sky_nope'. Valid systems: sgl, sky_sgl_enhanced, *"),
         (("--workloads", "sharegpt"), "*unknown workload 'sharegpt'. Valid workloads: arena_syn*"),
         (("--region-to-args", "{us-east-2: 1}"), "*--region-to-args is not valid JSON*Expected an object*"),
         (("--region-to-args", '["us-east-2"]'), "*--region-to-args must be a JSON object*"),
@@ -131,8 +135,8 @@ def test_bad_input_exits_4_with_what_is_valid(bench: pytest.Pytester, args: tupl
 def test_both_systems_in_parallel_workers(bench: pytest.Pytester) -> None:
     out = bench.path / "results"
     result = bench.runpytest_subprocess(
-        "-n", "2", "--dist", "loadgroup", "--regions", "us-east-2", "ap-northeast-1",
-        "--output-dir", str(out), *FAST, timeout=300,
+        "-n", "2", "--dist", "loadgroup", "--systems", "sgl", "sky_push_push",
+        "--regions", "us-east-2", "ap-northeast-1", "--output-dir", str(out), *FAST, timeout=300,
     )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
@@ -155,6 +159,42 @@ def test_both_systems_in_parallel_workers(bench: pytest.Pytester) -> None:
     sgl = json.loads((out / "metric" / "arena_syn_sgl" / "us-east-2.json").read_text())
     assert sgl["deployment"]["versions"]["sglang_router"]
     assert not live_entries(ledger_path(out)), "processes left running after the run"
+
+    # The report: one summary row per system (plus per client region), every figure, a page.
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 3  # header; per system: all + 2 client regions
+    figures = sorted(p.name for p in (out / "fig").glob("*.png"))
+    for kind in ("throughput", "ttft_box", "e2e_box", "ttft_cdf", "cache_hit", "region_latency"):
+        assert f"arena_syn_{kind}.png" in figures
+    assert {"queue_arena_syn_sgl.png", "queue_arena_syn_sky_push_push.png"} <= set(figures)
+    screenshot = _screenshot(out / "index.html", bench.path / "index.png")
+    assert screenshot.stat().st_size > 50_000  # a page with a table and figures, not a blank one
+
+    # Redrawing from the stored files alone gives the same figures.
+    copy = bench.path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "fig")
+    redraw = subprocess.run([sys.executable, "-m", "pytest_lbbench.report", str(copy)],
+                            capture_output=True, text=True, timeout=300)
+    assert redraw.returncode == 0, redraw.stderr
+    assert sorted(p.name for p in (copy / "fig").glob("*.png")) == figures
+
+
+def _screenshot(page: Path, png: Path) -> Path:
+    """Open ``page`` in headless Chromium and save what it shows."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing; .ci/run installs it with apt-get install chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={png.parent / 'chromium-profile'}", "--window-size=1280,2400",
+         f"--screenshot={png}", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )
+    return png
 
 
 def test_ctrl_c_leaves_nothing_running(bench: pytest.Pytester) -> None:

@@ -139,10 +139,12 @@ def test_push_push_holds_nothing_in_lb_queues_while_pull_does(tmp_path: Path) ->
     pull, _, _ = run_system("sky_push_pull", tmp_path / "pull", users=20, replicas=2, max_tokens=48)
     push_waits, pull_waits = lb_waits(push), lb_waits(pull)
     assert push_waits and pull_waits
-    # Push dispatches at the next 10 ms tick at the latest (plus event-loop slack)...
-    assert max(push_waits) < 0.05, max(push_waits)
-    # ...while pull holds requests in the LB until a replica's engine queue is empty.
-    assert max(pull_waits) > 0.1, max(pull_waits)
+    # The LB ticks every 1 ms here (10 ms × time scale, floored) and probes engines every
+    # 10 ms: push places a request at its next tick, pull holds it until a probe finds an
+    # empty engine queue. Count requests held longer than a few ticks.
+    held_push = sum(1 for w in push_waits if w > 0.005)
+    held_pull = sum(1 for w in pull_waits if w > 0.005)
+    assert held_pull > 3 * max(1, held_push), (held_push, held_pull)
 
 
 def test_skewed_load_shows_who_serves_outside_the_region(tmp_path: Path) -> None:
