@@ -254,7 +254,8 @@ def test_save_then_gate_against_the_saved_run(bench: pytest.Pytester) -> None:
     assert "sky_push_push-arena_syn[ttft]" in listed.stdout
     # Every engine and WAN time doubled: TTFT p50 must grow well past 10 % and the gate says so.
     slower = [a if a != "0.05" else "0.1" for a in common]
-    second = bench.runpytest_subprocess(*slower, "--lbbench-compare", "base",
+    # Under xdist too: each worker reads the baseline and fails its own test.
+    second = bench.runpytest_subprocess(*slower, "-n", "2", "--lbbench-compare", "base",
                                         "--lbbench-fail", "ttft_p50_s:10%", timeout=300)
     second.assert_outcomes(failed=1)
     second.stdout.fnmatch_lines(["*sky_push_push-arena_syn: ttft_p50_s grew from * (baseline 0001_base.json) to *"])

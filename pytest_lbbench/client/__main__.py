@@ -15,7 +15,6 @@ Exit status: 0 on a completed run (failed requests are data, not errors), 2 on b
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform

@@ -24,6 +24,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..aioserve import serve_app, string_map
+
 from ..lb.policies import RequestInfo
 from ..lb.proxy import forward, json_error
 from ..lb.queue import Dispatch, RequestEntry
@@ -116,8 +118,8 @@ class Gateway:
         me = payload.get("self", self.name)
         if me != self.name:
             raise MembershipError(f"membership is for {me!r}, but this gateway is {self.name!r}")
-        backends = _str_map(payload, "backends")
-        regions = _str_map(payload, "regions")
+        backends = string_map(payload, "backends", MembershipError)
+        regions = string_map(payload, "regions", MembershipError)
         order = payload.get("region_order", [self.region])
         if not isinstance(order, list) or not all(isinstance(r, str) for r in order):
             raise MembershipError("'region_order' must be a list of region names")
@@ -284,15 +286,6 @@ class Gateway:
             self._session = None
 
 
-def _str_map(payload: Mapping[str, Any], key: str) -> dict[str, str]:
-    value = payload.get(key, {})
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise MembershipError(f"{key!r} must be an object of name → string")
-    return dict(value)
-
-
 async def serve(
     gateway: Gateway,
     sock: socket.socket,
@@ -300,17 +293,4 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve ``gateway`` on the already-bound ``sock`` until ``stop`` is set."""
-    runner = web.AppRunner(
-        gateway.make_app(),
-        access_log=None,  # one line per request would cost more than the proxying itself
-        handler_cancellation=True,  # a client disconnect cancels its handler → upstream closed
-        shutdown_timeout=2.0,
-    )
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        if on_ready is not None:
-            on_ready(int(sock.getsockname()[1]))
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_app(gateway.make_app(), sock, stop, on_ready)

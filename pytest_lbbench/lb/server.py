@@ -60,6 +60,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..aioserve import serve_app, string_map
+
 from .config import IMPLEMENTED_LB_MODES, LbConfig, LbMode, ReplicaMode
 from .peers import (
     PeerLoad,
@@ -214,9 +216,12 @@ class LoadBalancer:
         me = payload.get("self", self.name)
         if me != self.name:
             raise MembershipError(f"membership is for {me!r}, but this LB is {self.name!r}")
-        lbs = _str_map(payload, "lbs")
-        replicas = _str_map(payload, "replicas")
-        regions = {**_str_map(payload, "regions"), **_str_map(payload, "lb_regions")}
+        lbs = string_map(payload, "lbs", MembershipError)
+        replicas = string_map(payload, "replicas", MembershipError)
+        regions = {
+            **string_map(payload, "regions", MembershipError),
+            **string_map(payload, "lb_regions", MembershipError),
+        }
         self.lb_regions.update(regions)
         self.lb_regions[self.name] = self.region
         self.replicas.update(replicas)
@@ -682,15 +687,6 @@ class LoadBalancer:
             pool.policy.evict()
 
 
-def _str_map(payload: Mapping[str, Any], key: str) -> dict[str, str]:
-    value = payload.get(key, {})
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise MembershipError(f"{key!r} must be an object of name → string")
-    return dict(value)
-
-
 async def serve(
     lb: LoadBalancer,
     sock: socket.socket,
@@ -698,17 +694,4 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve ``lb`` on the already-bound ``sock`` until ``stop`` is set."""
-    runner = web.AppRunner(
-        lb.make_app(),
-        access_log=None,  # one line per request would cost more than the proxying itself
-        handler_cancellation=True,  # a client disconnect cancels its handler → upstream closed
-        shutdown_timeout=2.0,
-    )
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        if on_ready is not None:
-            on_ready(int(sock.getsockname()[1]))
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_app(lb.make_app(), sock, stop, on_ready)

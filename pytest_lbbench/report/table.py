@@ -60,8 +60,8 @@ def best_value(summaries: Sequence[Row], column: Column) -> Any:
     if column.better is None:
         return None
     values: list[float] = [s[column.key] for s in summaries if s.get(column.key) is not None]
-    if len(values) < 2:
-        return None  # a single system is not "best" of anything
+    if len(values) < 2 or len(set(values)) == 1:
+        return None  # a single system, or a column where all agree, has no "best"
     return min(values) if column.better == "min" else max(values)
 
 
