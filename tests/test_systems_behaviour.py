@@ -30,12 +30,14 @@ def run_system(
     name: str, tmp: Path, *, regions: tuple[str, ...] = ("us-east-2", "ap-northeast-1"),
     users: int = 3, replicas: int = 3, duration: float = 3.0, max_tokens: int = 12,
     region_to_args: dict[str, str] | None = None,
+    replica_regions: tuple[str, ...] = ("us-east-2", "ap-northeast-1", "eu-central-1"),
+    profile: str = "l4-llama3.1-8b",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Run ``name`` once; return (records, telemetry lines, deployment description)."""
     ledger = ProcessLedger(ledger_path(tmp))
     deployment = LocalDeployment(SYSTEMS[name], LocalSettings(
-        replicas=replicas, replica_regions=("us-east-2", "ap-northeast-1", "eu-central-1"),
-        client_regions=regions, log_dir=tmp / "logs", time_scale=SCALE, ledger=ledger,
+        replicas=replicas, replica_regions=replica_regions,
+        client_regions=regions, log_dir=tmp / "logs", time_scale=SCALE, ledger=ledger, profile=profile,
     ))
     spec = ExperimentSpec(
         system=name, workload="arena_syn", exp_name=f"t_{name}", client_regions=regions,
@@ -134,9 +136,17 @@ def lb_waits(records: list[dict[str, Any]]) -> list[float]:
 
 
 def test_push_push_holds_nothing_in_lb_queues_while_pull_does(tmp_path: Path) -> None:
-    # The same overload (2 replicas, 20 users per region) on both systems.
-    push, _, _ = run_system("sky_push_push", tmp_path / "push", users=20, replicas=2, max_tokens=48)
-    pull, _, _ = run_system("sky_push_pull", tmp_path / "pull", users=20, replicas=2, max_tokens=48)
+    # The same overload on both systems: 2 small replicas (4 sequences each) and 20 users, all in
+    # one region, so there is one LB and the timing headers measure its queue alone (no LB-to-LB
+    # transit in them).
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"base": "l4-llama3.1-8b", "max_running_requests": 4}))
+    one_region: dict[str, Any] = {"regions": ("us-east-2",), "replica_regions": ("us-east-2",),
+                                  "profile": str(small)}
+    push, _, _ = run_system("sky_push_push", tmp_path / "push", users=20, replicas=2, max_tokens=48,
+                            **one_region)
+    pull, _, _ = run_system("sky_push_pull", tmp_path / "pull", users=20, replicas=2, max_tokens=48,
+                            **one_region)
     push_waits, pull_waits = lb_waits(push), lb_waits(pull)
     assert push_waits and pull_waits
     # The LB ticks every 1 ms here (10 ms × time scale, floored) and probes engines every

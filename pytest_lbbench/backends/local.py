@@ -57,6 +57,7 @@ class LocalSettings:
     seed: int = 0
     time_scale: float = 1.0
     model: str = DEFAULT_MODEL
+    profile: str = "l4-llama3.1-8b"  # a registered engine profile or a JSON file (see pytest_lbbench.sim)
     startup_timeout_s: float = 60.0
     ledger: ProcessLedger | None = None
 
@@ -228,7 +229,7 @@ class LocalDeployment(Deployment):
                 name,
                 python_module_argv(
                     "pytest_lbbench.sim", "--host", "127.0.0.1", "--port", "0",
-                    "--name", name, "--model", self.settings.model,
+                    "--name", name, "--model", self.settings.model, "--profile", self.settings.profile,
                     "--seed", str(self.settings.seed), "--time-scale", str(self.settings.time_scale),
                 ),
             )
