@@ -63,6 +63,7 @@ def lbbench_deployment(
             rtt=cfg.rtt,
             seed=cfg.seed,
             time_scale=cfg.time_scale,
+            profile=cfg.engine_profile,
             ledger=lbbench_ledger,
         ),
     )

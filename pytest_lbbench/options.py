@@ -59,6 +59,7 @@ class LbbenchConfig:
     baseline_name: str | None = None
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     slo: dict[str, float] | None = None
+    engine_profile: str = "l4-llama3.1-8b"
 
     def system(self, name: str) -> SystemSpec:
         """The catalog entry of ``name`` (built-in or added through the hook)."""
@@ -141,6 +142,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--lbbench-fail", action="append", default=[], metavar="METRIC:PCT%",
         help="with --lbbench-compare: fail a test whose METRIC got worse by more than PCT%%, "
         "e.g. ttft_p90_s:10%% or throughput_tpt_per_s:5%% (repeatable)")
+    add("--engine-profile", default="l4-llama3.1-8b", metavar="NAME|FILE",
+        help="simulated replica profile: a registered name or a JSON file such as "
+        '{"base": "l4-llama3.1-8b", "kv_capacity_tokens": 30000}. Default: l4-llama3.1-8b')
     add("--time-scale", type=float, default=1.0, metavar="FACTOR",
         help="multiply every simulated engine time by FACTOR (tests use < 1). Default: 1")
 
@@ -180,6 +184,16 @@ def _parse_region_to_args(raw: str | None, valid_regions: list[str]) -> dict[str
         except ValueError as exc:
             _fail(f"--region-to-args: arguments for {region!r} do not parse ({exc}): {args!r}")
     return dict(data)
+
+
+def _check_profile(name_or_path: str) -> str:
+    from pytest_lbbench.sim.profile import load_profile  # the simulator, only when configuring
+
+    try:
+        load_profile(name_or_path)
+    except (ValueError, OSError) as exc:
+        _fail(f"--engine-profile: {exc}")
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).is_file() else name_or_path
 
 
 def build_catalog(config: pytest.Config) -> dict[str, SystemSpec]:
@@ -276,6 +290,7 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         baseline_name=baseline_name,
         baseline=baseline,
         slo=slo,
+        engine_profile=_check_profile(opt("engine_profile")),
     )
 
 

@@ -123,6 +123,7 @@ def test_selfcheck_benchmarks_run_only_when_asked(bench: pytest.Pytester) -> Non
         (("--region-to-args", '["us-east-2"]'), "*--region-to-args must be a JSON object*"),
         (("--region-to-args", '{"moon": "--num-users 1"}'), "*unknown region 'moon'*"),
         (("--num-users", "0"), "*--num-users must be positive, got 0*"),
+        (("--engine-profile", "h100-dreams"), "*--engine-profile: *h100-dreams*l4-llama3.1-8b*"),
     ],
 )
 def test_bad_input_exits_4_with_what_is_valid(bench: pytest.Pytester, args: tuple[str, ...],
