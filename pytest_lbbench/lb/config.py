@@ -27,6 +27,10 @@ import enum
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .policies import PrefixTreeConfig
+
+_PREFIX_DEFAULTS = PrefixTreeConfig()
+
 __all__ = ["IMPLEMENTED_LB_MODES", "LbConfig", "LbMode", "ReplicaMode"]
 
 
@@ -181,17 +185,17 @@ class LbConfig:
     window; without that cap a burst lands on the replicas that last looked free and queues in
     their engines until the next probe. 1 makes "pull" mean "one request per empty-queue report"
     (an option, not a default: it also costs conversation affinity under concurrency)."""
-    cache_threshold: float = 0.5
+    cache_threshold: float = _PREFIX_DEFAULTS.cache_threshold
     """Prefix tree: a match must cover more than this share of the text."""
-    balance_abs_threshold: int = 32
+    balance_abs_threshold: int = _PREFIX_DEFAULTS.balance_abs_threshold
     """Prefix tree imbalance fallback: ``max − min`` load must exceed this ..."""
-    balance_rel_threshold: float = 1.0001
+    balance_rel_threshold: float = _PREFIX_DEFAULTS.balance_rel_threshold
     """... and ``max`` must exceed this × ``min``."""
-    eviction_interval_s: float = 60.0
+    eviction_interval_s: float = _PREFIX_DEFAULTS.eviction_interval_s
     """Prefix tree LRU eviction period."""
-    max_tree_size: int = 2**24
+    max_tree_size: int = _PREFIX_DEFAULTS.max_tree_size
     """Prefix tree: characters kept per target by eviction."""
-    least_load_fallback: bool = True
+    least_load_fallback: bool = _PREFIX_DEFAULTS.least_load_fallback
     """Prefix tree: fall back to least load when the match is too short. False = the later
     ``DISABLE_LEAST_LOAD_IN_PREFIX=true`` (CLI ``--no-least-load-fallback``)."""
 
@@ -208,14 +212,8 @@ class LbConfig:
 
     def prefix_tree_kwargs(self) -> dict[str, Any]:
         """Keyword configuration of a ``prefix_tree`` policy built for this LB."""
-        return {
-            "cache_threshold": self.cache_threshold,
-            "balance_abs_threshold": self.balance_abs_threshold,
-            "balance_rel_threshold": self.balance_rel_threshold,
-            "eviction_interval_s": self.eviction_interval_s,
-            "max_tree_size": self.max_tree_size,
-            "least_load_fallback": self.least_load_fallback,
-        }
+        # The LB exposes each PrefixTreeConfig field as its own flag; hand them all back.
+        return {f.name: getattr(self, f.name) for f in fields(PrefixTreeConfig)}
 
     def policy_kwargs(self, policy: str) -> dict[str, Any]:
         """Keyword configuration for the policy registered as ``policy`` (only the prefix tree
