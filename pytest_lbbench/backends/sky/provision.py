@@ -1,0 +1,456 @@
+"""The provisioning state machine of the ``sky`` backend, and its cloud ledger.
+
+:class:`RequestRunner` drives asynchronous SkyPilot requests: it submits at most
+``max_parallel`` at a time (the local API server runs at most 4 long requests at once —
+``sky/server/config.py: _MAX_LONG_WORKERS_LOCAL`` — so more would only queue there), polls
+their state without blocking (``sky.api_status``), reports every transition to a progress
+callback, and enforces a deadline. On a failure, a timeout or ``KeyboardInterrupt`` it cancels
+every request still in flight before re-raising, so nothing keeps provisioning behind our back.
+
+:class:`Provisioner` builds on it: :meth:`Provisioner.up` reuses what a ``--keep-up`` run left
+(same name, same rendered YAML, still UP/READY), launches the rest in parallel, waits for the
+services' replicas to be READY, and tears down what it created if any of that fails or is
+interrupted. :meth:`Provisioner.release` tears down (or, with ``--keep-up``, records as kept).
+
+Every submit, success, keep and removal is a JSON line in ``<output-dir>/.lbbench/cloud.jsonl``
+(:class:`CloudLedger`), written *before* the request is sent, so a crash at any point leaves a
+record that :func:`cleanup` (``pytest --lbbench-cleanup``) can act on. Ledger lines carry names,
+regions and hashes only — never secrets. No pytest import here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from pytest_lbbench.backends.sky.render import Component
+from pytest_lbbench.backends.sky.sdk import RequestFailed, RequestState, ServiceInfo, SkySdk
+
+DEFAULT_MAX_PARALLEL = 4
+
+ProgressFn = Callable[[str], None]
+
+# Statuses after which a service will not become READY without help.
+SERVICE_FAILED = ("FAILED", "CONTROLLER_FAILED", "FAILED_CLEANUP", "NO_REPLICA")
+REPLICA_FAILED_PREFIX = "FAILED"
+# Messages of a down request for something that is already gone: that is a success.
+_ALREADY_GONE = ("does not exist", "not found", "No service", "not exist")
+
+
+class ProvisionError(RuntimeError):
+    """Provisioning failed; what was created by this run has been torn down."""
+
+
+class ProvisionTimeout(ProvisionError):
+    """A wait ran past its deadline; in-flight requests were cancelled."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Deadlines of each phase, in seconds."""
+
+    launch_s: float = 3600.0  # submit → every launch / serve-up request finished
+    ready_s: float = 3600.0  # services' replicas READY (model download + load on fresh VMs)
+    teardown_s: float = 1800.0
+    job_s: float = 3600.0  # a client job (the launcher passes the experiment's own bound)
+    poll_s: float = 5.0
+
+
+# ---- ledger ----------------------------------------------------------------------------------
+
+def cloud_ledger_path(output_dir: Path) -> Path:
+    return output_dir / ".lbbench" / "cloud.jsonl"
+
+
+class CloudLedger:
+    """Append-only JSONL record of every cluster and service a run provisioned or removed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, event: str, fields: Mapping[str, Any]) -> None:
+        entry = {**fields, "event": event, "time": time.time(), "pid": os.getpid()}
+        # One short line per write: appends are atomic, so xdist workers can share the file.
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+        return out
+
+    def live(self) -> dict[str, dict[str, Any]]:
+        """Name → latest entry, for everything not recorded as removed."""
+        latest: dict[str, dict[str, Any]] = {}
+        first: dict[str, dict[str, Any]] = {}
+        for entry in self.entries():
+            name = entry.get("name")
+            if not isinstance(name, str):
+                continue
+            first.setdefault(name, entry)
+            if entry.get("event") == "removed":
+                latest.pop(name, None)
+                first.pop(name, None)
+            else:
+                # Keep the descriptive fields of the submit line, the event of the latest one.
+                latest[name] = {**first[name], **entry}
+        return latest
+
+
+# ---- requests --------------------------------------------------------------------------------
+
+@dataclass
+class Op:
+    """One asynchronous request to make: ``submit()`` returns its request id."""
+
+    key: str
+    label: str
+    submit: Callable[[], str]
+    on_done: Callable[[Any], None] | None = None
+    request_id: str | None = None
+    state: RequestState | None = None
+    submitted_at: float = 0.0
+
+
+@dataclass
+class Outcome:
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class RequestRunner:
+    """Submits ops with a concurrency bound and waits for them with a deadline."""
+
+    def __init__(self, sdk: SkySdk, max_parallel: int = DEFAULT_MAX_PARALLEL, poll_s: float = 5.0,
+                 progress: ProgressFn | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
+        self.sdk = sdk
+        self.max_parallel = max_parallel
+        self.poll_s = poll_s
+        self.progress = progress or (lambda line: None)
+        self.clock = clock
+        self.sleep = sleep
+
+    def run(self, ops: Sequence[Op], timeout_s: float, what: str, fail_fast: bool = True) -> Outcome:
+        """Run every op; with ``fail_fast`` the first failure cancels the rest and raises."""
+        pending = list(ops)
+        in_flight: dict[str, Op] = {}
+        outcome = Outcome()
+        start = self.clock()
+        try:
+            while pending or in_flight:
+                while pending and len(in_flight) < self.max_parallel:
+                    op = pending.pop(0)
+                    op.request_id = op.submit()
+                    op.state = RequestState.PENDING
+                    op.submitted_at = self.clock()
+                    in_flight[op.request_id] = op
+                    self.progress(f"{op.label}: submitted (request {op.request_id[:8]})")
+                states = self.sdk.request_states(list(in_flight))
+                for rid, op in list(in_flight.items()):
+                    state = states.get(rid, op.state or RequestState.PENDING)
+                    if state != op.state:
+                        op.state = state
+                        if not state.finished:
+                            self.progress(f"{op.label}: {state.value.lower()}")
+                    if not state.finished:
+                        continue
+                    del in_flight[rid]
+                    elapsed = self.clock() - op.submitted_at
+                    try:
+                        value = self.sdk.result(rid)
+                    except RequestFailed as exc:
+                        outcome.errors[op.key] = f"{op.label}: {state.value.lower()}: {exc}"
+                        self.progress(f"{op.label}: {state.value.lower()} after {elapsed:.0f} s: {exc}")
+                        if fail_fast:
+                            raise ProvisionError(outcome.errors[op.key]) from exc
+                        continue
+                    outcome.results[op.key] = value
+                    if op.on_done is not None:
+                        op.on_done(value)
+                    self.progress(f"{op.label}: done in {elapsed:.0f} s")
+                if not (pending or in_flight):
+                    break
+                if self.clock() - start > timeout_s:
+                    names = ", ".join(op.label for op in in_flight.values()) or "(none in flight)"
+                    raise ProvisionTimeout(
+                        f"{what} did not finish within {timeout_s:.0f} s; still running: {names}. "
+                        "They were cancelled; raise the timeout (--sky-launch-timeout) if the "
+                        "cloud is just slow."
+                    )
+                self.sleep(self.poll_s)
+        except BaseException:
+            # Failure, timeout or Ctrl-C: nothing may keep provisioning after we stop watching.
+            self.cancel([rid for rid in in_flight])
+            raise
+        return outcome
+
+    def cancel(self, request_ids: list[str]) -> None:
+        if not request_ids:
+            return
+        try:
+            self.sdk.cancel(request_ids)
+            self.progress(f"cancelled {len(request_ids)} request(s) in flight")
+        except Exception as exc:  # teardown must go on; report, do not mask the original error
+            self.progress(f"could not cancel requests {request_ids}: {exc}")
+
+    def one(self, label: str, submit: Callable[[], str], timeout_s: float) -> Any:
+        """Run a single request to completion and return its result."""
+        return self.run([Op(label, label, submit)], timeout_s, label).results[label]
+
+
+# ---- provisioner -----------------------------------------------------------------------------
+
+@dataclass
+class UpResult:
+    created: list[Component] = field(default_factory=list)
+    reused: list[Component] = field(default_factory=list)
+    services: dict[str, ServiceInfo] = field(default_factory=dict)
+
+
+class Provisioner:
+    """Brings components up (reusing kept ones) and takes them down again; see the module doc."""
+
+    def __init__(self, sdk: SkySdk, ledger: CloudLedger, *, max_parallel: int = DEFAULT_MAX_PARALLEL,
+                 timeouts: Timeouts = Timeouts(), progress: ProgressFn | None = None,
+                 keep_up: bool = False, secrets: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.sdk = sdk
+        self.ledger = ledger
+        self.timeouts = timeouts
+        self.keep_up = keep_up
+        self.progress = progress or (lambda line: None)
+        self._secrets = dict(secrets or {})
+        self.clock = clock
+        self.sleep = sleep
+        self.runner = RequestRunner(sdk, max_parallel, timeouts.poll_s, self.progress, clock, sleep)
+        self.owned: dict[str, Component] = {}  # created by this run and not yet removed
+
+    def _secrets_for(self, comp: Component) -> dict[str, str]:
+        return {k: self._secrets[k] for k in comp.secrets if k in self._secrets}
+
+    # ---- up ----------------------------------------------------------------------------------
+
+    def reusable(self, components: Sequence[Component]) -> list[Component]:
+        """Components a ``--keep-up`` run left that are unchanged and still UP / READY."""
+        live = self.ledger.live()
+        candidates = [c for c in components if c.name in live]
+        for comp in candidates:
+            recorded = live[comp.name].get("fingerprint")
+            if recorded != comp.fingerprint:
+                raise ProvisionError(
+                    f"{comp.kind} {comp.name!r} is still up from an earlier run, but with a different "
+                    f"configuration (ledger {recorded}, now {comp.fingerprint}). Remove it with "
+                    "`pytest --lbbench-cleanup`, or choose another --sky-prefix."
+                )
+        if not candidates:
+            return []
+        services = [c.name for c in candidates if c.kind == "service"]
+        clusters = [c.name for c in candidates if c.kind == "cluster"]
+        up: set[str] = set()
+        if services:
+            infos: list[ServiceInfo] = self.runner.one(
+                "serve status", lambda: self.sdk.serve_status(services), self.timeouts.launch_s)
+            up |= {i.name for i in infos if i.status == "READY"}
+        if clusters:
+            statuses: dict[str, str] = self.runner.one(
+                "status", lambda: self.sdk.cluster_status(clusters), self.timeouts.launch_s)
+            up |= {name for name, status in statuses.items() if status == "UP"}
+        return [c for c in candidates if c.name in up]
+
+    def _up_op(self, comp: Component) -> Op:
+        def submit() -> str:
+            # Recorded before the request leaves: a crash right after still leaves a trace.
+            self.ledger.record("submit", comp.ledger_fields())
+            self.owned[comp.name] = comp
+            secrets = self._secrets_for(comp)
+            if comp.kind == "service":
+                return self.sdk.serve_up(comp.yaml, comp.name, secrets)
+            return self.sdk.launch(comp.yaml, comp.name, secrets)
+
+        verb = "serve up" if comp.kind == "service" else "launch"
+        return Op(comp.name, f"{verb} {comp.name} ({comp.region})", submit,
+                  on_done=lambda _value: self.ledger.record("up", comp.ledger_fields()))
+
+    def up(self, components: Sequence[Component]) -> UpResult:
+        """Provision ``components`` in parallel and wait for every service to be READY.
+
+        On any failure, timeout or ``KeyboardInterrupt`` the requests in flight are cancelled and
+        everything this call created is torn down before the exception propagates.
+        """
+        result = UpResult()
+        reused = self.reusable(components)
+        for comp in reused:
+            self.ledger.record("reused", comp.ledger_fields())
+            self.progress(f"reusing {comp.kind} {comp.name} (kept up by an earlier run)")
+        reused_names = {c.name for c in reused}
+        todo = [c for c in components if c.name not in reused_names]
+        before = set(self.owned)
+        try:
+            self.runner.run([self._up_op(c) for c in todo], self.timeouts.launch_s, "provisioning")
+            result.services = self.wait_services_ready([c for c in components if c.kind == "service"])
+        except BaseException:
+            created = [c for name, c in self.owned.items() if name not in before]
+            self.progress(f"provisioning stopped; tearing down {len(created)} component(s) it created")
+            try:
+                self.teardown(created)
+            except Exception as exc:  # never mask why provisioning stopped
+                self.progress(f"teardown after failure raised {type(exc).__name__}: {exc}")
+            raise
+        result.created, result.reused = todo, reused
+        return result
+
+    def wait_services_ready(self, services: Sequence[Component]) -> dict[str, ServiceInfo]:
+        """Poll ``sky.serve.status`` until every service has all its replicas READY."""
+        if not services:
+            return {}
+        names = [c.name for c in services]
+        wanted = {c.name: c.count for c in services}
+        start = self.clock()
+        last: dict[str, str] = {}
+        while True:
+            infos: list[ServiceInfo] = self.runner.one(
+                "serve status", lambda: self.sdk.serve_status(names), self.timeouts.ready_s)
+            by_name = {i.name: i for i in infos}
+            ready: dict[str, ServiceInfo] = {}
+            for name in names:
+                info = by_name.get(name)
+                if info is None:
+                    raise ProvisionError(f"service {name!r} disappeared while waiting for it to be READY")
+                n_ready = sum(1 for r in info.replicas if r.status == "READY")
+                failed = [r for r in info.replicas if r.status.startswith(REPLICA_FAILED_PREFIX)]
+                summary = f"{info.status}, {n_ready}/{wanted[name]} replicas ready"
+                if last.get(name) != summary:
+                    last[name] = summary
+                    self.progress(f"service {name}: {summary}")
+                if info.status in SERVICE_FAILED or failed:
+                    detail = ", ".join(f"replica {r.replica_id} {r.status}" for r in failed)
+                    raise ProvisionError(
+                        f"service {name!r} failed ({info.status}{'; ' + detail if detail else ''}). "
+                        f"See `sky serve logs {name} 1` for the replica's log."
+                    )
+                if info.status == "READY" and n_ready >= wanted[name]:
+                    ready[name] = info
+            if len(ready) == len(names):
+                return ready
+            if self.clock() - start > self.timeouts.ready_s:
+                waiting = ", ".join(f"{n} ({last.get(n)})" for n in names if n not in ready)
+                raise ProvisionTimeout(
+                    f"services not READY within {self.timeouts.ready_s:.0f} s: {waiting}. "
+                    "Raise --sky-ready-timeout if the model is still downloading."
+                )
+            self.sleep(self.timeouts.poll_s)
+
+    # ---- jobs --------------------------------------------------------------------------------
+
+    def exec_job(self, cluster: str, yaml_text: str, label: str, secrets: Mapping[str, str] | None = None) -> int:
+        job_id = self.runner.one(label, lambda: self.sdk.exec(yaml_text, cluster, dict(secrets or {})),
+                                 self.timeouts.launch_s)
+        if job_id is None:
+            raise ProvisionError(f"{label}: SkyPilot returned no job id")
+        return int(job_id)
+
+    def wait_job(self, cluster: str, job_id: int, timeout_s: float, label: str,
+                 on_poll: Callable[[float], None] | None = None) -> str:
+        """Poll a job until it finishes; returns its final status (SUCCEEDED, FAILED, …)."""
+        start = self.clock()
+        status: str | None = None
+        while True:
+            status = self.runner.one(f"{label} status", lambda: self.sdk.job_status(cluster, job_id),
+                                     self.timeouts.launch_s)
+            if status in ("SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED"):
+                return str(status)
+            elapsed = self.clock() - start
+            if on_poll is not None:
+                on_poll(elapsed)
+            if elapsed > timeout_s:
+                raise ProvisionTimeout(
+                    f"{label}: job {job_id} on {cluster} still {status} after {timeout_s:.0f} s"
+                )
+            self.sleep(self.timeouts.poll_s)
+
+    # ---- down --------------------------------------------------------------------------------
+
+    def release(self, components: Iterable[Component]) -> list[str]:
+        """End of use: tear down, or with ``--keep-up`` record the components as kept."""
+        comps = list(components)
+        if self.keep_up:
+            for comp in comps:
+                self.ledger.record("kept", comp.ledger_fields())
+                self.owned.pop(comp.name, None)
+            if comps:
+                self.progress(f"--keep-up: left {len(comps)} component(s) running; "
+                              "`pytest --lbbench-cleanup` removes them")
+            return []
+        return self.teardown(comps)
+
+    def teardown(self, components: Iterable[Component]) -> list[str]:
+        """Down every component in parallel; returns error lines (never raises on a failed down)."""
+        comps = list({c.name: c for c in components}.values())
+        return self.teardown_entries([c.ledger_fields() for c in comps])
+
+    def teardown_entries(self, entries: Sequence[Mapping[str, Any]]) -> list[str]:
+        ops = []
+        for entry in entries:
+            name, kind = str(entry["name"]), str(entry.get("kind", "cluster"))
+
+            def submit(name: str = name, kind: str = kind) -> str:
+                return self.sdk.serve_down(name) if kind == "service" else self.sdk.down(name)
+
+            def done(_value: Any, entry: Mapping[str, Any] = entry) -> None:
+                self.ledger.record("removed", dict(entry))
+                self.owned.pop(str(entry["name"]), None)
+
+            verb = "serve down" if kind == "service" else "down"
+            ops.append(Op(name, f"{verb} {name}", submit, on_done=done))
+        if not ops:
+            return []
+        try:
+            outcome = self.runner.run(ops, self.timeouts.teardown_s, "teardown", fail_fast=False)
+        except ProvisionError as exc:  # a timeout: whatever is still live stays in the ledger
+            self.progress(f"teardown error: {exc}")
+            return [str(exc)]
+        errors = []
+        for name, error in outcome.errors.items():
+            if any(marker in error for marker in _ALREADY_GONE):
+                entry = next(e for e in entries if e["name"] == name)
+                self.ledger.record("removed", dict(entry))
+                self.owned.pop(name, None)
+            else:
+                errors.append(error)
+        for error in errors:
+            self.progress(f"teardown error: {error}")
+        return errors
+
+    def teardown_owned(self) -> list[str]:
+        return self.teardown(list(self.owned.values()))
+
+
+def cleanup(provisioner: Provisioner) -> tuple[list[str], list[str]]:
+    """Remove everything the ledger lists as live (``pytest --lbbench-cleanup``).
+
+    Returns ``(removed names, error lines)``.
+    """
+    live = provisioner.ledger.live()
+    if not live:
+        return [], []
+    entries = list(live.values())
+    errors = provisioner.teardown_entries(entries)
+    still = provisioner.ledger.live()
+    removed = [name for name in live if name not in still]
+    return removed, errors
