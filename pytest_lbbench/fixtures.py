@@ -14,7 +14,8 @@ from typing import Callable, Iterator, Protocol
 
 import pytest
 
-from pytest_lbbench.backends.base import Deployment, ExperimentSpec
+from pytest_lbbench import cloud_plugin
+from pytest_lbbench.backends.base import Deployment
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
 from pytest_lbbench.backends.local import (
     LocalClientLauncher,
@@ -49,12 +50,22 @@ def lbbench_ledger(lbbench_config: LbbenchConfig) -> ProcessLedger:
 
 @pytest.fixture(scope="session")
 def lbbench_deployment(
-    lbbench_system: str, lbbench_config: LbbenchConfig, lbbench_ledger: ProcessLedger
+    request: pytest.FixtureRequest, lbbench_system: str, lbbench_config: LbbenchConfig,
+    lbbench_ledger: ProcessLedger,
 ) -> Iterator[Deployment]:
-    """The system ``lbbench_system``, started once per process and always stopped."""
+    """The system ``lbbench_system``, started once per process and always stopped.
+
+    Local processes by default; with ``--backend sky``, ``--endpoint``, ``--service-names``,
+    ``--gke-contexts`` or ``--gke-endpoint`` the cloud layer supplies it (see
+    :mod:`pytest_lbbench.cloud_plugin`).
+    """
     cfg = lbbench_config
-    deployment = LocalDeployment(
-        cfg.system(lbbench_system),
+    spec = cfg.system(lbbench_system)
+    deployment = cloud_plugin.deployment_for(
+        request.config.stash[cloud_plugin.CLOUD_KEY], spec, cfg, lbbench_ledger,
+        progress=cloud_plugin.progress_writer(request.config),
+    ) or LocalDeployment(
+        spec,
         LocalSettings(
             replicas=cfg.replicas,
             replica_regions=cfg.replica_regions,
@@ -67,8 +78,8 @@ def lbbench_deployment(
             ledger=lbbench_ledger,
         ),
     )
-    deployment.start()
     try:
+        deployment.start()
         yield deployment
     finally:
         deployment.stop()
@@ -88,30 +99,18 @@ def lbbench_run(
 
     def run(deployment: Deployment, workload: str) -> ExperimentResult:
         system = deployment.system.name
-        exp_name = f"{cfg.exp_prefix(workload)}_{system}"
-        spec = ExperimentSpec(
-            system=system,
-            workload=workload,
-            exp_name=exp_name,
-            client_regions=cfg.regions,
-            duration_s=cfg.duration_s,
-            num_users=cfg.num_users,
-            num_conv=cfg.num_conv,
-            seed=cfg.seed,
-            max_tokens=cfg.max_tokens,
-            request_timeout_s=cfg.request_timeout_s,
-            drain_timeout_s=cfg.drain_timeout_s,
-            lag_threshold_ms=cfg.lag_threshold_ms,
-            region_to_args=cfg.region_to_args,
-        )
+        spec = cfg.experiment_spec(system, workload)
+        exp_name = spec.exp_name
         metric_dir: Path = cfg.output_dir / "metric" / exp_name
         log_dir = cfg.output_dir / "logs" / system
-        launcher = LocalClientLauncher(log_dir, lbbench_ledger, cfg.rtt)
+        launcher = cloud_plugin.client_launcher_for(
+            request.config.stash[cloud_plugin.CLOUD_KEY], cfg, lbbench_ledger,
+        ) or LocalClientLauncher(log_dir, lbbench_ledger, cfg.rtt)
         queue_file = cfg.output_dir / "queue_size" / f"{exp_name}.txt"
         with telemetry_recorder(deployment.telemetry_targets(), queue_file, log_dir, lbbench_ledger):
             files = launcher.run(
                 deployment, spec, metric_dir,
-                on_progress=progress_printer(request.config, f"{system}-{workload}", cfg.duration_s),
+                on_progress=progress_printer(request.config, f"{system}-{workload}", cfg.warmup_s + cfg.duration_s),
             )
         result = ExperimentResult.load(system, workload, exp_name, files)
         result.attach("deployment", deployment.describe())

@@ -34,3 +34,46 @@ def pytest_lbbench_systems(config: pytest.Config) -> list[SystemSpec] | None:
 
     A name that is already taken is refused at start-up.
     """
+
+
+if TYPE_CHECKING:
+    from pytest_lbbench.workloads.base import Workload
+
+
+@hookspec
+def pytest_lbbench_workloads(config: pytest.Config) -> list[Workload] | None:
+    """Return extra workloads, next to the built-in ones.
+
+    A workload is any object with ``name``, ``options`` (a tuple of
+    :class:`~pytest_lbbench.workloads.base.WorkloadOption`, may be empty), ``hf_dataset``
+    (``None`` for synthetic-only) and ``plan(args, region, region_index)`` returning a
+    :class:`~pytest_lbbench.workloads.base.WorkloadPlan`. Each becomes a column of the matrix,
+    selectable with ``--workloads`` and ``-k``. The plan is built in the pytest process and
+    handed to the client as a file, so the workload's code never has to be importable by the
+    client. Example ``conftest.py``::
+
+        from pytest_lbbench.workloads.base import (
+            Conversation, RequestSettings, WorkloadPlan, group_into_users, users_from_groups)
+
+        class SupportChats:
+            name = "support"
+            options = ()
+            hf_dataset = None
+
+            def plan(self, args, region, region_index):
+                convs = [Conversation(f"c{i}", f"customer{i % 7}", float(i),
+                                      ("My order is late.", "It was order 12345."))
+                         for i in range(100)]
+                return WorkloadPlan(
+                    name=self.name,
+                    users=users_from_groups(group_into_users(convs, args.num_users)),
+                    settings=RequestSettings(max_tokens=args.max_tokens or 128, temperature=0.0),
+                )
+
+        def pytest_lbbench_workloads(config):
+            return [SupportChats()]
+
+    ``args`` carries the common options (``num_users``, ``seed``, ``duration``, ``max_tokens``,
+    ``dataset_source``, ``dataset_path``); options of your own are best read from ``config``
+    when you construct the workload. A name that is already taken is refused at start-up.
+    """

@@ -8,25 +8,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
+from pytest_lbbench.backends.base import ExperimentSpec
 from pytest_lbbench.benchstore import BaselineNotFound, load_baseline
 from pytest_lbbench.gate import Threshold, parse_threshold
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
 from pytest_lbbench.report.__main__ import parse_slo
 from pytest_lbbench.systems import SYSTEMS, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
+from pytest_lbbench.workloads.registry import register_workload
+from pytest_lbbench.workloads.base import Workload, WorkloadOption
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "sky")  # cloud_plugin.BACKEND_CHOICES; checked there too
 DEFAULT_CLIENT_REGIONS = ("us-east-2", "ap-northeast-1")
 DEFAULT_OUTPUT_DIR = "lbbench-results"
 
 CONFIG_KEY = pytest.StashKey["LbbenchConfig"]()
+# Names of the workloads added by the hook, unregistered again at unconfigure.
+HOOK_WORKLOADS_KEY = pytest.StashKey[list[str]]()
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,6 @@ class LbbenchConfig:
     workloads: tuple[str, ...]
     duration_s: float
     num_users: int
-    num_conv: int
     seed: int
     exp_name: str | None
     output_dir: Path
@@ -60,6 +65,39 @@ class LbbenchConfig:
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     slo: dict[str, float] | None = None
     engine_profile: str = "l4-llama3.1-8b"
+    warmup_s: float = 0.0
+    # Values of every workload's own options (dest → value), and the shared arrival/dataset
+    # options as client arguments; :meth:`workload_argv` picks what one workload takes.
+    workload_options: dict[str, Any] = field(default_factory=dict)
+    common_workload_argv: tuple[str, ...] = ()
+    dataset_source: str = "synthetic"
+    dataset_path: str | None = None
+
+    def workload_argv(self, workload: str) -> tuple[str, ...]:
+        """Client arguments for ``workload``: its own options (non-defaults) + the shared ones."""
+        argv: list[str] = []
+        for option in WORKLOADS[workload].options:
+            argv += option.to_argv(self.workload_options.get(option.dest, option.default))
+        return (*argv, *self.common_workload_argv)
+
+    def experiment_spec(self, system: str, workload: str) -> ExperimentSpec:
+        """The experiment ``system`` × ``workload`` as this run's options define it."""
+        return ExperimentSpec(
+            system=system,
+            workload=workload,
+            exp_name=f"{self.exp_prefix(workload)}_{system}",
+            client_regions=self.regions,
+            duration_s=self.duration_s,
+            num_users=self.num_users,
+            seed=self.seed,
+            max_tokens=self.max_tokens,
+            request_timeout_s=self.request_timeout_s,
+            drain_timeout_s=self.drain_timeout_s,
+            lag_threshold_ms=self.lag_threshold_ms,
+            warmup_s=self.warmup_s,
+            workload_argv=self.workload_argv(workload),
+            region_to_args=self.region_to_args,
+        )
 
     def system(self, name: str) -> SystemSpec:
         """The catalog entry of ``name`` (built-in or added through the hook)."""
@@ -91,8 +129,6 @@ def _split_names(values: list[str] | None) -> list[str]:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lbbench", "pytest-lbbench: multi-region LLM load-balancer benchmarks")
     add = group.addoption
-    add("--backend", default="local", metavar="NAME",
-        help=f"where systems run: {', '.join(BACKENDS)}. Default: local")
     add("--regions", nargs="+", default=None, metavar="REGION",
         help="client regions, space- or comma-separated. Default: "
         + " ".join(DEFAULT_CLIENT_REGIONS))
@@ -110,8 +146,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="seconds during which users start new turns; turns in flight then finish. Default: 60")
     add("--num-users", type=int, default=50, metavar="N",
         help="simulated users per client region. Default: 50")
-    add("--num-conv", type=int, default=1000, metavar="N",
-        help="conversations per client region. Default: 1000")
     add("--seed", type=int, default=0, metavar="INT", help="workload seed. Default: 0")
     add("--exp-name", default=None, metavar="NAME",
         help="experiment name in result paths (<exp>_<system>). Default: the workload name")
@@ -147,9 +181,56 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         '{"base": "l4-llama3.1-8b", "kv_capacity_tokens": 30000}. Default: l4-llama3.1-8b')
     add("--time-scale", type=float, default=1.0, metavar="FACTOR",
         help="multiply every simulated engine time by FACTOR (tests use < 1). Default: 1")
+    from pytest_lbbench import cloud_plugin
+
+    cloud_plugin.add_options(group)
+    add_workload_options(parser)
 
 
-def _fail(message: str) -> None:
+def add_workload_options(parser: pytest.Parser) -> None:
+    """The shared arrival/dataset options and every built-in workload's own options."""
+    group = parser.getgroup("lbbench-workloads", "pytest-lbbench: workloads (see README)")
+    add = group.addoption
+    add("--warmup", type=float, default=0.0, metavar="SECONDS",
+        help="run each experiment this long before --duration; requests started then are "
+        "recorded (warmup=true) but left out of every metric. Default: 0")
+    add("--request-rate", type=float, default=None, metavar="RPS",
+        help="open loop: requests per second per client region (gamma arrivals, see "
+        "--burstiness), for chat workloads. Default: the workload's own pattern")
+    add("--burstiness", type=float, default=1.0, metavar="SHAPE",
+        help="with --request-rate: gamma shape of the gaps; 1 = Poisson, < 1 burstier. Default: 1")
+    add("--open-loop-threshold", type=float, default=None, metavar="SECONDS",
+        help="closed loop: a user's next turn starts no sooner than this after its previous "
+        "turn started (think-time floor, as the original wildchat)")
+    add("--dataset-source", default="synthetic", metavar="SOURCE",
+        help="synthetic: data generated offline (default); hf: the real Hugging Face datasets "
+        "(needs HF_TOKEN and pip install 'pytest-lbbench[hf]', or --dataset-path)")
+    add("--dataset-path", default=None, metavar="PATH",
+        help="with --dataset-source hf: a local file or directory in the dataset's row format "
+        "(no download, no token)")
+    seen: dict[str, tuple[str, WorkloadOption]] = {}
+    for name, workload in WORKLOADS.items():
+        for option in workload.options:
+            if option.flag in seen:
+                other, first = seen[option.flag]
+                if (first.type, first.default) != (option.type, option.default):
+                    raise ValueError(
+                        f"workloads {other} and {name} declare {option.flag} differently"
+                    )
+                continue
+            seen[option.flag] = (name, option)
+            users = ", ".join(n for n, w in WORKLOADS.items() if option in w.options)
+            kwargs: dict[str, Any] = {"default": option.default, "help": f"[{users}] {option.help}"}
+            if option.type == "bool":
+                kwargs["action"] = "store_true"
+                kwargs["default"] = bool(option.default)
+            else:
+                kwargs["type"] = {"int": int, "float": float, "str": str}[option.type]
+                kwargs["metavar"] = option.type.upper()
+            add(option.flag, **kwargs)
+
+
+def _fail(message: str) -> NoReturn:
     raise pytest.UsageError(message)
 
 
@@ -212,10 +293,89 @@ def build_catalog(config: pytest.Config) -> dict[str, SystemSpec]:
     return catalog
 
 
+def register_hook_workloads(config: pytest.Config) -> list[str]:
+    """Add the workloads returned by ``pytest_lbbench_workloads``; return their names."""
+    added: list[str] = []
+    for extra in config.hook.pytest_lbbench_workloads(config=config):
+        for workload in extra or []:
+            missing = [a for a in ("name", "options", "hf_dataset", "plan") if not hasattr(workload, a)]
+            if missing:
+                _fail(
+                    f"pytest_lbbench_workloads returned {workload!r}, which lacks "
+                    f"{', '.join(missing)}; return objects with name, options, hf_dataset and "
+                    "plan(args, region, region_index) (see pytest_lbbench.workloads.base.Workload)."
+                )
+            try:
+                register_workload(workload)
+            except ValueError as exc:
+                _fail(f"pytest_lbbench_workloads: {exc}")
+            added.append(workload.name)
+    return added
+
+
+def _workload_values(config: pytest.Config, workloads: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in workloads:
+        for option in WORKLOADS[name].options:
+            try:
+                value = config.getoption(option.dest)
+            except ValueError:  # a hook workload's option that pytest does not know
+                value = option.default
+            values[option.dest] = value
+    return values
+
+
+def _common_workload_argv(opt: Any) -> tuple[str, ...]:
+    argv: list[str] = []
+    for flag, dest in (("--request-rate", "request_rate"), ("--open-loop-threshold", "open_loop_threshold")):
+        if opt(dest) is not None:
+            argv += [flag, str(opt(dest))]
+    if opt("request_rate") is not None and opt("burstiness") != 1.0:
+        argv += ["--burstiness", str(opt("burstiness"))]
+    if opt("dataset_source") != "synthetic":
+        argv += ["--dataset-source", opt("dataset_source")]
+    if opt("dataset_path"):
+        argv += ["--dataset-path", str(Path(opt("dataset_path")).resolve())]
+    return tuple(argv)
+
+
+def check_workloads(cfg: LbbenchConfig) -> None:
+    """Build every selected workload's plan once per client region, so a bad workload option
+    or a missing dataset fails at start-up, before any system is started."""
+    from pytest_lbbench.client.planning import DATASET_SOURCES, plan_from_argv
+    from pytest_lbbench.workloads.sources.hub import DatasetUnavailable, preflight
+
+    if cfg.dataset_source not in DATASET_SOURCES:
+        _fail(f"--dataset-source: unknown source {cfg.dataset_source!r}. Valid sources: "
+              f"{', '.join(DATASET_SOURCES)}.")
+    for name in cfg.workloads:
+        workload: Workload = WORKLOADS[name]
+        if cfg.dataset_source == "hf":
+            if workload.hf_dataset is None:
+                _fail(f"--dataset-source hf: workload {name!r} has no real dataset (it is "
+                      "synthetic only); run it with --dataset-source synthetic.")
+            try:
+                preflight(workload.hf_dataset, cfg.dataset_path, os.environ)
+            except DatasetUnavailable as exc:
+                _fail(f"--dataset-source hf ({name}): {exc}")
+            continue  # building the plan would load the dataset; the clients do that once
+        for index, region in enumerate(cfg.regions):
+            spec = cfg.experiment_spec("check", name)
+            argv = spec.client_argv(region, index, "http://127.0.0.1:1", Path("unused.json"))
+            try:
+                plan_from_argv(argv)
+            except ValueError as exc:
+                cause = exc.__cause__
+                detail = f"{exc}" if not isinstance(cause, SystemExit) else (
+                    f"{exc} (see the message above)")
+                _fail(f"--workloads {name}: {detail}")
+
+
 def build_config(config: pytest.Config) -> LbbenchConfig:
     """Validate the options and freeze them (raises ``pytest.UsageError`` on bad input)."""
     opt = config.getoption
     catalog = build_catalog(config)
+    config.stash[HOOK_WORKLOADS_KEY] = register_hook_workloads(config)
     rtt = RttMatrix()
     valid_regions = list(rtt.regions)
     backend = opt("backend")
@@ -231,7 +391,7 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
     _check_names("workload", "--workloads", workloads, sorted(WORKLOADS))
     positive = {
         "--replicas": opt("replicas"), "--num-users": opt("num_users"),
-        "--num-conv": opt("num_conv"), "--duration": opt("duration"),
+        "--duration": opt("duration"),
         "--request-timeout": opt("request_timeout"), "--time-scale": opt("time_scale"),
     }
     for name, value in positive.items():
@@ -241,6 +401,8 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         _fail(f"--max-tokens must be at least 1, got {opt('max_tokens')!r}.")
     if opt("drain_timeout") < 0:
         _fail(f"--drain-timeout must be >= 0, got {opt('drain_timeout')!r}.")
+    if opt("warmup") < 0:
+        _fail(f"--warmup must be >= 0 seconds, got {opt('warmup')!r}.")
     slo = None
     if opt("slo"):
         try:
@@ -263,7 +425,7 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
             _fail(f"--lbbench-compare: {exc}")
     elif thresholds:
         _fail("--lbbench-fail needs a baseline: add --lbbench-compare REF (e.g. 'last').")
-    return LbbenchConfig(
+    cfg = LbbenchConfig(
         backend=backend,
         regions=tuple(dict.fromkeys(regions)),
         replica_regions=tuple(dict.fromkeys(replica_regions)),
@@ -272,7 +434,6 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         workloads=tuple(dict.fromkeys(workloads)),
         duration_s=opt("duration"),
         num_users=opt("num_users"),
-        num_conv=opt("num_conv"),
         seed=opt("seed"),
         exp_name=opt("exp_name"),
         output_dir=Path(opt("output_dir")).resolve(),
@@ -291,7 +452,14 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         baseline=baseline,
         slo=slo,
         engine_profile=_check_profile(opt("engine_profile")),
+        warmup_s=opt("warmup"),
+        workload_options=_workload_values(config, workloads),
+        common_workload_argv=_common_workload_argv(opt),
+        dataset_source=opt("dataset_source"),
+        dataset_path=str(Path(opt("dataset_path")).resolve()) if opt("dataset_path") else None,
     )
+    check_workloads(cfg)
+    return cfg
 
 
 def get_config(config: pytest.Config) -> LbbenchConfig:

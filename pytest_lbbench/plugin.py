@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_lbbench import cloud_plugin
 from pytest_lbbench.collect import LbbenchCollector
 from pytest_lbbench.fixtures import (  # noqa: F401 - fixtures are registered by import
     lbbench_config,
@@ -20,7 +21,8 @@ from pytest_lbbench.matrix import (  # noqa: F401 - hooks
     pytest_collection_modifyitems,
     pytest_generate_tests,
 )
-from pytest_lbbench.options import CONFIG_KEY, build_config, get_config
+from pytest_lbbench.options import CONFIG_KEY, HOOK_WORKLOADS_KEY, build_config, get_config
+from pytest_lbbench.workloads.registry import unregister_workload
 from pytest_lbbench.options import pytest_addoption  # noqa: F401 - hook
 
 
@@ -30,8 +32,15 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    # --lbbench-plan / --lbbench-cleanup print or clean up and end the run here.
+    return cloud_plugin.cmdline_main(config)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONFIG_KEY] = build_config(config)
+    config.stash[cloud_plugin.CLOUD_KEY] = cloud_plugin.cloud_config(config, config.stash[CONFIG_KEY])
     config.addinivalue_line(
         "markers", "xdist_group(name): pytest-lbbench groups each system's tests on one worker"
     )
@@ -41,6 +50,14 @@ def pytest_configure(config: pytest.Config) -> None:
     # Only the controller (or a run without xdist) reports; workers just send their reports.
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(LbbenchCollector(config), "lbbench-collector")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Hook workloads live in a module-level registry; an in-process pytester run must not
+    # leave them behind for the next session.
+    for name in config.stash.get(HOOK_WORKLOADS_KEY, []):
+        unregister_workload(name)
+    cloud_plugin.close_sessions()  # releases sky client clusters (no-op for the local backend)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -41,7 +41,8 @@ def run_system(
     ))
     spec = ExperimentSpec(
         system=name, workload="arena_syn", exp_name=f"t_{name}", client_regions=regions,
-        duration_s=duration, num_users=users, num_conv=50, seed=1, max_tokens=max_tokens,
+        duration_s=duration, num_users=users, seed=1, max_tokens=max_tokens,
+        workload_argv=("--num-conv", "50"),
         drain_timeout_s=30, region_to_args=region_to_args or {},
     )
     deployment.start()

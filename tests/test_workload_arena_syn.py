@@ -7,7 +7,6 @@ import statistics
 
 import pytest
 
-from pytest_lbbench.client.__main__ import parse_args
 from pytest_lbbench.workloads.arena_syn import (
     PROMPT_TOKENS_MEDIAN,
     TURNS_MAX,
@@ -19,11 +18,11 @@ from pytest_lbbench.workloads.base import Conversation, WorkloadPlan, group_into
 
 
 def plan(seed: int = 0, num_users: int = 10, num_conv: int = 200, region: str = "us-east-2",
-         index: int = 0, extra: tuple[str, ...] = ()) -> WorkloadPlan:
-    args = parse_args([
-        "--backend-url", "http://127.0.0.1:1", "--workload", "arena_syn",
-        "--num-users", str(num_users), "--num-conv", str(num_conv), "--seed", str(seed), *extra,
-    ])
+         index: int = 0, max_tokens: int | None = None) -> WorkloadPlan:
+    args = argparse.Namespace(
+        num_users=num_users, seed=seed, duration=120.0, max_tokens=max_tokens,
+        dataset_source="synthetic", dataset_path=None, num_conv=num_conv,
+    )
     return ArenaSyn().plan(args, region, index)
 
 
@@ -52,7 +51,8 @@ def test_num_users_groups_and_defaults() -> None:
     p = plan(num_users=7)
     assert len(p.users) == 7
     assert p.settings.max_tokens == 512 and p.settings.temperature == 0.0
-    assert plan(extra=("--max-tokens", "16")).settings.max_tokens == 16
+    assert plan(max_tokens=16).settings.max_tokens == 16
+    assert p.arrival.kind == "closed" and p.tree is None
 
 
 def test_grouping_is_greedy_by_bucket_size() -> None:

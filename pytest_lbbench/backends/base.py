@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from pytest_lbbench.systems import SystemSpec
 
@@ -25,12 +25,14 @@ class ExperimentSpec:
     client_regions: tuple[str, ...]
     duration_s: float
     num_users: int
-    num_conv: int
     seed: int
     max_tokens: int | None = None
     request_timeout_s: float = 100.0
     drain_timeout_s: float = 100.0
     lag_threshold_ms: float = 10.0
+    warmup_s: float = 0.0
+    # The workload's own options and the arrival/dataset options, as client arguments.
+    workload_argv: tuple[str, ...] = ()
     region_to_args: dict[str, str] = field(default_factory=dict)
 
     def client_argv(self, region: str, region_index: int, backend_url: str, output_file: Path) -> list[str]:
@@ -47,7 +49,6 @@ class ExperimentSpec:
             "--region", region,
             "--region-index", str(region_index),
             "--num-users", str(self.num_users),
-            "--num-conv", str(self.num_conv),
             "--seed", str(self.seed),
             "--duration", str(self.duration_s),
             "--request-timeout", str(self.request_timeout_s),
@@ -58,8 +59,26 @@ class ExperimentSpec:
         ]
         if self.max_tokens is not None:
             argv += ["--max-tokens", str(self.max_tokens)]
+        if self.warmup_s:
+            argv += ["--warmup", str(self.warmup_s)]
+        argv += list(self.workload_argv)
         argv += shlex.split(self.region_to_args.get(region, ""))
         return argv
+
+    def write_plan(self, argv: list[str], plan_file: Path) -> list[str]:
+        """Build the plan the client would build from ``argv``, write it to ``plan_file`` and
+        return ``argv`` with ``--plan-file``: the client then runs exactly that plan.
+
+        Building it here, once, lets a workload from a ``conftest.py`` run in a client process
+        that cannot import it, and loads a dataset once instead of once per client.
+        ``ValueError`` says which argument is wrong.
+        """
+        from pytest_lbbench.client.planning import plan_from_argv
+
+        plan = plan_from_argv(argv)
+        plan_file.parent.mkdir(parents=True, exist_ok=True)
+        plan_file.write_text(plan.to_json())
+        return [*argv, "--plan-file", str(plan_file)]
 
 
 class Deployment(Protocol):
@@ -86,5 +105,8 @@ class Deployment(Protocol):
 class ClientLauncher(Protocol):
     """Runs the client module for every client region of an experiment."""
 
-    def run(self, deployment: Deployment, spec: ExperimentSpec, metric_dir: Path) -> dict[str, Path]:
-        """Run all client regions to completion; return region → result-file path."""
+    def run(self, deployment: Deployment, spec: ExperimentSpec, metric_dir: Path,
+            on_progress: Callable[[float, int], None] | None = None) -> dict[str, Path]:
+        """Run all client regions to completion; return region → result-file path.
+
+        ``on_progress(elapsed_s, records_so_far)`` is called now and then while they run."""

@@ -446,16 +446,18 @@ class LocalClientLauncher:
                 out.unlink(missing_ok=True)
                 outputs[region] = out
                 index = regions.index(region) if region in regions else 0
+                client_args = spec.client_argv(region, index, deployment.endpoint_for(region), out)
+                # Plans live next to metric/ (not in it: the original readers glob metric/*/*.json).
+                plan_file = metric_dir.parent.parent / "plans" / spec.exp_name / f"{region}.json"
                 argv = python_module_argv(
-                    "pytest_lbbench.client",
-                    *spec.client_argv(region, index, deployment.endpoint_for(region), out),
+                    "pytest_lbbench.client", *spec.write_plan(client_args, plan_file)
                 )
                 name = f"client-{spec.exp_name}-{region}"
                 proc = launch(name, argv, log_path=self.log_dir / f"{name}.log", wait_ready_line=False)
                 procs[region] = proc
                 if self.ledger is not None:
                     self.ledger.started(name, proc.pid)
-            limit = spec.duration_s + spec.drain_timeout_s + 90.0
+            limit = spec.warmup_s + spec.duration_s + spec.drain_timeout_s + 90.0
             started = time.monotonic()
             while any(p.alive() for p in procs.values()):
                 elapsed = time.monotonic() - started

@@ -24,58 +24,14 @@ from typing import IO, Any
 
 from pytest_lbbench import __version__
 from pytest_lbbench.client.records import RequestRecord
-from pytest_lbbench.client.runner import (
-    DEFAULT_LAG_THRESHOLD_MS,
-    DEFAULT_REQUEST_TIMEOUT_S,
-    ClientSettings,
-    EndpointNotReady,
-    run_client,
-)
+from pytest_lbbench.client.planning import build_plan, parse_args
+from pytest_lbbench.client.runner import ClientSettings, EndpointNotReady, run_client
 from pytest_lbbench.procutil import new_event_loop, watch_parent
-from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS
-from pytest_lbbench.workloads import WORKLOADS, get_workload
+from pytest_lbbench.workloads.base import WorkloadPlan
+
+__all__ = ["main", "parse_args"]
 
 SCHEMA_VERSION = 1
-
-
-def build_parser(workload_name: str | None) -> argparse.ArgumentParser:
-    """The client's options; a workload's own options are added once it is known."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pytest_lbbench.client",
-        description="Closed-loop chat users against one LLM endpoint; one record per request.",
-    )
-    parser.add_argument("--backend-url", required=True, help="endpoint base URL, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
-    parser.add_argument("--region", default="us-east-2", help="client region name (default: %(default)s)")
-    parser.add_argument(
-        "--region-index", type=int, default=None,
-        help="shard index of this region in the workload data (default: position in "
-        f"{', '.join(DEFAULT_REPLICA_REGIONS)}, else 0)",
-    )
-    parser.add_argument("--num-users", type=int, default=1, help="simulated users (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="workload seed (default: %(default)s)")
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds to start new turns (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="override the workload's max_tokens")
-    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S)
-    parser.add_argument(
-        "--drain-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
-        help="after --duration, how long turns in flight may take to finish (default: %(default)s)",
-    )
-    parser.add_argument("--lag-threshold-ms", type=float, default=DEFAULT_LAG_THRESHOLD_MS)
-    parser.add_argument("--exp-name", default="sky-exp")
-    parser.add_argument("--output-dir", default="lbbench-results")
-    parser.add_argument("--output-file", default=None, help="write the result JSON here instead")
-    parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
-    if workload_name in WORKLOADS:
-        get_workload(workload_name).add_args(parser)
-    return parser
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--workload")
-    known, _ = pre.parse_known_args(argv)
-    return build_parser(known.workload).parse_args(argv)
 
 
 def _output_path(args: argparse.Namespace) -> Path:
@@ -90,18 +46,27 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _arrival_knobs(plan: WorkloadPlan) -> dict[str, Any]:
+    """How requests arrived, as flat knobs (summary.csv columns); unset ones left out."""
+    arrival = plan.arrival
+    knobs: dict[str, Any] = {"arrival": arrival.kind}
+    if arrival.kind == "rate":
+        knobs.update(request_rate=arrival.request_rate, burstiness=arrival.burstiness)
+    if arrival.think_time_floor_s is not None:
+        knobs["open_loop_threshold"] = arrival.think_time_floor_s
+    if arrival.kind == "replay":
+        knobs.update(replay_span_s=arrival.replay_span_s, user_stagger_s=arrival.user_stagger_s)
+    if plan.tree is not None:
+        knobs.update(num_branches=plan.tree.num_branches, parallel_branches=plan.tree.parallel)
+    return knobs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     watch_parent(args.parent_pid)
-    region_index = args.region_index
-    if region_index is None:
-        region_index = (
-            DEFAULT_REPLICA_REGIONS.index(args.region) if args.region in DEFAULT_REPLICA_REGIONS else 0
-        )
-    workload = get_workload(args.workload)
     try:
-        plan = workload.plan(args, args.region, region_index)
-    except ValueError as exc:
+        plan = build_plan(args)
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     settings = ClientSettings(
@@ -111,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         request_timeout_s=args.request_timeout,
         drain_timeout_s=args.drain_timeout,
         lag_threshold_ms=args.lag_threshold_ms,
+        warmup_s=args.warmup,
+        seed=args.seed,
     )
     out = _output_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         "num_users": args.num_users,
         "seed": args.seed,
         "duration": args.duration,
+        "warmup": args.warmup,
         "max_tokens": plan.settings.max_tokens,
         "temperature": plan.settings.temperature,
+        **_arrival_knobs(plan),
         **plan.args,
     }
     payload = {
@@ -153,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "region": args.region,
         "model": run.model,
         "sent": run.sent,
+        "warmup_s": args.warmup,
         "recorded": run.recorded,
         "client": {
             "loop_lag": run.loop_lag,

@@ -13,7 +13,9 @@ with ``time.perf_counter()``):
 * ``input_tokens``, ``output_tokens``, ``cached_tokens``: from the usage chunk;
 * ``headers``: all response headers (the LB decision/timing headers among them);
 * ``hash_key`` (sent as ``x-hash-key``), ``program_id`` (the conversation);
-* additions: ``client_region``, ``user_index``, ``conv_index``, ``turn_index``, ``itl`` (gaps
+* additions: ``client_region``, ``user_index``, ``conv_index``, ``turn_index``, ``branch``
+  (tree workloads: the node's path, e.g. ``"0.1"`` = second answer to the first answer),
+  ``warmup`` (sent during the warm-up, left out of every metric), ``itl`` (gaps
   between content chunks, s), ``replica`` and ``lbs`` (who served it, from headers),
   ``replica_timing`` (the replica's own arrival/first-token/finish times, when it reports them).
 """
@@ -55,6 +57,8 @@ class RequestRecord:
     replica: str | None = None
     lbs: list[str] = field(default_factory=list)
     replica_timing: dict[str, Any] | None = None
+    branch: str | None = None
+    warmup: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,10 +1,21 @@
-"""Closed-loop simulated users over aiohttp: the load generator of every backend.
+"""Simulated chat users over aiohttp: the load generator of every backend.
 
-Each simulated user goes through its conversations turn by turn; a turn is sent when the
-previous answer has fully arrived, and the server's answer joins the history. At the deadline
-no new turn starts; turns in flight finish (each bounded by the request timeout), so no
-request is cut short by the benchmark itself. Every request produces one record, handed to a
-sink the moment it completes (the CLI appends it to a partial-results file).
+A plan's :class:`~pytest_lbbench.workloads.base.Arrival` says when requests start:
+
+* closed loop: each user goes through its conversations turn by turn; a turn is sent when the
+  previous answer has fully arrived (optionally no sooner than a think-time floor after the
+  previous turn started);
+* replay: conversations start at their (scaled) recorded timestamps, turns in order;
+* rate: open loop, gamma/Poisson arrivals at a fixed rate, each one the next turn of a
+  conversation whose previous answer has arrived, or the first turn of a new one.
+
+The server's answer joins the history, so later turns extend earlier prompts. In a tree
+workload (:class:`~pytest_lbbench.workloads.base.TreeShape`) each stage answers every node
+``num_branches`` times. At the deadline no new request starts; requests in flight finish
+(each bounded by the request timeout), so none is cut short by the benchmark itself. Requests
+started during the warm-up are recorded with ``warmup=True`` and left out of the metrics.
+Every request produces one record, handed to a sink the moment it completes (the CLI appends
+it to a partial-results file).
 """
 
 from __future__ import annotations
@@ -12,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import aiohttp
 
@@ -44,13 +57,15 @@ class ClientSettings:
     lag_threshold_ms: float = DEFAULT_LAG_THRESHOLD_MS
     model: str | None = None
     ready_timeout_s: float = 30.0
+    warmup_s: float = 0.0
+    seed: int = 0  # seeds the open-loop arrival times (with the region)
 
 
 @dataclass
 class ClientRun:
     """What a finished client run hands back (the records went to the sink already)."""
 
-    latency_s: float
+    latency_s: float  # from the end of the warm-up to the last completion
     sent: int
     recorded: int
     model: str
@@ -159,58 +174,259 @@ async def stream_chat(
     return None
 
 
-async def _run_user(
-    user: UserScript,
-    plan: WorkloadPlan,
-    settings: ClientSettings,
-    session: aiohttp.ClientSession,
-    model: str,
-    deadline: float,
-    sink: RecordSink,
-    counter: list[int],
-) -> None:
-    url = f"{settings.backend_url}/v1/chat/completions"
-    conversations: tuple[Conversation, ...] = user.conversations
-    if not conversations:
-        return
-    while time.monotonic() < deadline:
-        for conv_index, conv in enumerate(conversations):
-            messages: list[dict[str, str]] = []
-            for turn_index, text in enumerate(conv.user_turns):
-                if time.monotonic() >= deadline:
-                    return
-                messages.append({"role": "user", "content": text})
-                record = RequestRecord(
-                    uid=settings.region,
-                    hash_key=conv.user_key,
-                    program_id=f"{settings.region}-{user.user_index}-{conv.conv_id}",
-                    client_region=settings.region,
-                    user_index=user.user_index,
-                    conv_index=conv_index,
-                    turn_index=turn_index,
-                    start=time.time(),
-                )
-                payload = {
-                    "model": model,
-                    "messages": list(messages),
-                    "max_tokens": plan.settings.max_tokens,
-                    "temperature": plan.settings.temperature,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                }
-                counter[0] += 1
-                try:
-                    answer = await stream_chat(
-                        session, url, payload, {"x-hash-key": conv.user_key}, record,
-                        settings.request_timeout_s,
-                    )
-                finally:
-                    sink(record)
-                if answer is None:
-                    # Without the server's answer the chat cannot go on: next conversation.
-                    await asyncio.sleep(FAILURE_BACKOFF_S)
+Message = dict[str, str]
+
+
+class _Run:
+    """Shared state of one client run: session, clock, counters and the record sink."""
+
+    def __init__(
+        self, plan: WorkloadPlan, settings: ClientSettings, session: aiohttp.ClientSession,
+        model: str, sink: RecordSink,
+    ) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.session = session
+        self.model = model
+        self.sink = sink
+        self.url = f"{settings.backend_url}/v1/chat/completions"
+        self.started = time.monotonic()
+        self.warmup_end = self.started + settings.warmup_s
+        self.deadline = self.warmup_end + settings.duration_s
+        self.sent = 0
+        self.recorded = 0
+        self.inflight: set[asyncio.Task[Any]] = set()
+
+    def over(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    async def sleep_until(self, when: float) -> bool:
+        """Sleep until monotonic ``when``; if that is past the deadline, sleep until the
+        deadline instead and return ``False`` (the caller then starts nothing more)."""
+        if when >= self.deadline:
+            await asyncio.sleep(max(0.0, self.deadline - time.monotonic()))
+            return False
+        delay = when - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Start ``coro`` as a task the run waits for (and cancels at the drain timeout)."""
+        task = asyncio.ensure_future(coro)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def send(
+        self, user: UserScript, conv: Conversation, conv_index: int, turn_index: int,
+        messages: list[Message], branch: str | None = None,
+    ) -> str | None:
+        """Send one request with ``messages`` as the history; record it; return the answer."""
+        now = time.monotonic()
+        record = RequestRecord(
+            uid=self.settings.region,
+            hash_key=conv.user_key,
+            program_id=f"{self.settings.region}-{user.user_index}-{conv.conv_id}",
+            client_region=self.settings.region,
+            user_index=user.user_index,
+            conv_index=conv_index,
+            turn_index=turn_index,
+            start=time.time(),
+            branch=branch,
+            warmup=now < self.warmup_end,
+        )
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.plan.settings.max_tokens,
+            "temperature": self.plan.settings.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        self.sent += 1
+        try:
+            return await stream_chat(
+                self.session, self.url, payload, {"x-hash-key": conv.user_key}, record,
+                self.settings.request_timeout_s,
+            )
+        finally:
+            self.recorded += 1
+            self.sink(record)
+
+
+async def _chat(
+    run: _Run, user: UserScript, conv: Conversation, conv_index: int,
+    think_time_floor_s: float | None = None,
+) -> bool:
+    """Go through one conversation turn by turn; ``False`` if it stopped on a failure."""
+    messages: list[Message] = []
+    for turn_index, text in enumerate(conv.user_turns):
+        if run.over():
+            return True
+        turn_started = time.monotonic()
+        messages.append({"role": "user", "content": text})
+        answer = await run.send(user, conv, conv_index, turn_index, list(messages))
+        if answer is None:
+            return False  # without the server's answer the chat cannot go on
+        messages.append({"role": "assistant", "content": answer})
+        # The floor follows every turn, the last included: it is the user's, not the chat's.
+        if think_time_floor_s and not await run.sleep_until(turn_started + think_time_floor_s):
+            return True
+    return True
+
+
+async def _tree(run: _Run, user: UserScript, conv: Conversation, conv_index: int) -> bool:
+    """Answer every node of every stage ``num_branches`` times; ``False`` if no node survived."""
+    assert run.plan.tree is not None
+    shape = run.plan.tree
+    # A node is (its path, its history); the root has an empty history.
+    nodes: list[tuple[str, list[Message]]] = [("", [])]
+    for stage, text in enumerate(conv.user_turns):
+        if run.over():
+            return True
+        asks: list[tuple[str, list[Message]]] = []
+        for path, history in nodes:
+            prompt = history + [{"role": "user", "content": text}]
+            for b in range(shape.num_branches):
+                asks.append((f"{path}.{b}" if path else str(b), prompt))
+
+        async def ask(child: str, prompt: list[Message]) -> tuple[str, list[Message], str | None]:
+            answer = await run.send(user, conv, conv_index, stage, prompt, branch=child)
+            return child, prompt, answer
+
+        if shape.parallel:
+            answered = await asyncio.gather(*(ask(c, p) for c, p in asks))
+        else:
+            answered = []
+            for c, p in asks:
+                if run.over():
                     break
-                messages.append({"role": "assistant", "content": answer})
+                answered.append(await ask(c, p))
+        nodes = [
+            (child, prompt + [{"role": "assistant", "content": answer}])
+            for child, prompt, answer in answered
+            if answer is not None
+        ]
+        if not nodes:
+            return False
+    return True
+
+
+async def _conversation(run: _Run, user: UserScript, conv: Conversation, conv_index: int) -> bool:
+    if run.plan.tree is not None:
+        return await _tree(run, user, conv, conv_index)
+    return await _chat(run, user, conv, conv_index, run.plan.arrival.think_time_floor_s)
+
+
+async def _closed_loop_user(run: _Run, user: UserScript) -> None:
+    """Go through the user's conversations in a loop until the deadline."""
+    if not user.conversations:
+        return
+    while not run.over():
+        for conv_index, conv in enumerate(user.conversations):
+            if run.over():
+                return
+            if not await _conversation(run, user, conv, conv_index):
+                # Pause briefly, so a dead endpoint is not hammered in a hot loop.
+                await asyncio.sleep(FAILURE_BACKOFF_S)
+
+
+def replay_offsets(conversations: tuple[Conversation, ...], span_s: float | None) -> list[float]:
+    """Start offsets (s) of a user's conversations: recorded gaps, squeezed to fit ``span_s``.
+
+    As the original arena replay: ``scale = max(1, recorded span / span_s)``; the first
+    conversation starts at 0.
+    """
+    if not conversations:
+        return []
+    first = conversations[0].timestamp
+    span = conversations[-1].timestamp - first
+    scale = max(1.0, span / span_s) if span_s else 1.0
+    return [(c.timestamp - first) / scale for c in conversations]
+
+
+async def _replay_user(run: _Run, user: UserScript, index: int) -> None:
+    """Start each conversation at its replayed time; conversations overlap, turns do not."""
+    arrival = run.plan.arrival
+    begin = run.started + index * arrival.user_stagger_s
+    for conv_index, (conv, offset) in enumerate(
+        zip(user.conversations, replay_offsets(user.conversations, arrival.replay_span_s))
+    ):
+        if not await run.sleep_until(begin + offset):
+            return
+        run.spawn(_conversation(run, user, conv, conv_index))
+
+
+def arrival_gaps(rate: float, burstiness: float, rng: random.Random) -> Iterator[float]:
+    """Gamma-distributed gaps with mean ``1/rate`` and shape ``burstiness`` (1 = Poisson)."""
+    theta = 1.0 / (rate * burstiness)
+    while True:
+        yield rng.gammavariate(burstiness, theta)
+
+
+class _OpenLoopChat:
+    """A conversation in an open-loop run: its history so far and the next turn to send."""
+
+    def __init__(self, user: UserScript, conv: Conversation, conv_index: int) -> None:
+        self.user = user
+        self.conv = conv
+        self.conv_index = conv_index
+        self.turn = 0
+        self.messages: list[Message] = []
+
+
+def _new_conversations(users: tuple[UserScript, ...]) -> Iterator[_OpenLoopChat]:
+    """Users' conversations interleaved (user 0's first, user 1's first, …), looping forever."""
+    if not any(u.conversations for u in users):
+        return
+    while True:
+        depth = max(len(u.conversations) for u in users)
+        for k in range(depth):
+            for user in users:
+                if k < len(user.conversations):
+                    yield _OpenLoopChat(user, user.conversations[k], k)
+
+
+async def _open_loop(run: _Run) -> None:
+    """Send requests at the plan's rate, whatever the server does, until the deadline."""
+    arrival = run.plan.arrival
+    assert arrival.request_rate is not None
+    rng = random.Random(f"{run.settings.seed}:{run.settings.region}:arrivals")
+    fresh = _new_conversations(run.plan.users)
+    ready: deque[_OpenLoopChat] = deque()
+
+    async def turn(chat: _OpenLoopChat) -> None:
+        chat.messages.append({"role": "user", "content": chat.conv.user_turns[chat.turn]})
+        answer = await run.send(chat.user, chat.conv, chat.conv_index, chat.turn, list(chat.messages))
+        if answer is None:
+            return  # the chat cannot go on without the answer
+        chat.messages.append({"role": "assistant", "content": answer})
+        chat.turn += 1
+        if chat.turn < len(chat.conv.user_turns):
+            ready.append(chat)
+
+    when = run.started
+    for gap in arrival_gaps(arrival.request_rate, arrival.burstiness, rng):
+        when += gap  # absolute times, so a late wake-up does not shift later arrivals
+        if not await run.sleep_until(when):
+            return
+        chat = ready.popleft() if ready else next(fresh, None)
+        if chat is None:
+            return
+        run.spawn(turn(chat))
+
+
+async def _drive(run: _Run) -> None:
+    kind = run.plan.arrival.kind
+    if kind == "rate":
+        await _open_loop(run)
+    elif kind == "replay":
+        await asyncio.gather(*(_replay_user(run, u, i) for i, u in enumerate(run.plan.users)))
+    else:
+        await asyncio.gather(*(_closed_loop_user(run, u) for u in run.plan.users))
+    # Open-loop and replay conversations run as their own tasks: wait for them too.
+    while run.inflight:
+        await asyncio.gather(*list(run.inflight), return_exceptions=True)
 
 
 async def run_client(plan: WorkloadPlan, settings: ClientSettings, sink: RecordSink) -> ClientRun:
@@ -222,42 +438,30 @@ async def run_client(plan: WorkloadPlan, settings: ClientSettings, sink: RecordS
         )
         monitor = LoopLagMonitor()
         monitor.start()
-        counter = [0]
-        recorded = [0]
-
-        def counting_sink(record: RequestRecord) -> None:
-            recorded[0] += 1
-            sink(record)
-
-        started = time.perf_counter()
-        deadline = time.monotonic() + settings.duration_s
-        tasks = [
-            asyncio.create_task(
-                _run_user(user, plan, settings, session, model, deadline, counting_sink, counter)
-            )
-            for user in plan.users
-        ]
+        run = _Run(plan, settings, session, model, sink)
+        driver = asyncio.create_task(_drive(run))
         try:
-            remaining = settings.duration_s + settings.drain_timeout_s
-            _, pending = await asyncio.wait(tasks, timeout=remaining)
-            for task in pending:
-                task.cancel()
-            for task in pending:
+            remaining = settings.warmup_s + settings.duration_s + settings.drain_timeout_s
+            done, _ = await asyncio.wait([driver], timeout=remaining)
+            if not done:
+                driver.cancel()
+                for task in list(run.inflight):
+                    task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    await driver
+                await asyncio.gather(*list(run.inflight), return_exceptions=True)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if not driver.done():
+                driver.cancel()
+                await asyncio.gather(driver, return_exceptions=True)
             await monitor.stop()
-        latency = time.perf_counter() - started
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]  # a bug in the client, not a failed request
+        latency = time.monotonic() - run.warmup_end
+        if not driver.cancelled() and driver.exception() is not None:
+            raise driver.exception()  # type: ignore[misc]  # a bug in the client, not a failed request
         return ClientRun(
             latency_s=latency,
-            sent=counter[0],
-            recorded=recorded[0],
+            sent=run.sent,
+            recorded=run.recorded,
             model=model,
             loop_lag=monitor.summary(settings.lag_threshold_ms),
         )

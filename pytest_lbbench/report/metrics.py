@@ -1,6 +1,8 @@
 """Experiment metrics as pure functions of per-request records (no I/O, no network).
 
-Definitions (DESIGN §5; times in seconds unless the key says ``_ms``):
+Definitions (DESIGN §5; times in seconds unless the key says ``_ms``). Records marked
+``warmup`` (started during the client's warm-up) are left out of every metric; they stay in
+the result files.
 
 * ``requests``: every record; ``failed``: records whose ``failed`` is set;
   ``failure_rate`` = failed / requests;
@@ -29,8 +31,13 @@ from pytest_lbbench.stats import mean, percentile
 Record = Mapping[str, Any]
 
 
+def measured(records: Iterable[Record]) -> list[Record]:
+    """The records that count: every one except those sent during the warm-up."""
+    return [r for r in records if not r.get("warmup")]
+
+
 def _ok(records: Iterable[Record]) -> list[Record]:
-    return [r for r in records if not r.get("failed") and r.get("e2e_latency") is not None]
+    return [r for r in measured(records) if not r.get("failed") and r.get("e2e_latency") is not None]
 
 
 def _dist(prefix: str, values: list[float]) -> dict[str, float | None]:
@@ -91,6 +98,7 @@ def summarize(
     records: Sequence[Record], replica_regions: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """Every metric of one experiment (or one client region of it) as a flat dict."""
+    records = measured(records)
     ok = _ok(records)
     failed = len(records) - len(ok)
     span = span_seconds(records)
@@ -121,7 +129,7 @@ def summarize(
 def failure_reasons(records: Iterable[Record], limit: int = 5) -> dict[str, int]:
     """The most common failure reasons with their counts (for error messages)."""
     counts: dict[str, int] = {}
-    for r in records:
+    for r in measured(records):
         if r.get("failed"):
             key = str(r["failed"])[:120]
             counts[key] = counts.get(key, 0) + 1
@@ -176,6 +184,7 @@ def goodput(records: Sequence[Record], slo: Mapping[str, float]) -> dict[str, An
     so goodput ≤ requests/s always holds.
     """
     slo = validate_slo(slo)
+    records = measured(records)
     met = sum(1 for r in records if meets_slo(r, slo))
     span = span_seconds(records)
     return {

@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
+from pytest_lbbench.report.metrics import measured
 from pytest_lbbench.report.resultdir import system_sort_key
 from pytest_lbbench.report.store import ALL_REGIONS
 
@@ -142,7 +143,7 @@ def read_queue_log(path: Path) -> QueueLog:
 
 def _ok_latencies(records: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
     """TTFT and E2E of successful requests (the plot script's filter, minus its 1000 s cap)."""
-    ok = [r for r in records if not r.get("failed") and r.get("e2e_latency") is not None]
+    ok = [r for r in measured(records) if not r.get("failed") and r.get("e2e_latency") is not None]
     ttft = [float(r["ttft"]) for r in ok if _number(r.get("ttft")) is not None]
     e2e = [float(r["e2e_latency"]) for r in ok if _number(r.get("e2e_latency")) is not None]
     return ttft, e2e

@@ -33,7 +33,8 @@ class ExperimentResult:
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        return [r for payload in self.payloads.values() for r in payload["metrics"]]
+        """Every record that counts (warm-up requests left out)."""
+        return [r for payload in self.payloads.values() for r in payload["metrics"] if not r.get("warmup")]
 
     @property
     def sent(self) -> int:

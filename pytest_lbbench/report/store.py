@@ -86,8 +86,8 @@ CONFIG_KNOBS: dict[str, str] = {
     "replica_regions": "replica_regions",
     "time_scale": "time_scale",
     "num_users": "num_users",
-    "num_conv": "num_conv",
     "duration_s": "duration",
+    "warmup_s": "warmup",
     "seed": "seed",
     "max_tokens": "max_tokens",
 }
