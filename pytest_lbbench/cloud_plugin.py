@@ -295,7 +295,8 @@ def make_plan(cloud_cfg: CloudConfig, cfg: LbbenchConfig, yaml_dir: Path | None 
     given.update({s: f"SkyServe service {n}" for s, n in cloud_cfg.service_names.items()})
     systems = [cfg.system(s) for s in cfg.systems]
     plan = build_plan(systems, cloud_cfg.settings, replicas=cfg.replicas, replica_regions=cfg.replica_regions,
-                      client_regions=cfg.regions, endpoints=given, client_argv=client_argv, yaml_dir=yaml_dir)
+                      client_regions=cfg.regions, endpoints=given, client_argv=client_argv, yaml_dir=yaml_dir,
+                      gke_plan=lambda system: gke_plan_note(cloud_cfg))
     plan.header = (
         f"pytest-lbbench plan (--backend sky, nothing provisioned): cloud {cloud_cfg.settings.cloud}, "
         f"{len(systems)} system(s), {cfg.replicas} replica(s) each over {', '.join(cfg.replica_regions)} "
@@ -303,6 +304,24 @@ def make_plan(cloud_cfg: CloudConfig, cfg: LbbenchConfig, yaml_dir: Path | None 
         f"at most {cloud_cfg.max_parallel} SkyPilot requests in flight."
     )
     return plan
+
+
+def gke_plan_note(cloud_cfg: CloudConfig) -> str:
+    """What the run would do for ``gke_gateway`` (shown by ``--lbbench-plan``)."""
+    if cloud_cfg.gke_endpoint:
+        return f"not provisioned: existing GKE gateway {cloud_cfg.gke_endpoint} (--gke-endpoint)"
+    from pytest_lbbench.backends.gke.render import GkeManifestSettings, render_all
+
+    settings = GkeManifestSettings()
+    contexts = cloud_cfg.gke_contexts or ("<context 1>", "<context 2>")
+    lines = []
+    for context, manifests in render_all(settings, contexts).items():
+        kinds = ", ".join(f"{m['kind']}/{m['metadata']['name']}" for m in manifests)
+        lines.append(f"{context}: apply {kinds}; scale to {settings.replicas_per_cluster} "
+                     f"x {settings.model} (1 L4 each), to 0 at the end")
+    prefix = "GKE (--gke-contexts): " if cloud_cfg.gke_contexts else (
+        "not provisioned: needs --gke-contexts CTX1,CTX2 (or --gke-endpoint HOST:PORT); with them: ")
+    return prefix + "\n    ".join(lines) + "\n    (GPU nodes billed by GKE, not in the total)"
 
 
 def cmdline_main(config: pytest.Config) -> int | None:
@@ -332,11 +351,12 @@ def _cleanup(cloud_cfg: CloudConfig, cfg: LbbenchConfig) -> int:
     killed = kill_leftovers(ledger_path(cfg.output_dir))
     print(f"local: stopped {len(killed)} leftover process(es)"
           + (": " + ", ".join(str(e.get("name")) for e in killed) if killed else ""))
+    gke_failed = _cleanup_gke(cfg)
     ledger = CloudLedger(cloud_ledger_path(cfg.output_dir))
     live = ledger.live()
     if not live:
         print(f"sky: nothing recorded as running in {ledger.path}")
-        return 0
+        return 1 if gke_failed else 0
     check = preflight(cloud_cfg.settings.cloud, cloud_cfg.settings.model,
                       timeout_s=cloud_cfg.preflight_timeout_s, need_hf_token=False)
     if not check.ok:
@@ -351,7 +371,35 @@ def _cleanup(cloud_cfg: CloudConfig, cfg: LbbenchConfig) -> int:
     print(f"sky: removed {len(removed)} component(s)" + (": " + ", ".join(removed) if removed else ""))
     for error in errors:
         print(f"sky: NOT removed: {error}")
-    return 1 if errors else 0
+    return 1 if errors or gke_failed else 0
+
+
+def _cleanup_gke(cfg: LbbenchConfig) -> bool:
+    """Scale the GKE Deployments a crashed run left up back to zero; ``True`` if any failed."""
+    from pytest_lbbench.backends.gke.deployment import (
+        gke_ledger_path,
+        leftover_deployments,
+        scale_leftovers_to_zero,
+    )
+
+    path = gke_ledger_path(cfg.output_dir)
+    leftovers = leftover_deployments(path)
+    if not leftovers:
+        print(f"gke: nothing recorded as scaled up in {path}")
+        return False
+    try:
+        from pytest_lbbench.backends.gke.kube import KubernetesClientApi
+
+        kube = KubernetesClientApi()
+    except ImportError as exc:
+        raise pytest.UsageError(
+            f"--lbbench-cleanup: {len(leftovers)} GKE Deployment(s) are recorded as scaled up in "
+            f"{path}, but {exc}") from None
+    report = scale_leftovers_to_zero(path, kube)
+    print(f"gke: scaled {len(report.scaled)} Deployment(s) to zero")
+    for item, error in report.failed:
+        print(f"gke: NOT scaled to zero: {item.context}/{item.namespace}/{item.name}: {error}")
+    return bool(report.failed)
 
 
 # ---- deployments -------------------------------------------------------------------------------

@@ -206,8 +206,8 @@ def add_workload_options(parser: pytest.Parser) -> None:
         help="synthetic: data generated offline (default); hf: the real Hugging Face datasets "
         "(needs HF_TOKEN and pip install 'pytest-lbbench[hf]', or --dataset-path)")
     add("--dataset-path", default=None, metavar="PATH",
-        help="with --dataset-source hf: a local file or directory in the dataset's row format "
-        "(no download, no token)")
+        help="a local file or directory in the workload's dataset row format, used instead of "
+        "generated or downloaded data (no download, no token; needs pytest-lbbench[hf])")
     seen: dict[str, tuple[str, WorkloadOption]] = {}
     for name, workload in WORKLOADS.items():
         for option in workload.options:

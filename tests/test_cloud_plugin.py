@@ -140,8 +140,14 @@ def test_preflight_failure_is_a_usage_error(lbbench_cfg: LbbenchConfig, monkeypa
 def test_make_plan(lbbench_cfg: LbbenchConfig) -> None:
     plan = cloud_plugin.make_plan(cloud(lbbench_cfg, backend="sky"), lbbench_cfg)
     text = plan.render()
-    assert "[sgl]" in text and "[sky_push_pull]" in text and "needs --gke-endpoint" in text
+    assert "[sgl]" in text and "[sky_push_pull]" in text and "needs --gke-contexts" in text
     assert "sky exec lbb-client-ap-northeast-1" in text and "--workload" in text
+    with_gke = cloud_plugin.make_plan(cloud(lbbench_cfg, backend="sky", gke_contexts="east,tokyo"), lbbench_cfg)
+    gke = with_gke.render().split("[gke_gateway]")[1]
+    assert "east: apply Deployment/" in gke and "Gateway/" in gke and "HealthCheckPolicy/" in gke
+    assert "tokyo: apply Deployment/" in gke and "not provisioned" not in gke
+    endpoint = cloud_plugin.make_plan(cloud(lbbench_cfg, backend="sky", gke_endpoint="1.2.3.4:80"), lbbench_cfg)
+    assert "not provisioned: existing GKE gateway http://1.2.3.4:80" in endpoint.render()
 
 
 # ---- end to end (need the wiring) -------------------------------------------------------------
@@ -160,7 +166,7 @@ def test_cli_plan_without_credentials(pytester: pytest.Pytester, monkeypatch: py
                                 "--lbbench-plan", "--output-dir", str(pytester.path / "out"))
     assert result.ret == 0
     result.stdout.fnmatch_lines(["*pytest-lbbench plan*", "*[sky_push_pull]*", "*g6.4xlarge (L4:1)*",
-                                 "*needs --gke-endpoint or --gke-contexts*", "Total: * VMs, estimated $*/h*"])
+                                 "*needs --gke-contexts CTX1,CTX2 (or --gke-endpoint HOST:PORT)*", "Total: * VMs, estimated $*/h*"])
     assert list((pytester.path / "out" / ".lbbench" / "sky-plan").glob("*.yaml"))
 
 
@@ -175,7 +181,7 @@ def test_cli_sky_without_credentials_fails_fast(pytester: pytest.Pytester, monke
 def test_cli_cleanup_with_an_empty_ledger(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--lbbench-cleanup", "--output-dir", str(pytester.path / "out"))
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*sky: nothing recorded as running*"])
+    result.stdout.fnmatch_lines(["*gke: nothing recorded as scaled up*", "*sky: nothing recorded as running*"])
 
 
 def test_cli_cleanup_refuses_without_sky_when_something_is_recorded(

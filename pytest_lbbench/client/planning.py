@@ -68,7 +68,8 @@ def build_parser(workload_name: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dataset-path", default=None,
-        help="with --dataset-source hf: a local file or directory in the dataset's row format",
+        help="a local file or directory in the dataset's row format, used instead of generated "
+        "or downloaded rows",
     )
     add_arrival_options(parser)
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S)

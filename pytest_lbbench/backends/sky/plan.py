@@ -158,7 +158,7 @@ class Plan:
         for section in sections:
             lines.append(f"\n[{section}]")
             if section in self.notes:
-                lines.append(f"  not provisioned: {self.notes[section]}")
+                lines.append(f"  {self.notes[section]}")
             for item in (i for i in self.items if i.section == section):
                 price = "price unknown" if item.usd_per_h is None else (
                     f"{'~' if item.estimate else ''}${item.usd_per_h:.2f}/h")
@@ -230,19 +230,19 @@ def build_plan(
     any_provisioned = False
     for system in systems:
         if system.name in endpoints:
-            plan.notes[system.name] = f"existing endpoint {endpoints[system.name]}"
+            plan.notes[system.name] = f"not provisioned: existing endpoint {endpoints[system.name]}"
             continue
         if system.kind is BalancerKind.GATEWAY:
             gke = gke_plan(system) if gke_plan is not None else None
             if isinstance(gke, list):
                 plan.items.extend(gke)
             else:
-                plan.notes[system.name] = gke or GKE_HINT
+                plan.notes[system.name] = gke or f"not provisioned: {GKE_HINT}"
             continue
         try:
             layout = render_system(system, settings, replicas, replica_regions)
         except UnsupportedSystem as exc:
-            plan.notes[system.name] = str(exc)
+            plan.notes[system.name] = f"not provisioned: {exc}"
             continue
         any_provisioned = True
         for comp in layout.components:
