@@ -7,8 +7,8 @@ so they are deselected unless asked for). Each prints a table at the end of the 
   two client regions, through ``sky_round_robin``; the rate is measured from the replicas' own
   arrival timestamps and compared with the rate asked for (within 5 %).
 * ``test_prefix_aware_routing_on_trees``: ``tot`` and ``tot_single`` (trees whose siblings share
-  their whole prompt) on ``sky_round_robin`` and on two prefix-aware systems, same settings;
-  the KV-cache hit rate of each, side by side.
+  their whole prompt) on ``sky_round_robin`` and on two prefix-aware systems, same settings,
+  all four replicas and the clients in one region; the KV-cache hit rate of each, side by side.
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ REGIONS = ("us-east-2", "ap-northeast-1")
 
 def _run(system: str, workload: str, tmp: Path, *, duration: float, users: int, seed: int,
          time_scale: float, workload_argv: tuple[str, ...], max_tokens: int | None = None,
+         regions: tuple[str, ...] = REGIONS, replica_regions: tuple[str, ...] = DEFAULT_REPLICA_REGIONS,
          ) -> list[dict[str, Any]]:
     """Start ``system`` on the local backend, run ``workload`` once, stop; return the records."""
     ledger = ProcessLedger(ledger_path(tmp))
     deployment = LocalDeployment(SYSTEMS[system], LocalSettings(
-        replicas=4, replica_regions=DEFAULT_REPLICA_REGIONS, client_regions=REGIONS, log_dir=tmp / "logs", time_scale=time_scale,
+        replicas=4, replica_regions=replica_regions, client_regions=regions, log_dir=tmp / "logs", time_scale=time_scale,
         ledger=ledger, seed=seed,
     ))
     spec = ExperimentSpec(
-        system=system, workload=workload, exp_name=f"{workload}_{system}", client_regions=REGIONS,
+        system=system, workload=workload, exp_name=f"{workload}_{system}", client_regions=regions,
         duration_s=duration, num_users=users, seed=seed, max_tokens=max_tokens,
         drain_timeout_s=60, workload_argv=workload_argv,
     )
@@ -94,6 +95,13 @@ def test_open_loop_rate_at_the_replicas(tmp_path: Path, request: pytest.FixtureR
 
 
 TREE_SYSTEMS = ("sky_round_robin", "sky_sgl_enhanced", "sgl")
+# One region holding all 4 replicas and the clients: every system chooses among the same 4
+# replicas (with the default placement a region-local round robin in ap-northeast-1 has a
+# single replica, which trivially "keeps" every prefix). Users: few enough that the trees in
+# flight fit the KV caches (a 4-stage tree of b = 2 holds ~13k tokens at its widest; each
+# replica holds 22k), so the hit rate shows where requests were routed, not what was evicted.
+TREE_REGION = "us-east-2"
+TREE_USERS = 4
 
 
 @pytest.mark.lbbench_selfcheck
@@ -103,7 +111,8 @@ def test_prefix_aware_routing_on_trees(tmp_path: Path, request: pytest.FixtureRe
     for workload in ("tot", "tot_single"):
         for system in TREE_SYSTEMS:
             records = _run(system, workload, tmp_path / f"{workload}-{system}", duration=20.0,
-                           users=4, seed=0, time_scale=0.05, workload_argv=())
+                           users=TREE_USERS, seed=0, time_scale=0.05, workload_argv=(),
+                           regions=(TREE_REGION,), replica_regions=(TREE_REGION,))
             rate = cache_hit_rate(records)
             assert rate is not None
             hit[(workload, system)] = rate

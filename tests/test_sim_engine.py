@@ -197,3 +197,19 @@ def test_admission_reserves_room_for_the_output_of_running_requests() -> None:
         assert b.scheduled_wall >= a.first_token_wall  # type: ignore[operator]
 
     run(profile, body)
+
+
+def test_a_sampling_seed_picks_one_of_many_answers_reproducibly() -> None:
+    async def main() -> None:
+        engine = Engine(PROFILES[DEFAULT_PROFILE], seed=3)
+        prompt = apply_chat_template([{"role": "user", "content": "Propose a plan for 2+3."}])
+        plain = [engine.submit(list(prompt), 64) for _ in range(2)]
+        seeded = [engine.submit(list(prompt), 64, sampling_seed=k) for k in (0, 1, 0)]
+        assert plain[0].answer == plain[1].answer  # greedy: one answer per prompt
+        assert seeded[0].answer == seeded[2].answer  # same seed, same answer
+        assert seeded[0].answer != seeded[1].answer  # another seed, another thought
+        other = Engine(PROFILES[DEFAULT_PROFILE], seed=3).submit(list(prompt), 64, sampling_seed=1)
+        assert other.answer == seeded[1].answer  # the same on every replica
+        await engine.close()
+
+    asyncio.run(main())

@@ -219,9 +219,12 @@ class _Run:
 
     async def send(
         self, user: UserScript, conv: Conversation, conv_index: int, turn_index: int,
-        messages: list[Message], branch: str | None = None,
+        messages: list[Message], branch: str | None = None, sampling_seed: int | None = None,
     ) -> str | None:
-        """Send one request with ``messages`` as the history; record it; return the answer."""
+        """Send one request with ``messages`` as the history; record it; return the answer.
+
+        ``sampling_seed`` goes out as the request's ``seed``: tree branches use it so siblings
+        sample different thoughts (reproducibly) instead of the same greedy answer."""
         now = time.monotonic()
         record = RequestRecord(
             uid=self.settings.region,
@@ -243,6 +246,8 @@ class _Run:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if sampling_seed is not None:
+            payload["seed"] = sampling_seed
         self.sent += 1
         try:
             return await stream_chat(
@@ -291,7 +296,9 @@ async def _tree(run: _Run, user: UserScript, conv: Conversation, conv_index: int
                 asks.append((f"{path}.{b}" if path else str(b), prompt))
 
         async def ask(child: str, prompt: list[Message]) -> tuple[str, list[Message], str | None]:
-            answer = await run.send(user, conv, conv_index, stage, prompt, branch=child)
+            # Sibling k asks with seed k: b different thoughts per node, the same in every run.
+            seed = int(child.rsplit(".", 1)[-1])
+            answer = await run.send(user, conv, conv_index, stage, prompt, branch=child, sampling_seed=seed)
             return child, prompt, answer
 
         if shape.parallel:

@@ -273,12 +273,16 @@ class Engine:
     # ---- requests ----
 
     def submit(
-        self, prompt_tokens: list[str], max_new_tokens: int, *, ignore_eos: bool = False
+        self, prompt_tokens: list[str], max_new_tokens: int, *, ignore_eos: bool = False,
+        sampling_seed: int | None = None,
     ) -> SimRequest:
         """Queue a request; raise :class:`RequestRejected` if it can never be served.
 
         ``max_new_tokens`` is capped so that prompt + output fits the context length and the KV
-        pool, as SGLang caps it.
+        pool, as SGLang caps it. ``sampling_seed`` (the request's ``seed``) picks one of many
+        answers to the same prompt, as sampling with a seed does: without it every request with
+        this prompt gets the same answer; with it, requests that differ only in their seed get
+        different answers, each still the same on every replica.
         """
         if self._closed:
             raise EngineClosed("the replica is shutting down")
@@ -302,7 +306,7 @@ class Engine:
         max_new = min(max_new_tokens, limit)
         answer = generate_answer(
             prompt_tokens,
-            seed=self.seed,
+            seed=self.seed if sampling_seed is None else f"{self.seed}:{sampling_seed}",
             max_new_tokens=max_new,
             median_tokens=profile.output_median_tokens,
             sigma=profile.output_sigma,

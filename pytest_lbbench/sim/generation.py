@@ -48,7 +48,7 @@ class Answer:
     finish_reason: str  # "stop" (natural end) or "length" (hit max_new_tokens)
 
 
-def prompt_seed(prompt_tokens: Sequence[str], seed: int) -> int:
+def prompt_seed(prompt_tokens: Sequence[str], seed: int | str) -> int:
     """A 64-bit seed from the prompt pieces and the replica seed (stable across processes).
 
     ``hash()`` would differ between processes (PYTHONHASHSEED), so a real digest is used.
@@ -69,7 +69,7 @@ def natural_length(rng: random.Random, median_tokens: float, sigma: float) -> in
 def generate_answer(
     prompt_tokens: Sequence[str],
     *,
-    seed: int,
+    seed: int | str,
     max_new_tokens: int,
     median_tokens: float,
     sigma: float,

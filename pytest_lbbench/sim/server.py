@@ -93,6 +93,15 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _sampling_seed(body: Mapping[str, Any]) -> int | None:
+    """The request's sampling ``seed`` (OpenAI field; SGLang's ``sampling_seed``), if any."""
+    for key in ("seed", "sampling_seed"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def _max_tokens(body: Mapping[str, Any]) -> int:
     # max_completion_tokens is the newer OpenAI name; either may come.
     for key in ("max_completion_tokens", "max_tokens"):
@@ -319,7 +328,10 @@ class SimReplica:
         requested_model = body.get("model")
         model = requested_model if isinstance(requested_model, str) else self.config.model
         try:
-            req = self.engine.submit(tokens, max_tokens, ignore_eos=bool(body.get("ignore_eos")))
+            req = self.engine.submit(
+                tokens, max_tokens, ignore_eos=bool(body.get("ignore_eos")),
+                sampling_seed=_sampling_seed(body),
+            )
         except RequestRejected as exc:
             raise ApiError(400, str(exc)) from exc
         except EngineClosed as exc:
