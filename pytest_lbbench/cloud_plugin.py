@@ -262,6 +262,8 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
             check_gke_backend(gke_contexts)
         except GkePreflightError as exc:
             _fail(f"--gke-contexts: {exc}")
+    if backend == "sky":
+        _check_sky_workloads(pytest_config, cfg)
     if run_preflight is None:
         run_preflight = backend == "sky" and not result.plan and not result.cleanup
     needs_sky = bool(service_names) or (backend == "sky")
@@ -275,6 +277,24 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
                   + " (--lbbench-plan shows what would be created without any of this.)")
         result = CloudConfig(**{**result.__dict__, "notes": check.notes})
     return result
+
+
+def _check_sky_workloads(pytest_config: pytest.Config, cfg: LbbenchConfig) -> None:
+    """What the remote clients cannot do yet: they build their plan on the client VM from the
+    command line, so a workload that lives in a ``conftest.py`` or data on this machine's disk
+    would not be there."""
+    from pytest_lbbench.options import HOOK_WORKLOADS_KEY
+
+    stash = getattr(pytest_config, "stash", None)
+    hooked = [w for w in (stash.get(HOOK_WORKLOADS_KEY, []) if stash is not None else []) if w in cfg.workloads]
+    if hooked:
+        _fail(f"--backend sky runs the built-in workloads only; {', '.join(hooked)} comes from the "
+              "pytest_lbbench_workloads hook, whose code the client VMs do not have. Run it with the "
+              "local backend or against --endpoint URLs.")
+    if cfg.dataset_path:
+        _fail(f"--dataset-path {cfg.dataset_path} is a path on this machine, which the client VMs of "
+              "--backend sky do not have. Use --dataset-source hf (the VMs download the data with "
+              "HF_TOKEN) or the synthetic default.")
 
 
 # ---- --lbbench-plan / --lbbench-cleanup -------------------------------------------------------
@@ -331,9 +351,18 @@ def cmdline_main(config: pytest.Config) -> int | None:
     """
     if not (config.getoption("lbbench_plan") or config.getoption("lbbench_cleanup")):
         return None
-    from pytest_lbbench.options import build_config
+    from pytest_lbbench.options import HOOK_WORKLOADS_KEY, build_config
+    from pytest_lbbench.workloads.registry import unregister_workload
 
-    cfg = build_config(config)
+    try:
+        return _plan_or_cleanup(config, build_config(config))
+    finally:
+        # pytest_configure/unconfigure never run on this path: undo the hook's registrations.
+        for name in config.stash.get(HOOK_WORKLOADS_KEY, []):
+            unregister_workload(name)
+
+
+def _plan_or_cleanup(config: pytest.Config, cfg: LbbenchConfig) -> int:
     cloud_cfg = cloud_config(config, cfg, run_preflight=False)
     if cloud_cfg.plan:
         yaml_dir = cfg.output_dir / ".lbbench" / "sky-plan"

@@ -203,3 +203,32 @@ def test_cli_help_lists_the_options(pytester: pytest.Pytester) -> None:
         *--keep-up*
         *--endpoint=SYSTEM?@REGION?=URL*
     """).strip().splitlines())
+
+
+def test_sky_refuses_a_local_dataset_path(lbbench_cfg: LbbenchConfig) -> None:
+    import dataclasses
+
+    local = dataclasses.replace(lbbench_cfg, dataset_path="/data/arena.jsonl")
+    with pytest.raises(pytest.UsageError, match="client VMs of --backend sky do not have"):
+        cloud(local, backend="sky")
+    assert cloud(local).backend == "local"  # the local backend reads it fine
+
+
+def test_sky_refuses_a_conftest_workload(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('''
+from pytest_lbbench.workloads.base import RequestSettings, WorkloadPlan
+
+class Mine:
+    name = "mine"
+    options = ()
+    hf_dataset = None
+
+    def plan(self, args, region, region_index):
+        return WorkloadPlan(name="mine", users=(), settings=RequestSettings(8, 0.0))
+
+def pytest_lbbench_workloads(config):
+    return [Mine()]
+''')
+    result = pytester.runpytest("--backend", "sky", "--workloads", "mine", "--lbbench-plan")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--backend sky runs the built-in workloads only; mine comes from*"])
