@@ -31,8 +31,15 @@ class ProcessLedger:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def _append(self, entry: dict[str, Any]) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        data = (json.dumps(entry) + "\n").encode()
+        with open(self.path, "ab+") as fh:
+            # A crash can cut the last line short; start on a fresh line so this entry is not
+            # glued onto it (a stray empty line is harmless to the reader).
+            if fh.seek(0, os.SEEK_END) > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    data = b"\n" + data
+            fh.write(data)
 
     def started(self, name: str, pid: int) -> None:
         try:
