@@ -488,6 +488,8 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
     execs = [r for r in fake.reqs.values() if r.op == "exec"]
     assert {r.target for r in execs} == {"t-client-us-east-2", "t-client-ap-northeast-1"}
     assert all("pytest_lbbench.client" in r.yaml for r in execs)
+    # The token reaches the client jobs (for --dataset-source hf) but not their YAML.
+    assert all(r.secrets == {"HF_TOKEN": SECRET} and SECRET not in r.yaml for r in execs)
 
     push.stop()
     assert not any(n.startswith("t-sky-push-pull") for n in fake.live())

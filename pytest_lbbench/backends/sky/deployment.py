@@ -33,6 +33,7 @@ from pytest_lbbench import __version__
 from pytest_lbbench.backends.base import Deployment, ExperimentSpec
 from pytest_lbbench.backends.sky.provision import Op, ProvisionError, Provisioner
 from pytest_lbbench.backends.sky.render import (
+    SECRET_NAMES,
     RESULT_BEGIN,
     RESULT_END,
     Component,
@@ -295,7 +296,9 @@ class SkyDeployment(Deployment):
 
 
 def _exec_submit(prov: Provisioner, cluster: str, yaml_text: str) -> Callable[[], str]:
-    return lambda: prov.sdk.exec(yaml_text, cluster, {})
+    # HF_TOKEN travels with the job (never in its YAML): --dataset-source hf loads gated
+    # datasets on the client VM.
+    return lambda: prov.sdk.exec(yaml_text, cluster, prov.secrets_named(SECRET_NAMES))
 
 
 def decode_result(log: str) -> bytes:

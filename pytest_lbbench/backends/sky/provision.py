@@ -242,7 +242,11 @@ class Provisioner:
         self.owned: dict[str, Component] = {}  # created by this run and not yet removed
 
     def _secrets_for(self, comp: Component) -> dict[str, str]:
-        return {k: self._secrets[k] for k in comp.secrets if k in self._secrets}
+        return self.secrets_named(comp.secrets)
+
+    def secrets_named(self, names: Sequence[str]) -> dict[str, str]:
+        """The values of the secrets called ``names`` that this run has (for ``sky exec``)."""
+        return {k: self._secrets[k] for k in names if k in self._secrets}
 
     # ---- up ----------------------------------------------------------------------------------
 
