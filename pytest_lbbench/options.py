@@ -219,7 +219,7 @@ def add_workload_options(parser: pytest.Parser) -> None:
                     )
                 continue
             seen[option.flag] = (name, option)
-            users = ", ".join(n for n, w in WORKLOADS.items() if option in w.options)
+            users = ", ".join(n for n, w in WORKLOADS.items() if any(o.flag == option.flag for o in w.options))
             kwargs: dict[str, Any] = {"default": option.default, "help": f"[{users}] {option.help}"}
             if option.type == "bool":
                 kwargs["action"] = "store_true"

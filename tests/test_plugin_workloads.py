@@ -58,6 +58,8 @@ def test_help_lists_workload_and_arrival_options(pytester: pytest.Pytester) -> N
                    "--dataset-source", "--dataset-path", "--num-conv", "--num-branches",
                    "--start-index", "--disable-parallel"):
         result.stdout.fnmatch_lines([f"*{option}*"])
+    # A shared option names every workload that takes it.
+    result.stdout.fnmatch_lines(["*--num-conv=INT*[[]arena_syn, arena, arena_1m, wildchat[]]*"])
 
 
 def test_every_workload_is_a_column_of_the_matrix(bench: pytest.Pytester) -> None:
