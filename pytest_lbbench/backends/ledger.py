@@ -14,9 +14,40 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import psutil
+
+
+def append_jsonl(path: Path, entry: Mapping[str, Any], *, sort_keys: bool = False) -> None:
+    """Append ``entry`` as one JSON line. Every ledger (processes, sky, GKE) writes this way.
+
+    One short write per line: appends are atomic, so xdist workers can share a file. A crash
+    can cut the last line short; the entry then starts on a fresh line instead of being glued
+    onto the cut one (a stray empty line is harmless to :func:`read_jsonl`).
+    """
+    data = (json.dumps(entry, sort_keys=sort_keys) + "\n").encode()
+    with open(path, "ab+") as fh:
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                data = b"\n" + data
+        fh.write(data)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every whole JSON object in ``path`` (none if it does not exist); cut lines are skipped."""
+    if not path.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
 
 
 def ledger_path(output_dir: Path) -> Path:
@@ -31,15 +62,7 @@ class ProcessLedger:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def _append(self, entry: dict[str, Any]) -> None:
-        data = (json.dumps(entry) + "\n").encode()
-        with open(self.path, "ab+") as fh:
-            # A crash can cut the last line short; start on a fresh line so this entry is not
-            # glued onto it (a stray empty line is harmless to the reader).
-            if fh.seek(0, os.SEEK_END) > 0:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    data = b"\n" + data
-            fh.write(data)
+        append_jsonl(self.path, entry)
 
     def started(self, name: str, pid: int) -> None:
         try:
@@ -57,14 +80,8 @@ class ProcessLedger:
 
 def live_entries(path: Path) -> list[dict[str, Any]]:
     """Ledger entries whose process is still running (same pid and start time)."""
-    if not path.exists():
-        return []
     started: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
+    for entry in read_jsonl(path):
         if entry.get("event") == "start":
             started[entry["pid"]] = entry
     live = []

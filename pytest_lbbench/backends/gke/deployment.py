@@ -25,7 +25,6 @@ No pytest import here.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -38,6 +37,7 @@ from typing import Any, Callable
 
 from pytest_lbbench import __version__
 from pytest_lbbench.backends.base import Deployment
+from pytest_lbbench.backends.ledger import append_jsonl, read_jsonl
 from pytest_lbbench.backends.gke.kube import GatewayStatus, KubeApi, KubeError, KubeNotFound, ResourceRef
 from pytest_lbbench.backends.gke.preflight import context_location, parse_gke_endpoint
 from pytest_lbbench.backends.gke.render import (
@@ -91,16 +91,7 @@ class GkeLedger:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def _append(self, entry: dict[str, Any]) -> None:
-        entry = {**entry, "time": time.time(), "owner_pid": os.getpid()}
-        line = (json.dumps(entry) + "\n").encode()
-        with open(self.path, "a+b") as fh:
-            # A writer killed mid-line leaves no newline; start a fresh line so this entry
-            # is not glued to the cut one (appends go to the end whatever we read).
-            if fh.seek(0, os.SEEK_END) > 0:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    line = b"\n" + line
-            fh.write(line)
+        append_jsonl(self.path, {**entry, "time": time.time(), "owner_pid": os.getpid()})
 
     def applied(self, context: str, ref: ResourceRef, replicas: int | None = None) -> None:
         entry: dict[str, Any] = {
@@ -132,15 +123,9 @@ def leftover_deployments(path: Path) -> list[LeftoverDeployment]:
     A scale to zero is recorded only after the API accepted it, so a failed teardown stays a
     leftover. Cut lines (a crash mid-write) are skipped.
     """
-    if not path.exists():
-        return []
     desired: dict[tuple[str, str, str], int] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(entry, dict) or entry.get("kind") != "Deployment":
+    for entry in read_jsonl(path):
+        if entry.get("kind") != "Deployment":
             continue
         key = (str(entry.get("context")), str(entry.get("namespace")), str(entry.get("name")))
         if entry.get("event") == "apply":

@@ -20,13 +20,13 @@ regions and hashes only — never secrets. No pytest import here.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from pytest_lbbench.backends.ledger import append_jsonl, read_jsonl
 from pytest_lbbench.backends.sky.render import Component
 from pytest_lbbench.backends.sky.sdk import RequestFailed, RequestState, ServiceInfo, SkySdk
 
@@ -74,21 +74,11 @@ class CloudLedger:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def record(self, event: str, fields: Mapping[str, Any]) -> None:
-        entry = {**fields, "event": event, "time": time.time(), "pid": os.getpid()}
-        # One short line per write: appends are atomic, so xdist workers can share the file.
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        append_jsonl(self.path, {**fields, "event": event, "time": time.time(), "pid": os.getpid()},
+                     sort_keys=True)
 
     def entries(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-        return out
+        return read_jsonl(self.path)
 
     def live(self) -> dict[str, dict[str, Any]]:
         """Name → latest entry, for everything not recorded as removed."""
