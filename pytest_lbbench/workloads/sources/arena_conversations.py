@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import random
 from collections.abc import Iterable, Iterator
+from itertools import accumulate
+
 from pytest_lbbench.workloads.base import Conversation
 from pytest_lbbench.workloads.sources import (
     Row,
@@ -90,9 +92,10 @@ def synthetic_rows(seed: int, num_multi_turn: int) -> Iterator[Row]:
     moderation = Moderation(rng)
     num_judges = max(1, round(num_multi_turn / CONVERSATIONS_PER_JUDGE))
     judges = [f"arena_user_{seed}_{k:05d}" for k in range(num_judges)]
-    judge_cum = _cumulative(zipf_weights(num_judges, JUDGE_ZIPF_EXPONENT))
+    # Cumulative weights let rng.choices skip its own O(n) accumulation on every call.
+    judge_cum = list(accumulate(zipf_weights(num_judges, JUDGE_ZIPF_EXPONENT)))
     popular = [text.message(rng, lognormal_int(rng, 12, 0.5, 3, 60)) for _ in range(POPULAR_PROMPTS)]
-    popular_cum = _cumulative(zipf_weights(POPULAR_PROMPTS, 1.0))
+    popular_cum = list(accumulate(zipf_weights(POPULAR_PROMPTS, 1.0)))
     made = 0
     while made < num_multi_turn:
         single = rng.random() < SINGLE_TURN_FRACTION
@@ -126,16 +129,6 @@ def synthetic_rows(seed: int, num_multi_turn: int) -> Iterator[Row]:
             },
         }
         made += 0 if single else 1
-
-
-def _cumulative(weights: list[float]) -> list[float]:
-    # Cumulative weights let rng.choices skip its own O(n) accumulation on every call.
-    total = 0.0
-    out: list[float] = []
-    for w in weights:
-        total += w
-        out.append(total)
-    return out
 
 
 def to_conversation(row: Row) -> Conversation:

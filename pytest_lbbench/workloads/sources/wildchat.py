@@ -55,6 +55,7 @@ import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import accumulate
 from typing import Any
 
 from pytest_lbbench.workloads.base import Conversation
@@ -293,15 +294,6 @@ def _make_user(seed: int, rank: int) -> _User:
     )
 
 
-def _cumulative(weights: list[float]) -> list[float]:
-    total = 0.0
-    out: list[float] = []
-    for w in weights:
-        total += w
-        out.append(total)
-    return out
-
-
 def synthetic_rows(
     seed: int, start_index: int = 0, num_rows: int = ROWS_PER_SLICE, *, kept_for: str | None = None,
 ) -> Iterator[Row]:
@@ -322,13 +314,13 @@ def synthetic_rows(
     templates = [text.message(template_rng, TEMPLATE_WORDS) for _ in range(TEMPLATES)]
     moderation = Moderation(rng)
     detoxify = [{k: round(rng.random() * 1e-3, 8) for k in _DETOXIFY_KEYS} for _ in range(50)]
-    ip_cum = _cumulative(zipf_weights(POPULATION, IP_ZIPF_EXPONENT))
+    ip_cum = list(accumulate(zipf_weights(POPULATION, IP_ZIPF_EXPONENT)))
     ranks = range(POPULATION)
     users: dict[int, _User] = {}
     models = [m for m, _ in _MODELS]
-    model_cum = _cumulative([w for _, w in _MODELS])
+    model_cum = list(accumulate([w for _, w in _MODELS]))
     hours = range(24)
-    diurnal_cum = _cumulative(list(_DIURNAL))
+    diurnal_cum = list(accumulate(_DIURNAL))
     day0 = DATASET_START + timedelta(days=(start_index * DAYS_PER_SLICE) % DATASET_DAYS)
     for _ in range(num_rows):
         # Metadata first, from the slice's stream; text below from the row's own seed.
