@@ -24,7 +24,9 @@ from pytest_lbbench.report.__main__ import parse_slo
 from pytest_lbbench.systems import SYSTEMS, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
 from pytest_lbbench.workloads.registry import register_workload
+from pytest_lbbench.client.planning import COMMON_OPTIONS
 from pytest_lbbench.workloads.base import Workload, WorkloadOption
+from pytest_lbbench.workloads.sources import DATASET_SOURCES
 
 BACKENDS = ("local", "sky")  # cloud_plugin.BACKEND_CHOICES; checked there too
 DEFAULT_CLIENT_REGIONS = ("us-east-2", "ap-northeast-1")
@@ -194,20 +196,8 @@ def add_workload_options(parser: pytest.Parser) -> None:
     add("--warmup", type=float, default=0.0, metavar="SECONDS",
         help="run each experiment this long before --duration; requests started then are "
         "recorded (warmup=true) but left out of every metric. Default: 0")
-    add("--request-rate", type=float, default=None, metavar="RPS",
-        help="open loop: requests per second per client region (gamma arrivals, see "
-        "--burstiness), for chat workloads. Default: the workload's own pattern")
-    add("--burstiness", type=float, default=1.0, metavar="SHAPE",
-        help="with --request-rate: gamma shape of the gaps; 1 = Poisson, < 1 burstier. Default: 1")
-    add("--open-loop-threshold", type=float, default=None, metavar="SECONDS",
-        help="closed loop: a user's next turn starts no sooner than this after its previous "
-        "turn started (think-time floor, as the original wildchat)")
-    add("--dataset-source", default="synthetic", metavar="SOURCE",
-        help="synthetic: data generated offline (default); hf: the real Hugging Face datasets "
-        "(needs HF_TOKEN and pip install 'pytest-lbbench[hf]', or --dataset-path)")
-    add("--dataset-path", default=None, metavar="PATH",
-        help="a local file or directory in the workload's dataset row format, used instead of "
-        "generated or downloaded data (no download, no token; needs pytest-lbbench[hf])")
+    for option in COMMON_OPTIONS:
+        add(option.flag, **option.parser_kwargs())
     seen: dict[str, tuple[str, WorkloadOption]] = {}
     for name, workload in WORKLOADS.items():
         for option in workload.options:
@@ -220,13 +210,8 @@ def add_workload_options(parser: pytest.Parser) -> None:
                 continue
             seen[option.flag] = (name, option)
             users = ", ".join(n for n, w in WORKLOADS.items() if any(o.flag == option.flag for o in w.options))
-            kwargs: dict[str, Any] = {"default": option.default, "help": f"[{users}] {option.help}"}
-            if option.type == "bool":
-                kwargs["action"] = "store_true"
-                kwargs["default"] = bool(option.default)
-            else:
-                kwargs["type"] = {"int": int, "float": float, "str": str}[option.type]
-                kwargs["metavar"] = option.type.upper()
+            kwargs = option.parser_kwargs()
+            kwargs["help"] = f"[{users}] {kwargs['help']}"
             add(option.flag, **kwargs)
 
 
@@ -327,22 +312,18 @@ def _workload_values(config: pytest.Config, workloads: list[str]) -> dict[str, A
 
 def _common_workload_argv(opt: Any) -> tuple[str, ...]:
     argv: list[str] = []
-    for flag, dest in (("--request-rate", "request_rate"), ("--open-loop-threshold", "open_loop_threshold")):
-        if opt(dest) is not None:
-            argv += [flag, str(opt(dest))]
-    if opt("request_rate") is not None and opt("burstiness") != 1.0:
-        argv += ["--burstiness", str(opt("burstiness"))]
-    if opt("dataset_source") != "synthetic":
-        argv += ["--dataset-source", opt("dataset_source")]
-    if opt("dataset_path"):
-        argv += ["--dataset-path", str(Path(opt("dataset_path")).resolve())]
+    for option in COMMON_OPTIONS:
+        value = opt(option.dest)
+        if option.dest == "dataset_path" and value:
+            value = str(Path(value).resolve())  # the client may run in another directory
+        argv += option.to_argv(value)
     return tuple(argv)
 
 
 def check_workloads(cfg: LbbenchConfig) -> None:
     """Build every selected workload's plan once per client region, so a bad workload option
     or a missing dataset fails at start-up, before any system is started."""
-    from pytest_lbbench.client.planning import DATASET_SOURCES, plan_from_argv
+    from pytest_lbbench.client.planning import plan_from_argv
     from pytest_lbbench.workloads.sources.hub import DatasetUnavailable, preflight
 
     if cfg.dataset_source not in DATASET_SOURCES:

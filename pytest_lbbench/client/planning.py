@@ -15,27 +15,38 @@ from pathlib import Path
 from pytest_lbbench.client.runner import DEFAULT_LAG_THRESHOLD_MS, DEFAULT_REQUEST_TIMEOUT_S
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS
 from pytest_lbbench.workloads import WORKLOADS, get_workload
-from pytest_lbbench.workloads.base import Arrival, WorkloadPlan
+from pytest_lbbench.workloads.base import Arrival, WorkloadOption, WorkloadPlan
+from pytest_lbbench.workloads.sources import DATASET_SOURCES
 
-DATASET_SOURCES = ("synthetic", "hf")
-
-
-def add_arrival_options(add: argparse.ArgumentParser) -> None:
-    """Options that change how requests arrive, shared by every chat workload."""
-    add.add_argument(
-        "--request-rate", type=float, default=None, metavar="RPS",
-        help="open loop: requests per second per client region, whatever the server does "
-        "(default: the workload's own pattern, closed loop or timestamp replay)",
-    )
-    add.add_argument(
-        "--burstiness", type=float, default=1.0, metavar="SHAPE",
-        help="with --request-rate: gamma shape of the gaps; 1 = Poisson, < 1 burstier (default: %(default)s)",
-    )
-    add.add_argument(
-        "--open-loop-threshold", type=float, default=None, metavar="SECONDS",
+# The options every workload shares, declared once for this CLI and for the pytest plugin
+# (which passes non-default values on with WorkloadOption.to_argv).
+COMMON_OPTIONS: tuple[WorkloadOption, ...] = (
+    WorkloadOption(
+        "--request-rate", "float", None, metavar="RPS",
+        help="open loop: requests per second per client region (gamma arrivals, see "
+        "--burstiness), whatever the server does; for chat workloads. Default: the workload's "
+        "own pattern (closed loop or timestamp replay)",
+    ),
+    WorkloadOption(
+        "--burstiness", "float", 1.0, metavar="SHAPE",
+        help="with --request-rate: gamma shape of the gaps; 1 = Poisson, < 1 burstier",
+    ),
+    WorkloadOption(
+        "--open-loop-threshold", "float", None, metavar="SECONDS",
         help="closed loop: a user's next turn starts no sooner than this many seconds after its "
         "previous turn started (a think-time floor, as the original wildchat)",
-    )
+    ),
+    WorkloadOption(
+        "--dataset-source", "str", "synthetic", choices=DATASET_SOURCES, metavar="SOURCE",
+        help="synthetic: data generated offline; hf: the real Hugging Face datasets (needs "
+        "HF_TOKEN for the gated ones and pip install 'pytest-lbbench[hf]'), or --dataset-path",
+    ),
+    WorkloadOption(
+        "--dataset-path", "str", None, metavar="PATH",
+        help="a local file or directory in the workload's dataset row format, used instead of "
+        "generated or downloaded rows (no download, no token; needs pytest-lbbench[hf])",
+    ),
+)
 
 
 def build_parser(workload_name: str | None) -> argparse.ArgumentParser:
@@ -61,17 +72,8 @@ def build_parser(workload_name: str | None) -> argparse.ArgumentParser:
         "warmup=true and left out of every metric (default: %(default)s)",
     )
     parser.add_argument("--max-tokens", type=int, default=None, help="override the workload's max_tokens")
-    parser.add_argument(
-        "--dataset-source", choices=DATASET_SOURCES, default="synthetic",
-        help="synthetic: generated offline (default); hf: the real Hugging Face dataset "
-        "(needs HF_TOKEN and pytest-lbbench[hf]), or --dataset-path",
-    )
-    parser.add_argument(
-        "--dataset-path", default=None,
-        help="a local file or directory in the dataset's row format, used instead of generated "
-        "or downloaded rows",
-    )
-    add_arrival_options(parser)
+    for option in COMMON_OPTIONS:
+        option.add_to(parser)
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S)
     parser.add_argument(
         "--drain-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,

@@ -175,31 +175,31 @@ class WorkloadOption:
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
+    metavar: str | None = None
 
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
 
-    def convert(self, text: str) -> Any:
-        """Parse a command-line value; ``ValueError`` says what was expected."""
-        if self.type == "int":
-            return int(text)
-        if self.type == "float":
-            return float(text)
+    def parser_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for argparse's ``add_argument`` or pytest's ``addoption``.
+
+        ``choices`` are left out: the pytest plugin checks values itself, with a message that
+        lists what is valid (see :meth:`add_to` for the client)."""
         if self.type == "bool":
-            return text.lower() in ("1", "true", "yes", "on")
-        return text
+            return {"action": "store_true", "default": bool(self.default), "help": self.help}
+        kind: type = {"int": int, "float": float, "str": str}[self.type]
+        # Show the default unless the help already says what it is (e.g. "default: --duration").
+        shown = self.help if "default" in self.help.lower() else f"{self.help} (default: %(default)s)"
+        return {"type": kind, "default": self.default, "metavar": self.metavar or self.type.upper(),
+                "help": shown}
 
     def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-        """Register this option on an argparse parser (the client CLI)."""
-        if self.type == "bool":
-            parser.add_argument(self.flag, action="store_true", default=bool(self.default), help=self.help)
-            return
-        kind: type = {"int": int, "float": float, "str": str}[self.type]
-        parser.add_argument(
-            self.flag, type=kind, default=self.default, choices=self.choices,
-            help=f"{self.help} (default: %(default)s)",
-        )
+        """Register this option on an argparse parser (the client CLI), with its choices."""
+        kwargs = self.parser_kwargs()
+        if self.type != "bool":
+            kwargs["choices"] = self.choices
+        parser.add_argument(self.flag, **kwargs)
 
     def to_argv(self, value: Any) -> list[str]:
         """The client arguments that pass ``value`` on (nothing for the default)."""
