@@ -24,14 +24,17 @@ the result files.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 from pytest_lbbench.stats import mean, percentile
 
 Record = Mapping[str, Any]
 
 
-def measured(records: Iterable[Record]) -> list[Record]:
+R = TypeVar("R", bound=Record)
+
+
+def measured(records: Iterable[R]) -> list[R]:
     """The records that count: every one except those sent during the warm-up."""
     return [r for r in records if not r.get("warmup")]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_lbbench.report.metrics import failure_reasons, summarize
+from pytest_lbbench.report.metrics import failure_reasons, measured, summarize
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ExperimentResult:
     @property
     def records(self) -> list[dict[str, Any]]:
         """Every record that counts (warm-up requests left out)."""
-        return [r for payload in self.payloads.values() for r in payload["metrics"] if not r.get("warmup")]
+        return measured(r for payload in self.payloads.values() for r in payload["metrics"])
 
     @property
     def sent(self) -> int:
