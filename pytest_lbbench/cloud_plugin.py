@@ -301,14 +301,13 @@ def _check_sky_workloads(pytest_config: pytest.Config, cfg: LbbenchConfig) -> No
 
 def make_plan(cloud_cfg: CloudConfig, cfg: LbbenchConfig, yaml_dir: Path | None = None) -> Plan:
     """The plan of this run (offline; see :mod:`pytest_lbbench.backends.sky.plan`)."""
-    regions = list(cfg.rtt.regions)
 
     def client_argv(system: SystemSpec, region: str) -> list[str]:
         spec = cfg.experiment_spec(system.name, cfg.workloads[0])
         exp_name = spec.exp_name
         url = cloud_cfg.endpoints.get(system.name, {})
         entry = url.get(region) or url.get(ANY_REGION) or f"<entry of {system.name} nearest {region}>"
-        index = regions.index(region) if region in regions else 0
+        index = cfg.rtt.shard_index(region)
         return spec.client_argv(region, index, entry, Path(remote_result_path(exp_name, region)))
 
     given = {s: ", ".join(f"{r}={u}" for r, u in urls.items()) for s, urls in cloud_cfg.endpoints.items()}

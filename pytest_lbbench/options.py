@@ -339,10 +339,12 @@ def check_workloads(cfg: LbbenchConfig) -> None:
                 preflight(workload.hf_dataset, cfg.dataset_path, os.environ)
             except DatasetUnavailable as exc:
                 _fail(f"--dataset-source hf ({name}): {exc}")
-            continue  # building the plan would load the dataset; the clients do that once
-        for index, region in enumerate(cfg.regions):
-            spec = cfg.experiment_spec("check", name)
-            argv = spec.client_argv(region, index, "http://127.0.0.1:1", Path("unused.json"))
+            continue  # building the plan here would load the whole dataset at start-up
+        spec = cfg.experiment_spec("check", name)
+        for region in cfg.regions:
+            # The same shard index the launchers use, so the plan checked is the plan run.
+            argv = spec.client_argv(region, cfg.rtt.shard_index(region), "http://127.0.0.1:1",
+                                    Path("unused.json"))
             try:
                 plan_from_argv(argv)
             except ValueError as exc:

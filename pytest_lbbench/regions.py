@@ -37,6 +37,13 @@ class RttMatrix:
         ordered = [r for r in DEFAULT_REPLICA_REGIONS if r in names]
         return tuple(ordered + sorted(names - set(ordered)))
 
+    def shard_index(self, region: str) -> int:
+        """The workload shard of client region ``region``: its position in :attr:`regions`
+        (the original's ``seed2idx``: us-east-2 → 0, ap-northeast-1 → 1, eu-central-1 → 2),
+        0 for a region this matrix does not know."""
+        regions = self.regions
+        return regions.index(region) if region in regions else 0
+
     def rtt(self, a: str, b: str) -> float:
         """Round-trip time in ms between regions ``a`` and ``b``."""
         if a == b:

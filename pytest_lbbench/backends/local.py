@@ -437,7 +437,6 @@ class LocalClientLauncher:
     def run(self, deployment: Deployment, spec: ExperimentSpec, metric_dir: Path,
             on_progress: Callable[[float, int], None] | None = None) -> dict[str, Path]:
         metric_dir.mkdir(parents=True, exist_ok=True)
-        regions = list(self.rtt.regions)
         outputs: dict[str, Path] = {}
         procs: dict[str, ManagedProcess] = {}
         try:
@@ -445,7 +444,7 @@ class LocalClientLauncher:
                 out = metric_dir / f"{region}.json"
                 out.unlink(missing_ok=True)
                 outputs[region] = out
-                index = regions.index(region) if region in regions else 0
+                index = self.rtt.shard_index(region)
                 client_args = spec.client_argv(region, index, deployment.endpoint_for(region), out)
                 # Plans live next to metric/ (not in it: the original readers glob metric/*/*.json).
                 plan_file = metric_dir.parent.parent / "plans" / spec.exp_name / f"{region}.json"

@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from pytest_lbbench.client.runner import DEFAULT_LAG_THRESHOLD_MS, DEFAULT_REQUEST_TIMEOUT_S
-from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS
+from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
 from pytest_lbbench.workloads import WORKLOADS, get_workload
 from pytest_lbbench.workloads.base import Arrival, WorkloadOption, WorkloadPlan
 from pytest_lbbench.workloads.sources import DATASET_SOURCES
@@ -113,7 +113,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def region_index_of(args: argparse.Namespace) -> int:
     if args.region_index is not None:
         return int(args.region_index)
-    return DEFAULT_REPLICA_REGIONS.index(args.region) if args.region in DEFAULT_REPLICA_REGIONS else 0
+    return RttMatrix().shard_index(args.region)
 
 
 def apply_arrival_options(plan: WorkloadPlan, args: argparse.Namespace) -> WorkloadPlan:

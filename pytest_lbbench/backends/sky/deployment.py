@@ -324,12 +324,11 @@ class SkyClientLauncher:
             on_progress: Callable[[float, int], None] | None = None) -> dict[str, Path]:
         self.session.ensure_up()
         prov = self.session.provisioner
-        regions = list(self.session.rtt.regions)
         metric_dir.mkdir(parents=True, exist_ok=True)
         ops: list[Op] = []
         clusters: dict[str, str] = {}
         for region in spec.client_regions:
-            index = regions.index(region) if region in regions else 0
+            index = self.session.rtt.shard_index(region)
             argv = spec.client_argv(region, index, deployment.endpoint_for(region),
                                     Path(remote_result_path(spec.exp_name, region)))
             cluster = client_cluster_name(self.session.settings, region, self.session.worker)
