@@ -16,26 +16,10 @@ import pytest
 from pytest_lbbench.backends.ledger import ledger_path, live_entries
 from pytest_lbbench.systems import SYSTEMS
 
-BENCH = '''
-from pytest_lbbench.backends.base import Deployment
-from pytest_lbbench.fixtures import RunExperiment
-
-def test_benchmark(lbbench_deployment: Deployment, lbbench_workload: str,
-                   lbbench_run: RunExperiment) -> None:
-    result = lbbench_run(lbbench_deployment, lbbench_workload)
-    assert result.sent > 0
-    assert result.recorded == result.sent
-'''
 
 # Fast settings for real runs: engine and WAN times shrunk 20×, short answers, few users.
 FAST = ("--time-scale", "0.05", "--max-tokens", "12", "--num-users", "3", "--replicas", "3",
         "--duration", "3", "--drain-timeout", "20", "-p", "no:cacheprovider")
-
-
-@pytest.fixture
-def bench(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_bench=BENCH)
-    return pytester
 
 
 def test_help_lists_every_option(pytester: pytest.Pytester) -> None:

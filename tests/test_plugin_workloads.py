@@ -6,16 +6,6 @@ import json
 
 import pytest
 
-BENCH = '''
-from pytest_lbbench.backends.base import Deployment
-from pytest_lbbench.fixtures import RunExperiment
-
-def test_benchmark(lbbench_deployment: Deployment, lbbench_workload: str,
-                   lbbench_run: RunExperiment) -> None:
-    result = lbbench_run(lbbench_deployment, lbbench_workload)
-    assert result.sent > 0
-    assert result.recorded == result.sent
-'''
 
 FAST = ("--time-scale", "0.05", "--max-tokens", "8", "--num-users", "2", "--replicas", "2",
         "--duration", "2", "--drain-timeout", "20", "--regions", "us-east-2",
@@ -43,12 +33,6 @@ class SupportChats:
 def pytest_lbbench_workloads(config):
     return [SupportChats()]
 '''
-
-
-@pytest.fixture
-def bench(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_bench=BENCH)
-    return pytester
 
 
 def test_help_lists_workload_and_arrival_options(pytester: pytest.Pytester) -> None:

@@ -1,0 +1,24 @@
+"""Fixtures shared by the pytester tests of the plugin."""
+
+from __future__ import annotations
+
+import pytest
+
+# The benchmark matrix test as a user writes it: one test, run once per system × workload.
+BENCH = '''
+from pytest_lbbench.backends.base import Deployment
+from pytest_lbbench.fixtures import RunExperiment
+
+def test_benchmark(lbbench_deployment: Deployment, lbbench_workload: str,
+                   lbbench_run: RunExperiment) -> None:
+    result = lbbench_run(lbbench_deployment, lbbench_workload)
+    assert result.sent > 0
+    assert result.recorded == result.sent
+'''
+
+
+@pytest.fixture
+def bench(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester directory holding the matrix test (``test_bench.py``)."""
+    pytester.makepyfile(test_bench=BENCH)
+    return pytester
