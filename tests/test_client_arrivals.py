@@ -140,7 +140,9 @@ def test_tree_answers_every_node_num_branches_times(url: str, parallel: bool) ->
     stages = ("Plan: 2+3?", "Execute.", "Reflect.", "Answer.")
     question = Conversation("q0", "user-0", 0.0, stages)
     p = plan([(question,)], tree=TreeShape(num_branches=2, parallel=parallel))
-    records, _ = run(p, url, duration_s=0.05 if parallel else 3.0)
+    # Long enough for a whole tree on a slow machine (a stage starts only before the deadline);
+    # the user then starts the question again, so the first 30 requests are the first tree.
+    records, _ = run(p, url, duration_s=3.0)
     tree = sorted(records, key=lambda r: r.start)[:30]
     assert len(tree) == 2 + 4 + 8 + 16
     assert [sum(1 for r in tree if r.turn_index == k) for k in range(4)] == [2, 4, 8, 16]
