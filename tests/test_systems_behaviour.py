@@ -113,6 +113,29 @@ def test_round_robin_has_no_affinity_control(tmp_path: Path) -> None:
     assert later >= 5 and share < 0.6, share  # the control for the test above
 
 
+PAPER_SINGLE_LB_BASELINES = ("sky_round_robin", "sky_least_load", "sky_consistent_hashing")
+
+
+@pytest.mark.parametrize("name", PAPER_SINGLE_LB_BASELINES)
+def test_paper_baselines_are_one_lb_in_the_us_over_every_replica(name: str) -> None:
+    spec = SYSTEMS[name]
+    assert spec.placement is Placement.GLOBAL and spec.entry_region == "us-east-2"
+    twin = SYSTEMS["region_local_" + name.removeprefix("sky_")]
+    assert twin.placement is Placement.REGIONAL and twin.policy == spec.policy
+
+
+def test_round_robin_serves_a_far_region_from_every_region(tmp_path: Path) -> None:
+    # The paper's RR: one LB in us-east-2 in front of every replica, so ap-northeast-1's users
+    # are served in all three regions (Fig. 8), unlike the region-local row below.
+    records, _, description = run_system("sky_round_robin", tmp_path, regions=("ap-northeast-1",), users=4)
+    assert [b["region"] for b in description["balancers"]] == ["us-east-2"]
+    regions = replica_regions(description)
+    served = [regions[r["replica"]] for r in records if not r["failed"]]
+    remote = sum(1 for region in served if region != "ap-northeast-1")
+    assert set(served) == {"us-east-2", "ap-northeast-1", "eu-central-1"}, served
+    assert remote / len(served) > 0.5
+
+
 REGION_LOCAL = [n for n, s in SYSTEMS.items()
                 if s.kind is BalancerKind.SKY_LB and s.lb_mode == "global" and s.placement is Placement.REGIONAL]
 
