@@ -19,8 +19,10 @@ import pytest
 from pytest_lbbench.backends.base import ExperimentSpec
 from pytest_lbbench.benchstore import BaselineNotFound, load_baseline
 from pytest_lbbench.gate import Threshold, parse_threshold
+from pytest_lbbench.hostlag import DEFAULT_THRESHOLD_MS as DEFAULT_HOST_LAG_THRESHOLD_MS
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
 from pytest_lbbench.report.__main__ import parse_slo
+from pytest_lbbench.scenarios import SCENARIOS, ScenarioLayout
 from pytest_lbbench.systems import SYSTEMS, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
 from pytest_lbbench.workloads.registry import register_workload
@@ -31,6 +33,8 @@ from pytest_lbbench.workloads.sources import DATASET_SOURCES
 BACKENDS = ("local", "sky")  # cloud_plugin.BACKEND_CHOICES; checked there too
 DEFAULT_CLIENT_REGIONS = ("us-east-2", "ap-northeast-1")
 DEFAULT_OUTPUT_DIR = "lbbench-results"
+DEFAULT_REPLICAS = 4
+DEFAULT_NUM_USERS = 50
 
 CONFIG_KEY = pytest.StashKey["LbbenchConfig"]()
 # Names of the workloads added by the hook, unregistered again at unconfigure.
@@ -57,6 +61,7 @@ class LbbenchConfig:
     request_timeout_s: float = 100.0
     drain_timeout_s: float = 100.0
     lag_threshold_ms: float = 10.0
+    host_lag_threshold_ms: float = DEFAULT_HOST_LAG_THRESHOLD_MS
     time_scale: float = 1.0
     rtt: RttMatrix = field(default_factory=RttMatrix)
     catalog: dict[str, SystemSpec] = field(default_factory=lambda: dict(SYSTEMS))
@@ -74,6 +79,11 @@ class LbbenchConfig:
     common_workload_argv: tuple[str, ...] = ()
     dataset_source: str = "synthetic"
     dataset_path: str | None = None
+    #: The ``--scenario`` preset this run follows (``None``: none) and its scale.
+    scenario: str | None = None
+    scenario_scale: float | None = None
+    #: One line saying what the preset became at this scale (for the header and the summary).
+    scenario_layout: str | None = None
 
     def workload_argv(self, workload: str) -> tuple[str, ...]:
         """Client arguments for ``workload``: its own options (non-defaults) + the shared ones."""
@@ -137,8 +147,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--replica-regions", nargs="+", default=None, metavar="REGION",
         help="ordered regions that replicas are placed on round-robin. Default: "
         + " ".join(DEFAULT_REPLICA_REGIONS))
-    add("--replicas", type=int, default=4, metavar="N",
-        help="replicas per system. Default: 4")
+    add("--replicas", type=int, default=None, metavar="N",
+        help=f"replicas per system. Default: {DEFAULT_REPLICAS} (or the --scenario's)")
     add("--systems", nargs="+", default=None, metavar="NAME",
         help=f"systems to run (default: all): {', '.join(SYSTEMS)}, and any added by the "
         "pytest_lbbench_systems hook")
@@ -146,8 +156,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"workloads to run (default: arena_syn): {', '.join(WORKLOADS)}")
     add("--duration", type=float, default=60.0, metavar="SECONDS",
         help="seconds during which users start new turns; turns in flight then finish. Default: 60")
-    add("--num-users", type=int, default=50, metavar="N",
-        help="simulated users per client region. Default: 50")
+    add("--num-users", type=int, default=None, metavar="N",
+        help=f"simulated users per client region. Default: {DEFAULT_NUM_USERS} (or the --scenario's)")
+    add("--scenario", default=None, metavar="NAME",
+        help="run one of the paper's experiments: sets client regions and users per region, the "
+        "replica layout, workloads and systems (options you give explicitly win). One of: "
+        + ", ".join(SCENARIOS))
+    add("--scenario-scale", type=float, default=None, metavar="F",
+        help="multiply the --scenario's clients and replicas per region by F (rounded half up, at "
+        "least 1). Default: the preset's own, chosen to fit a 2-core machine in real time")
     add("--seed", type=int, default=0, metavar="INT", help="workload seed. Default: 0")
     add("--exp-name", default=None, metavar="NAME",
         help="experiment name in result paths (<exp>_<system>). Default: the workload name")
@@ -163,6 +180,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how long turns in flight at the end of --duration may take. Default: 100")
     add("--lag-threshold-ms", type=float, default=10.0, metavar="MS",
         help="client event-loop lag p99 above which a run is flagged client-bound. Default: 10")
+    add("--host-lag-threshold-ms", type=float, default=DEFAULT_HOST_LAG_THRESHOLD_MS, metavar="MS",
+        help="flag an experiment host-bound when a replica, LB or delay link fell behind model "
+        "time by more than MS per event on average (or often, or an engine resynced its clock). "
+        f"Default: {DEFAULT_HOST_LAG_THRESHOLD_MS:g}")
     add("--lbbench-selfcheck", action="store_true", default=False,
         help="also run the benchmarks of pytest-lbbench itself (marked lbbench_selfcheck), "
         "such as the client-capacity check; off by default because they load the machine")
@@ -354,6 +375,20 @@ def check_workloads(cfg: LbbenchConfig) -> None:
                 _fail(f"--workloads {name}: {detail}")
 
 
+def _scenario_layout(name: str | None, scale: float | None) -> ScenarioLayout | None:
+    """The ``--scenario`` preset at ``--scenario-scale`` (``None`` without a scenario)."""
+    if name is None:
+        if scale is not None:
+            _fail("--scenario-scale needs --scenario NAME (one of: " + ", ".join(SCENARIOS) + ").")
+        return None
+    if name not in SCENARIOS:
+        _fail(f"--scenario: unknown scenario {name!r}. Valid scenarios: {', '.join(SCENARIOS)}.")
+    try:
+        return SCENARIOS[name].layout(scale)
+    except ValueError as exc:
+        _fail(str(exc) + ".")
+
+
 def build_config(config: pytest.Config) -> LbbenchConfig:
     """Validate the options and freeze them (raises ``pytest.UsageError`` on bad input)."""
     opt = config.getoption
@@ -364,18 +399,39 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
     backend = opt("backend")
     if backend not in BACKENDS:
         _fail(f"--backend: unknown backend {backend!r}. Valid backends: {', '.join(BACKENDS)}.")
-    regions = _split_names(opt("regions")) or list(DEFAULT_CLIENT_REGIONS)
+    layout = _scenario_layout(opt("scenario"), opt("scenario_scale"))
+    regions = _split_names(opt("regions")) or list(
+        layout.client_regions if layout else DEFAULT_CLIENT_REGIONS)
     _check_names("region", "--regions", regions, valid_regions)
-    replica_regions = _split_names(opt("replica_regions")) or list(DEFAULT_REPLICA_REGIONS)
+    replica_regions = _split_names(opt("replica_regions")) or list(
+        layout.replica_regions if layout else DEFAULT_REPLICA_REGIONS)
     _check_names("region", "--replica-regions", replica_regions, valid_regions)
-    systems = _split_names(opt("systems")) or list(catalog)
+    systems = _split_names(opt("systems")) or list(
+        layout.scenario.systems if layout else catalog)
     _check_names("system", "--systems", systems, list(catalog))
-    workloads = _split_names(opt("workloads")) or ["arena_syn"]
+    workloads = _split_names(opt("workloads")) or list(
+        layout.scenario.workloads if layout else ["arena_syn"])
     _check_names("workload", "--workloads", workloads, sorted(WORKLOADS))
+    replicas = opt("replicas")
+    if replicas is None:
+        replicas = layout.total_replicas if layout else DEFAULT_REPLICAS
+    num_users = opt("num_users")
+    if num_users is None:
+        num_users = max(layout.clients.values()) if layout else DEFAULT_NUM_USERS
+    region_to_args = _parse_region_to_args(opt("region_to_args"), valid_regions)
+    if layout is not None and opt("num_users") is None:
+        # The preset's users per region first; a user's own --region-to-args comes after it, so
+        # it wins (the client's parser keeps the last value of an option).
+        preset = layout.region_to_args()
+        region_to_args = {
+            region: " ".join(a for a in (preset.get(region, ""), region_to_args.get(region, "")) if a)
+            for region in dict.fromkeys([*preset, *region_to_args])
+        }
     positive = {
-        "--replicas": opt("replicas"), "--num-users": opt("num_users"),
+        "--replicas": replicas, "--num-users": num_users,
         "--duration": opt("duration"),
         "--request-timeout": opt("request_timeout"), "--time-scale": opt("time_scale"),
+        "--host-lag-threshold-ms": opt("host_lag_threshold_ms"),
     }
     for name, value in positive.items():
         if value <= 0:
@@ -412,19 +468,20 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         backend=backend,
         regions=tuple(dict.fromkeys(regions)),
         replica_regions=tuple(dict.fromkeys(replica_regions)),
-        replicas=opt("replicas"),
+        replicas=replicas,
         systems=tuple(dict.fromkeys(systems)),
         workloads=tuple(dict.fromkeys(workloads)),
         duration_s=opt("duration"),
-        num_users=opt("num_users"),
+        num_users=num_users,
         seed=opt("seed"),
         exp_name=opt("exp_name"),
         output_dir=Path(opt("output_dir")).resolve(),
-        region_to_args=_parse_region_to_args(opt("region_to_args"), valid_regions),
+        region_to_args=region_to_args,
         max_tokens=opt("max_tokens"),
         request_timeout_s=opt("request_timeout"),
         drain_timeout_s=opt("drain_timeout"),
         lag_threshold_ms=opt("lag_threshold_ms"),
+        host_lag_threshold_ms=opt("host_lag_threshold_ms"),
         time_scale=opt("time_scale"),
         rtt=rtt,
         catalog=catalog,
@@ -440,6 +497,9 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         common_workload_argv=_common_workload_argv(opt),
         dataset_source=opt("dataset_source"),
         dataset_path=str(Path(opt("dataset_path")).resolve()) if opt("dataset_path") else None,
+        scenario=layout.scenario.name if layout else None,
+        scenario_scale=layout.scale if layout else None,
+        scenario_layout=layout.describe() if layout else None,
     )
     check_workloads(cfg)
     return cfg

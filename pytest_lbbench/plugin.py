@@ -68,4 +68,5 @@ def pytest_report_header(config: pytest.Config) -> str:
         f"replicas={cfg.replicas} over {','.join(cfg.replica_regions)} "
         f"duration={cfg.duration_s:g}s users/region={cfg.num_users} seed={cfg.seed} "
         f"output={cfg.output_dir}"
+        + (f"\nlbbench: {cfg.scenario_layout}" if cfg.scenario_layout else "")
     )

@@ -110,6 +110,14 @@ SYSTEMS: dict[str, SystemSpec] = {
         # the configuration of system 5; it keeps its own row as the later paper's name.
         _sky("sky_walker", "Sky\nWalker", "rate_limited_push", "pull"),
         _sky("sky_walker_ch", "Sky\nWalker\nCH", "rate_limited_push", "pull", "consistent_hashing"),
+        # Fig. 9's ablation (section 5.2): one LB in front of every replica of one region, prefix
+        # tree, three ways to push to replicas. Blind pushing (BP, DISABLE_SELECTIVE_PUSHING), a
+        # fixed outstanding-request cap (SP-O, the authors' sgl-router-sp-c-N with N = 50, the one
+        # value one version of sky/lbbench/utils.py uses) and pending requests (SP-P) =
+        # sky_sgl_enhanced above.
+        _sky("sky_sgl_blind_push", "BP", "global", "push", placement=Placement.GLOBAL),
+        _sky("sky_sgl_outstanding_cap", "SP-O", "global", "cap", placement=Placement.GLOBAL,
+             balancer_args=("--max-concurrent-requests", "50")),
         # The paper's Fig. 8 baselines: ONE load balancer in the US in front of every replica
         # (SkyWalker, EuroSys '26, section 5: "RR, LL, CH and SGL ... a single load balancer in
         # the US"; the authors' sky/lbbench/utils.py launches round-robin, least-load and
