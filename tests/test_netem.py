@@ -791,3 +791,63 @@ def test_cli_exits_when_parent_dies(tmp_path: Path, mode: str) -> None:
             parent.stdout.close()
         if child_pid is not None and not _pid_gone(child_pid):
             os.kill(child_pid, signal.SIGKILL)
+
+
+# -- host lag -------------------------------------------------------------------------------------
+
+
+def test_lateness_counts_a_stalled_loop_and_resets() -> None:
+    async def main() -> None:
+        async with serve(Echo) as port, DelayLink("lag", ("127.0.0.1", port), 0.005) as link:
+            _, rtts = await pingpong(link.port, rounds=5)
+            calm = link.stats()
+            assert calm.releases >= 10, calm
+            reader, writer = await asyncio.open_connection("127.0.0.1", link.port)
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.002)  # the link has read the byte and armed its 5 ms timer
+            time.sleep(0.050)  # the whole loop stalls, as on a saturated CPU
+            assert await reader.readexactly(1) == b"x"
+            writer.close()
+            await writer.wait_closed()
+            stalled = link.stats()
+            # Not "calm had none": a busy CI machine may be late by 2 ms now and then.
+            assert stalled.late_releases > calm.late_releases
+            assert stalled.lateness_max_s >= 0.030, stalled
+            link.reset_stats()
+            fresh = link.stats()
+            assert (fresh.releases, fresh.late_releases, fresh.lateness_max_s) == (0, 0, 0.0)
+
+    run(main())
+
+
+def test_cli_control_port_serves_stats_and_reset(tmp_path: Path) -> None:
+    import urllib.request
+
+    async def main() -> None:
+        async with serve(Echo) as port:
+            specs = [LinkSpec("echo", "127.0.0.1", port, 2.0)]
+            argv = procutil.python_module_argv(
+                "pytest_lbbench.netem", "--links-json", specs_to_json(specs), "--control")
+            proc = await asyncio.to_thread(
+                procutil.spawn, "netem", argv, log_path=tmp_path / "netem.log", env=_child_env()
+            )
+            try:
+                control = f"http://127.0.0.1:{proc.info['control_port']}"
+                await pingpong(proc.info["links"]["echo"], rounds=3)
+
+                def get(path: str, method: str = "GET") -> Any:
+                    req = urllib.request.Request(control + path, method=method, data=b"" if method == "POST" else None)
+                    with urllib.request.urlopen(req, timeout=5) as resp:
+                        return json.loads(resp.read())
+
+                stats = await asyncio.to_thread(get, "/stats")
+                assert stats["echo"]["connections_total"] == 1 and stats["echo"]["releases"] >= 8
+                assert "lateness_total_s" in stats["echo"]
+                assert (await asyncio.to_thread(get, "/reset", "POST")) == {"reset": ["echo"]}
+                after = await asyncio.to_thread(get, "/stats")
+                assert after["echo"]["releases"] == 0 and after["echo"]["connections_total"] == 0
+            finally:
+                proc.stop()
+
+    run(main())

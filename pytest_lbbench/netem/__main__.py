@@ -5,6 +5,10 @@ socket itself (free ports), prints ``LBBENCH_READY {"links": {name: port, ...}, 
 exits on SIGTERM/SIGINT or when ``--parent-pid`` disappears. On exit it logs one line
 ``LBBENCH_NETEM_STATS {name: counters}`` to stderr.
 
+With ``--control`` it also serves, on its own 127.0.0.1 port (``"control_port"`` in the ready
+line), ``GET /stats`` (every link's counters, lateness included: how far the links fell behind
+the emulated delays) and ``POST /reset`` (zero the counters between experiments).
+
 Exit status: 0 after a normal stop, 2 on invalid arguments or link specs.
 """
 
@@ -19,7 +23,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pytest_lbbench.procutil import announce_ready, install_stop_signals, new_event_loop, watch_parent
+from aiohttp import web
+
+from pytest_lbbench.procutil import (
+    announce_ready,
+    bind_socket,
+    install_stop_signals,
+    new_event_loop,
+    watch_parent,
+)
 
 from .link import LinkSet
 from .spec import LINKS_JSON_EXAMPLE, SPEC_FORMAT_HELP, LinkSpec, LinkSpecError, parse_link_specs
@@ -56,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="set this process's nice value, e.g. -10 (needs root or CAP_SYS_NICE), so delays stay "
         "accurate while the benchmark saturates the CPU (default: unchanged)",
     )
+    parser.add_argument(
+        "--control", action="store_true",
+        help="serve GET /stats and POST /reset on a control port of 127.0.0.1 (announced as "
+        "control_port in the ready line)",
+    )
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -76,14 +93,45 @@ def load_specs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> lis
         parser.error(str(exc))
 
 
-async def serve(specs: Sequence[LinkSpec], listen_host: str = "127.0.0.1", quickack: bool = True) -> LinkSet:
+def control_app(links: LinkSet) -> web.Application:
+    """``GET /stats`` and ``POST /reset`` over ``links``' counters."""
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({name: s.as_dict() for name, s in links.stats().items()})
+
+    async def reset(request: web.Request) -> web.Response:
+        links.reset_stats()
+        return web.json_response({"reset": sorted(link.name for link in links)})
+
+    app = web.Application()
+    app.add_routes([web.get("/stats", stats), web.post("/reset", reset)])
+    return app
+
+
+async def serve(
+    specs: Sequence[LinkSpec], listen_host: str = "127.0.0.1", quickack: bool = True,
+    control: bool = False,
+) -> LinkSet:
     """Run ``specs`` until SIGTERM/SIGINT; returns the (closed) set for its counters."""
     stop = asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop)
     links = LinkSet.from_specs(specs, listen_host=listen_host, quickack=quickack)
+    runner: web.AppRunner | None = None
     async with links:
-        announce_ready({"links": links.ports, "pid": os.getpid()})
-        await stop.wait()
+        ready: dict[str, object] = {"links": links.ports, "pid": os.getpid()}
+        if control:
+            runner = web.AppRunner(control_app(links), access_log=None)
+            await runner.setup()
+            sock = bind_socket("127.0.0.1", 0)
+            site = web.SockSite(runner, sock)
+            await site.start()
+            ready["control_port"] = int(sock.getsockname()[1])
+        try:
+            announce_ready(ready)
+            await stop.wait()
+        finally:
+            if runner is not None:
+                await runner.cleanup()
     return links
 
 
@@ -113,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        links = loop.run_until_complete(serve(specs, args.listen_host, args.quickack))
+        links = loop.run_until_complete(serve(specs, args.listen_host, args.quickack, args.control))
     finally:
         loop.close()
     stats = {name: s.as_dict() for name, s in links.stats().items()}

@@ -66,6 +66,10 @@ _TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 _clock = time.monotonic
 _TOLERANCE_S = 0.0005
 _MIN_TIMER_S = 0.001
+#: A chunk released more than this after its due time counts as *late* in :class:`LinkStats`:
+#: twice the timer precision above plus the wake-up latency, so only a loop that could not keep
+#: up (a CPU the benchmark saturated) counts, never ordinary timer jitter.
+LATE_THRESHOLD_S = 0.002
 
 
 def _uses_ms_timers(loop: asyncio.AbstractEventLoop) -> bool:
@@ -104,13 +108,26 @@ class LinkStats:
     bytes_down: int = 0  # target -> client
     # Most bytes one direction of one connection ever held (bounded by high_water + one read).
     peak_queued_bytes: int = 0
+    # How far behind the emulated delay the link ran: per release of due chunks, the time since
+    # the head chunk was due (host lag; the delay itself is never counted).
+    releases: int = 0
+    late_releases: int = 0  # releases more than LATE_THRESHOLD_S behind
+    lateness_total_s: float = 0.0
+    lateness_max_s: float = 0.0
 
     def snapshot(self) -> LinkStats:
         """A copy that no longer changes."""
         return replace(self)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    def reset(self) -> None:
+        """Zero the counters (open connections stay counted as active)."""
+        active = self.connections_active
+        for name, value in asdict(LinkStats()).items():
+            setattr(self, name, value)
+        self.connections_active = active
 
 
 def _set_sockopt(sock: Any, level: int, option: int, value: int) -> None:
@@ -175,8 +192,19 @@ class _Half:
         dst = self.dst
         if dst is None:
             return
-        limit = _clock() + _TOLERANCE_S
+        now = _clock()
+        limit = now + _TOLERANCE_S
         queue = self.queue
+        if queue and queue[0][0] <= limit:
+            stats = self.pipe.link._stats
+            late = now - queue[0][0]
+            stats.releases += 1
+            if late > 0:
+                stats.lateness_total_s += late
+                if late > stats.lateness_max_s:
+                    stats.lateness_max_s = late
+                if late > LATE_THRESHOLD_S:
+                    stats.late_releases += 1
         chunks: list[bytes] = []
         marker: _Marker | None = None
         while queue and queue[0][0] <= limit:
@@ -557,6 +585,10 @@ class DelayLink:
         """A snapshot of this link's counters."""
         return self._stats.snapshot()
 
+    def reset_stats(self) -> None:
+        """Zero this link's counters (between experiments)."""
+        self._stats.reset()
+
     async def start(self) -> int:
         """Bind and start listening; returns the port. Calling it again returns the same port."""
         if self._closed:
@@ -661,6 +693,11 @@ class LinkSet:
 
     def stats(self) -> dict[str, LinkStats]:
         return {name: link.stats() for name, link in self._links.items()}
+
+    def reset_stats(self) -> None:
+        """Zero every link's counters."""
+        for link in self._links.values():
+            link.reset_stats()
 
     async def start(self) -> dict[str, int]:
         """Start every link; on any failure close the ones already started and re-raise."""
