@@ -34,6 +34,8 @@ BACKENDS = ("local", "sky")  # cloud_plugin.BACKEND_CHOICES; checked there too
 DEFAULT_CLIENT_REGIONS = ("us-east-2", "ap-northeast-1")
 DEFAULT_OUTPUT_DIR = "lbbench-results"
 DEFAULT_REPLICAS = 4
+#: ``python -m pytest_lbbench.sim --engine-metrics`` choices.
+ENGINE_METRICS_MODES = ("sglang", "live")
 DEFAULT_NUM_USERS = 50
 
 CONFIG_KEY = pytest.StashKey["LbbenchConfig"]()
@@ -72,6 +74,7 @@ class LbbenchConfig:
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     slo: dict[str, float] | None = None
     engine_profile: str = "l4-llama3.1-8b"
+    engine_metrics: str = "sglang"
     warmup_s: float = 0.0
     # Values of every workload's own options (dest → value), and the shared arrival/dataset
     # options as client arguments; :meth:`workload_argv` picks what one workload takes.
@@ -202,6 +205,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--engine-profile", default="l4-llama3.1-8b", metavar="NAME|FILE",
         help="simulated replica profile: a registered name or a JSON file such as "
         '{"base": "l4-llama3.1-8b", "kv_capacity_tokens": 30000}. Default: l4-llama3.1-8b')
+    add("--engine-metrics", choices=ENGINE_METRICS_MODES, default="sglang",
+        help="how the simulated replica's /metrics gauges behave: 'sglang' sets them only at "
+        "SGLang 0.4.5's logging points (after a prefill batch, every 40 decode steps), so a "
+        "100 ms probe can see a stale queue, as on a real engine; 'live' reports the current "
+        "value at every scrape. Default: sglang")
     add("--time-scale", type=float, default=1.0, metavar="FACTOR",
         help="multiply every simulated engine time by FACTOR (tests use < 1). Default: 1")
     from pytest_lbbench import cloud_plugin
@@ -492,6 +500,7 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         baseline=baseline,
         slo=slo,
         engine_profile=_check_profile(opt("engine_profile")),
+        engine_metrics=opt("engine_metrics"),
         warmup_s=opt("warmup"),
         workload_options=_workload_values(config, workloads),
         common_workload_argv=_common_workload_argv(opt),
