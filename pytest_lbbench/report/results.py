@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_lbbench.report.metrics import failure_reasons, measured, summarize
+from pytest_lbbench.report.replicas import replica_counts, replica_shares
 
 
 @dataclass
@@ -85,6 +86,9 @@ class ExperimentResult:
             "overall": self.summary(),
             "regions": self.region_summaries(),
             "failure_reasons": failure_reasons(self.records),
+            # Which replica served how much (the records' ``replica`` field), for the table.
+            "replica_requests": replica_counts(self.records),
+            "replica_share": replica_shares(self.records),
             # Per-request latencies of successful requests, for stored runs' statistics.
             "samples": {
                 "ttft_s": [r["ttft"] for r in self.records if not r.get("failed") and r.get("ttft") is not None],

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from pytest_lbbench import __version__
 from pytest_lbbench.report.metrics import SLO_KEYS, goodput, validate_slo
+from pytest_lbbench.report.replicas import queue_log_beside, replica_counts, replica_shares, telemetry_spread
 from pytest_lbbench.report.resultdir import exp_group, system_label, system_sort_key
 
 SCHEMA_VERSION = 1
@@ -58,7 +59,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "failure_rate", "input_tokens", "output_tokens", "span_s",
     "throughput_tpt_per_s", "output_tokens_per_s", "requests_per_s",
     "goodput_requests_per_s", "slo_attainment", "slo_met_requests",
-    "cache_hit_rate", "served_remote_share",
+    "cache_hit_rate", "served_remote_share", "replica_spread", "replica_share",
     *(f"{m}_{s}_s" for m in ("ttft", "e2e", "tpot", "itl") for s in ("mean", "p50", "p90", "p99")),
     "client_lag_p99_ms", "client_bound",
 )
@@ -70,7 +71,7 @@ META_COLUMNS: tuple[str, ...] = (
 #: Columns a CSV reader must keep as text even when they look numeric (a commit hash can).
 TEXT_COLUMNS = frozenset(
     ("run_id", "system", "label", "workload", "exp_group", "exp_name", "client_region",
-     "created", "git_commit", "pytest_lbbench", "versions")
+     "created", "git_commit", "pytest_lbbench", "versions", "replica_share")
 )
 
 #: ``workload_args`` entries that are identity, per-region plumbing or paths, not knobs.
@@ -240,6 +241,7 @@ def summary_rows(
         regions: Mapping[str, Mapping[str, Any]] = exp.get("regions") or {}
 
         all_records = [rec for p in payloads.values() for rec in p["metrics"]]
+        means, replica_spread = telemetry_spread(queue_log_beside(exp))
         overall: dict[str, Any] = {
             **ident, "client_region": ALL_REGIONS,
             **(_overall_knobs(region_knobs) if region_knobs else _knobs(None, config)),
@@ -249,6 +251,8 @@ def summary_rows(
                 (v["lag_p99_ms"] for v in lag.values() if v and v.get("lag_p99_ms") is not None),
                 default=None),
             "client_bound": bool(exp.get("client_bound")),
+            "replica_share": share_text(replica_shares(all_records)),
+            "replica_spread": replica_spread,
         }
         if payloads and len(payloads) == len(exp.get("files") or {}):
             overall.update(goodput(all_records, slo))
@@ -265,6 +269,7 @@ def summary_rows(
                 "requests_recorded": len(payload["metrics"]) if payload else None,
                 "client_lag_p99_ms": region_lag.get("lag_p99_ms"),
                 "client_bound": bool(region_lag.get("client_bound")),
+                "replica_share": share_text(replica_shares(payload["metrics"])) if payload else None,
             }
             if payload is not None:
                 row.update(goodput(payload["metrics"], slo))
@@ -275,11 +280,24 @@ def summary_rows(
             "files": {r: p for r, p in sorted((exp.get("files") or {}).items())},
             "queue_size": exp["queue_size"] if "queue_size" in exp else _queue_log_beside(exp),
             "failure_reasons": exp.get("failure_reasons") or {},
+            # Where the load fell (pytest_lbbench.report.replicas): requests per replica from
+            # the records, mean running + queued per replica from the telemetry.
+            "replicas": {
+                "requests": replica_counts(all_records),
+                "share": replica_shares(all_records),
+                "mean_outstanding": means,
+                "spread": replica_spread,
+            },
         })
     for row in rows:
         row.update(slo_cols)
         row.update(meta)
     return rows, index, knob_names
+
+
+def share_text(shares: Mapping[str, float]) -> str | None:
+    """Replica shares as one CSV-able cell: ``"replica-0-us-east-2=0.412;…"`` (``None``: none known)."""
+    return ";".join(f"{name}={share:.3f}" for name, share in sorted(shares.items())) or None
 
 
 def _queue_log_beside(exp: Mapping[str, Any]) -> str | None:

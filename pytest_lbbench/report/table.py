@@ -1,13 +1,18 @@
 """Plain-text tables for the end-of-run terminal summary: one table per workload.
 
 Systems are rows (each followed by its client regions), and in every column where "better"
-has a direction the best system's value is marked with ``*``.
+has a direction the best system's value is marked with ``*``. Under each table, each system's
+replica share (the fraction of its requests each replica served) and its replica spread (largest
+over smallest mean outstanding requests per replica, from the telemetry):
+see :mod:`~pytest_lbbench.report.replicas`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+from pytest_lbbench.report.replicas import format_shares, format_spread, queue_log_beside, telemetry_spread
 
 Row = dict[str, Any]
 BEST_MARK = "*"
@@ -105,12 +110,29 @@ def workload_table(experiments: Sequence[Row]) -> list[str]:
     return render_table(["system", "clients"] + [c.header for c in COLUMNS], rows, label_cols=2)
 
 
+def replica_lines(experiments: Sequence[Row]) -> list[str]:
+    """Each system's replica share and spread, one line each (nothing if no system has either)."""
+    rows: list[list[str]] = []
+    for exp in sorted(experiments, key=lambda e: e["system"]):
+        _, value = telemetry_spread(queue_log_beside(exp))
+        shares = exp.get("replica_share") or {}
+        if shares or value is not None:
+            rows.append([exp["system"], format_shares(shares), format_spread(value)])
+    if not rows:
+        return []
+    return ["replica share of requests; spread = max/min mean running+queued per replica"] + [
+        "  " + line for line in render_table(["system", "share", "spread"], rows, label_cols=2)
+    ]
+
+
 def summary_lines(experiments: Sequence[Row]) -> list[str]:
-    """One titled table per workload."""
+    """One titled table per workload, each followed by its systems' replica shares."""
     lines: list[str] = []
     for workload in sorted({e["workload"] for e in experiments}):
         if lines:
             lines.append("")
         lines.append(f"workload {workload}  ({BEST_MARK} = best system in that column)")
-        lines += workload_table([e for e in experiments if e["workload"] == workload])
+        group = [e for e in experiments if e["workload"] == workload]
+        lines += workload_table(group)
+        lines += replica_lines(group)
     return lines
