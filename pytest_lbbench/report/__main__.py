@@ -3,9 +3,10 @@
 Reads only stored files: ``DIR/metric/<exp>/<client-region>.json`` (ours, or the original
 ``sky.lbbench`` layout, also under ``DIR/result/metric``) and ``DIR/queue_size/*.txt``,
 then writes ``summary.csv``, ``summary.json``, ``fig/*.png`` and ``index.html`` to ``DIR``
-(or ``--out``). So figures can be redrawn, and goodput re-judged under another SLO, without
-rerunning anything. Exit status: 0 written (figure problems are printed as warnings),
-2 nothing usable in DIR or a bad option.
+(or ``--out``), and prints the comparison with the paper's published results
+(:mod:`~pytest_lbbench.report.paper`). So figures can be redrawn, and goodput re-judged
+under another SLO, without rerunning anything. Exit status: 0 written (figure problems are
+printed as warnings), 2 nothing usable in DIR or a bad option.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for line in report.paper_lines:
+        print(line)
     print(f"{len(experiments)} experiments: {report.summary_csv}, {report.summary_json}")
     print(f"{len(report.figures)} figures in {out_dir / 'fig'}")
     if report.index_html is not None:

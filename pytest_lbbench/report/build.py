@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pytest_lbbench.report.html import write_index
+from pytest_lbbench.report.paper import FIGURE_NAME, comparison_lines, paper_comparison, plot_comparison
 from pytest_lbbench.report.plots import FIG_DIR, draw_figures
-from pytest_lbbench.report.store import load_summary, write_summary
+from pytest_lbbench.report.store import add_to_summary, load_summary, write_summary
+
+#: The key of ``summary.json`` that holds :func:`~pytest_lbbench.report.paper.paper_comparison`.
+PAPER_KEY = "paper_comparison"
 
 
 @dataclass
@@ -26,6 +30,8 @@ class ReportFiles:
     index_html: Path | None
     figures: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The paper comparison as terminal lines (empty if it could not be computed).
+    paper_lines: list[str] = field(default_factory=list)
 
 
 def build_report(
@@ -43,12 +49,26 @@ def build_report(
     out_dir = Path(out_dir)
     csv_path, json_path = write_summary(out_dir, experiments, run_meta, slo=slo)
     summary = load_summary(json_path)
+    paper_warnings: list[str] = []
+    try:
+        summary = add_to_summary(json_path, PAPER_KEY, paper_comparison(summary, out_dir))
+    except Exception as exc:  # noqa: BLE001 - the comparison is derived; the summary is on disk
+        paper_warnings.append(f"paper comparison not computed: {type(exc).__name__}: {exc}")
     figures, warnings = draw_figures(summary, out_dir, out_dir / FIG_DIR)
-    warnings = list(summary.get("notes") or []) + warnings
+    comparison = summary.get(PAPER_KEY)
+    if comparison and any(r.get("status") == "compared" for r in comparison.get("rows") or []):
+        path = out_dir / FIG_DIR / FIGURE_NAME
+        try:
+            plot_comparison(comparison, path)
+            figures.append(path)
+        except Exception as exc:  # noqa: BLE001 - one figure's failure must not stop the rest
+            paper_warnings.append(f"figure {FIGURE_NAME} not drawn: {type(exc).__name__}: {exc}")
+    warnings = list(summary.get("notes") or []) + warnings + paper_warnings
     index: Path | None
     try:
         index = write_index(out_dir, summary, figures, warnings)
     except Exception as exc:  # noqa: BLE001 - the page is a view; the data is already on disk
         index = None
         warnings.append(f"index.html not written: {type(exc).__name__}: {exc}")
-    return ReportFiles(csv_path, json_path, index, figures, warnings)
+    lines = comparison_lines(comparison) if comparison else []
+    return ReportFiles(csv_path, json_path, index, figures, warnings, lines)

@@ -4,7 +4,8 @@ Self-contained apart from the PNGs (inline CSS, no scripts, no external fonts), 
 relative links only, so the output directory can be moved, zipped or served as CI
 artifacts. One table per experiment group (the workload by default), one row per system
 over all client regions, the best value of each column marked as in the terminal table;
-the per-region rows are folded underneath. No pytest here.
+the per-region rows are folded underneath; each system's replica share and spread; and, at
+the top, the comparison with the paper's published results. No pytest here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
+from pytest_lbbench.report.paper import COMPARED, FIGURE_NAME, format_ours, format_published
 from pytest_lbbench.report.plots import safe_name as _safe  # the names the files were given
+from pytest_lbbench.report.replicas import format_shares, format_spread
 from pytest_lbbench.report.resultdir import system_sort_key
 from pytest_lbbench.report.store import ALL_REGIONS, SUMMARY_CSV, SUMMARY_JSON
 from pytest_lbbench.report.table import COLUMNS, Column, best_value
@@ -62,6 +65,9 @@ figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #444; max-width: 60em; }
 .warn { color: #a33; }
+tr.notrun td { color: #888; }
+td.within { background: #e6f4e6; }
+td.outside { background: #fbe4e4; }
 dl.meta dt { font-weight: bold; float: left; clear: left; width: 11em; }
 dl.meta dd { margin-left: 12em; }
 """
@@ -111,6 +117,54 @@ def group_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def replica_table(entries: Sequence[Mapping[str, Any]]) -> str:
+    """Each system's replica share of requests and its spread (nothing if none is known)."""
+    rows = []
+    for entry in sorted(entries, key=lambda e: system_sort_key(str(e.get("system")))):
+        replicas = entry.get("replicas") or {}
+        share = replicas.get("share") or {}
+        if not share and replicas.get("spread") is None:
+            continue
+        rows.append(f'<tr><td title="{_esc(entry.get("system"))}">{_esc(entry.get("label"))}</td>'
+                    f"<td>{_esc(format_shares(share))}</td>"
+                    f'<td class="num">{_esc(format_spread(replicas.get("spread")))}</td></tr>')
+    if not rows:
+        return ""
+    return ("<table><tr><th>system</th><th>replica share of requests</th>"
+            "<th>spread (max/min mean running+queued)</th></tr>" + "".join(rows) + "</table>")
+
+
+def paper_section(comparison: Mapping[str, Any] | None, figure: Path | None, base: Path) -> str:
+    """The comparison with the paper: one row per published result, ours beside it."""
+    rows = (comparison or {}).get("rows") or []
+    if not rows:
+        return ""
+    scenario = (comparison or {}).get("scenario")
+    parts = [f"<h2>Compared with the paper ({_esc((comparison or {}).get('paper'))})</h2>",
+             f"<p>{_esc('scenario ' + scenario if scenario else (comparison or {}).get('note'))}. "
+             "Ratios are ours, computed from this run; the published range is the paper's.</p>",
+             "<table><tr><th>figure</th><th>what</th><th>published</th><th>ours</th>"
+             "<th>status</th><th>source</th></tr>"]
+    for row in rows:
+        compared = row.get("status") == COMPARED
+        known = [o for o in row.get("ours") or [] if o.get("value") is not None]
+        all_within = compared and all(o.get("verdict") == "within" for o in known)
+        cls = "within" if all_within else ("outside" if compared else "")
+        status = row.get("reason") if compared else f"{row.get('status')}: {row.get('reason')}"
+        row_class = "" if compared else ' class="notrun"'
+        parts.append(
+            f"<tr{row_class}>"
+            f"<td>{_esc(row.get('figure'))}</td><td>{_esc(row.get('what'))}</td>"
+            f'<td class="num">{_esc(format_published(row))}</td>'
+            f'<td class="{cls}">{_esc(format_ours(row))}</td><td>{_esc(status)}</td>'
+            f"<td>{_esc(row.get('source'))}{_esc(' (' + row['note'] + ')' if row.get('note') else '')}</td></tr>")
+    parts.append("</table>")
+    if figure is not None:
+        parts.append(_figure(figure, base, "Published range (bar) and ours (dot: green inside, "
+                                           "red outside), log scale"))
+    return "\n".join(parts)
+
+
 def _figure(path: Path, base: Path, caption: str) -> str:
     return (f'<figure><a href="{_href(path, base)}"><img src="{_href(path, base)}" '
             f'alt="{_esc(caption)}"></a><figcaption>{_esc(caption)}</figcaption></figure>')
@@ -152,12 +206,19 @@ def render_index(
     ]
     if warnings:  # the caller's list already holds the summary's notes
         parts.append('<ul class="warn">' + "".join(f"<li>{_esc(w)}</li>" for w in warnings) + "</ul>")
+    paper_figure = by_name.get(FIGURE_NAME)
+    section = paper_section(summary.get("paper_comparison"), paper_figure, out_dir)
+    if section:
+        parts.append(section)
+        if paper_figure is not None:
+            used.add(paper_figure.name)
     for group in groups:
         rows = [r for r in records if r.get("exp_group") == group]
         workloads = sorted({str(r.get("workload")) for r in rows})
         title = group if workloads == [group] else f"{group} (workload {', '.join(workloads)})"
         parts.append(f"<h2>{_esc(title)}</h2>")
         parts.append(group_table(rows))
+        parts.append(replica_table([e for e in entries if e["exp_group"] == group]))
         for suffix, caption in CAPTIONS.items():
             name = _safe_figure_name(group, suffix)
             if name in by_name:

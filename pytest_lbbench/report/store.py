@@ -404,6 +404,16 @@ def write_summary(
     return csv_path, json_path
 
 
+def add_to_summary(json_path: Path, key: str, value: Any) -> dict[str, Any]:
+    """Store ``value`` under ``key`` in an existing ``summary.json`` (atomically); return the document.
+
+    For results computed from the written summary itself (the paper comparison)."""
+    document = load_summary(json_path)
+    document[key] = jsonable(value)
+    _atomic_write(Path(json_path), json.dumps(document, indent=1, allow_nan=False) + "\n")
+    return document
+
+
 def _refuse(path: Path, found: Any) -> SummarySchemaError:
     return SummarySchemaError(
         f"{path}: schema_version {found!r} is not one this pytest-lbbench ({__version__}) can "
