@@ -93,7 +93,8 @@ def test_requests_per_tree() -> None:
 def test_plan_from_client_arguments_round_trips() -> None:
     from pytest_lbbench.client.planning import plan_from_argv
 
-    p = plan_from_argv(["--workload", "mixed_tree", "--backend-url", "http://127.0.0.1:9", "--region", "us-east-2",
+    p = plan_from_argv(["--workload", "mixed_tree", "--backend-url", "http://127.0.0.1:9",
+                        "--region", "us-east-2",
                         "--num-users", "2",
                         "--branches-by-region", "us-east-2=3,default=2"])
     assert p.tree is not None and p.tree.num_branches == 3

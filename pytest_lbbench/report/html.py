@@ -147,17 +147,18 @@ def paper_section(comparison: Mapping[str, Any] | None, figure: Path | None, bas
              "<th>status</th><th>source</th></tr>"]
     for row in rows:
         compared = row.get("status") == COMPARED
-        known = [o for o in row.get("ours") or [] if o.get("value") is not None]
+        known = [o for o in row.get("ours") or [] if o.get("verdict") is not None]
         all_within = compared and all(o.get("verdict") == "within" for o in known)
         cls = "within" if all_within else ("outside" if compared else "")
         status = row.get("reason") if compared else f"{row.get('status')}: {row.get('reason')}"
         row_class = "" if compared else ' class="notrun"'
+        note = f" ({row['note']})" if row.get("note") else ""
         parts.append(
             f"<tr{row_class}>"
             f"<td>{_esc(row.get('figure'))}</td><td>{_esc(row.get('what'))}</td>"
             f'<td class="num">{_esc(format_published(row))}</td>'
             f'<td class="{cls}">{_esc(format_ours(row))}</td><td>{_esc(status)}</td>'
-            f"<td>{_esc(row.get('source'))}{_esc(' (' + row['note'] + ')' if row.get('note') else '')}</td></tr>")
+            f"<td>{_esc(row.get('source'))}{_esc(note)}</td></tr>")
     parts.append("</table>")
     if figure is not None:
         parts.append(_figure(figure, base, "Published range (bar) and ours (dot: green inside, "

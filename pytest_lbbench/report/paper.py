@@ -27,9 +27,11 @@ cap (``ReplicaMode.CAP``) = ``sky_sgl_outstanding_cap``. Fig. 10's Region-Local 
 ``region_local_round_robin`` / ``_least_load`` / ``_consistent_hashing`` (each compared).
 
 Which rows: with a ``--scenario`` preset (``run["config"]["scenario"]`` in ``summary.json``)
-every row of that figure; without one, the rows about a workload that ran and at least one of
-the row's systems that ran in it. A row whose systems did not all run is listed as ``not run``
-(or, when some pairs could be formed, names the systems that did not run). No pytest here; matplotlib only inside :func:`plot_comparison`.
+every row of that figure, matched against the experiments of the preset's workloads; without
+one, the rows about a workload that ran and at least one of the row's systems that ran in it.
+A row whose systems did not all run is listed as ``not run`` (or, when some pairs could be
+formed, names the systems that did not run). No pytest here; matplotlib only inside
+:func:`plot_comparison`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any, Mapping, Sequence
 
 from pytest_lbbench.report.replicas import telemetry_spread
 from pytest_lbbench.report.table import render_table
+from pytest_lbbench.scenarios import SCENARIOS
 
 PAPER = "SkyWalker (EuroSys '26, arXiv 2505.24095)"
 FIGURE_NAME = "paper_comparison.png"
@@ -237,7 +240,9 @@ def _ratio(system: float | None, baseline: float | None, how: str) -> float | No
     return num / den
 
 
-def compare_row(row: PublishedResult, groups: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+def compare_row(
+    row: PublishedResult, groups: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> dict[str, Any]:
     """One published row against the run: our values, a verdict each, and the row's status."""
     out: dict[str, Any] = {
         "figure": row.figure, "metric": row.metric, "what": row.what,
@@ -269,8 +274,10 @@ def compare_row(row: PublishedResult, groups: Mapping[str, Mapping[str, Mapping[
                     "exp_group": group, "workload": systems[name].get("workload"),
                     "system": name, "baseline": baseline, "value": value,
                     "verdict": None if value is None else _verdict(value, row),
+                    # As shown; JSON turns an infinite value (an idle replica) into null.
+                    "text": format_value(value, row.unit),
                 })
-    known = [o for o in out["ours"] if o["value"] is not None]
+    known = [o for o in out["ours"] if o["verdict"] is not None]
     if not out["ours"]:
         where = "/".join(sorted({w for w in row.workloads})) or "any"
         reason = (f"no experiment of workload {where}" if not matching
@@ -295,6 +302,12 @@ def paper_comparison(summary: Mapping[str, Any], root: Path,
     """
     scenario = scenario_of(summary)
     groups = experiment_values(summary, root)
+    preset = SCENARIOS.get(scenario) if scenario else None
+    if preset is not None:
+        # A preset's figure is about its own workloads; other experiments in the directory
+        # (an earlier run's, say) must not stand in for them.
+        groups = {g: s for g, s in groups.items()
+                  if any(v.get("workload") in preset.workloads for v in s.values())}
     chosen = [r for r in rows if scenario is not None and scenario in r.scenarios]
     if chosen:
         note = f"the published rows of scenario {scenario}"
@@ -335,7 +348,7 @@ def format_value(value: float | None, unit: str) -> str:
 def format_published(row: Mapping[str, Any]) -> str:
     pub = row["published"]
     low, high = format_value(pub["low"], pub["unit"]), format_value(pub["high"], pub["unit"])
-    return low if low == high else f"{low}-{high.rstrip('x%')}{pub['unit']}"
+    return low if low == high else f"{low.rstrip('x%')}-{high}"
 
 
 def format_ours(row: Mapping[str, Any]) -> str:
@@ -346,7 +359,8 @@ def format_ours(row: Mapping[str, Any]) -> str:
     for o in ours:
         who = SHORT.get(o["baseline"] or o["system"], o["baseline"] or o["system"])
         prefix = f"{o['exp_group']}:" if len(groups) > 1 else ""
-        parts.append(f"{prefix}{who} {format_value(o['value'], row['published']['unit'])}")
+        text = o.get("text") or format_value(o.get("value"), row["published"]["unit"])
+        parts.append(f"{prefix}{who} {text}")
     return ", ".join(parts) or "-"
 
 
@@ -385,6 +399,7 @@ def plot_comparison(comparison: Mapping[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     labels = []
     finite: list[float] = []
+    off_scale: list[int] = []  # rows with an infinite value of ours: drawn at the right edge
     for i, row in enumerate(rows):
         y = len(rows) - 1 - i
         low, high = float(row["published"]["low"]), float(row["published"]["high"])
@@ -396,7 +411,10 @@ def plot_comparison(comparison: Mapping[str, Any], path: Path) -> None:
         labels.append(f"Fig. {row['figure']}: {row['what']}" + ("" if status == COMPARED else f" ({status})"))
         for o in row.get("ours") or []:
             value = o.get("value")
-            if value is None or not math.isfinite(value) or value <= 0:
+            if o.get("text") == "inf" or (value is not None and math.isinf(value)):
+                off_scale.append(y)
+                continue
+            if value is None or value <= 0:
                 continue
             finite.append(value)
             color = "#2ca02c" if o.get("verdict") == "within" else "#d62728"
@@ -404,6 +422,9 @@ def plot_comparison(comparison: Mapping[str, Any], path: Path) -> None:
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(list(reversed(labels)), fontsize=7)
     ax.set_xlim(min(finite) / 1.5, max(finite) * 1.5)
+    if off_scale:
+        ax.plot([max(finite) * 1.4] * len(off_scale), off_scale, marker=">", color="#d62728",
+                markersize=6, linestyle="none")
     ax.set_xlabel("value (fractions for % rows, ratios for x rows); bar = published, dot = ours")
     scenario = comparison.get("scenario")
     ax.set_title(f"Ours vs {PAPER}" + (f", scenario {scenario}" if scenario else ""), fontsize=9)

@@ -97,7 +97,7 @@ def branches_for(spec: str, region: str) -> int:
 
 
 def requests_per_tree(branches: int, stages: int = len(STAGE_PROMPTS), root_once: bool = False) -> int:
-    """Requests in one tree: b + b² + … + bˢ (our runner), or 1 + b + … + bˢ⁻¹ (the paper's count)."""
+    """Requests in one tree: b + b² + … + bˢ (our runner), or 1 + b + … + bˢ⁻¹ (the paper's)."""
     if root_once:
         return sum(branches ** k for k in range(stages))
     return sum(branches ** k for k in range(1, stages + 1))
