@@ -240,6 +240,12 @@ def test_cli_redraw_prints_the_table_and_keeps_the_scenario(tmp_path: Path) -> N
     assert page.count('class="notrun"') == sum(
         1 for r in load_summary(root / "summary.json")["paper_comparison"]["rows"]
         if r["status"] != "compared")
+    # Redrawn into another directory, the scenario still comes from the run's own summary.
+    elsewhere = subprocess.run([sys.executable, "-m", "pytest_lbbench.report", str(root),
+                                "--out", str(tmp_path / "copy")],
+                               capture_output=True, text=True, env=env, timeout=300)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert load_summary(tmp_path / "copy")["paper_comparison"]["scenario"] == "paper-fig8-arena"
 
 
 def test_format_helpers() -> None:

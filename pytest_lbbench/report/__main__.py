@@ -89,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     experiments = [experiment_dict(r, result_dir) for r in results]
-    run_meta = _previous_run_meta(out_dir)
+    # A redraw keeps the run's metadata (config, scenario, SLO): from the summary it replaces,
+    # else (--out into a new directory) from the one beside the results.
+    run_meta = _previous_run_meta(out_dir) or _previous_run_meta(result_dir)
     run_meta["regenerated_from"] = str(result_dir)
     try:
         report = build_report(out_dir, experiments, run_meta, slo=args.slo)
