@@ -92,6 +92,13 @@ class LbbenchCollector:
                             f"{lag['lag_p99_ms']:.1f} ms > {lag['threshold_ms']:.0f} ms; its latencies "
                             "include client delay. Use fewer users per region or a faster machine."
                         )
+                if exp.get("host_bound"):
+                    reasons = "; ".join((exp.get("host_lag") or {}).get("reasons") or [])
+                    tr.write_line(
+                        f"  WARNING host-bound: this machine could not keep up with model time "
+                        f"({reasons}); its latencies include the host's own delay. Use a smaller "
+                        "--scenario-scale, fewer users or replicas, or run fewer systems at once."
+                    )
                 for reason, count in (exp.get("failure_reasons") or {}).items():
                     tr.write_line(f"  {count} failed: {reason}")
             out = get_config(self.config).output_dir
@@ -102,6 +109,10 @@ class LbbenchCollector:
                               f"figures: {len(self.report.figures)} in {out / 'fig'}")
                 for warning in self.report.warnings:
                     tr.write_line(f"  report warning: {warning}", yellow=True)
+                if self.report.paper_lines:
+                    tr.write_line("")
+                    for line in self.report.paper_lines:
+                        tr.write_line(line)
             if self.saved is not None:
                 tr.write_line(f"saved run: {self.saved} (compare with: pytest-benchmark "
                               f"--storage {get_config(self.config).storage} compare)")

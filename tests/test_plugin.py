@@ -102,7 +102,7 @@ def test_selfcheck_benchmarks_run_only_when_asked(bench: pytest.Pytester) -> Non
         (("--regions", "us-east-2", "mars-1"),
          "*--regions: unknown region 'mars-1'. Valid regions: us-east-2, ap-northeast-1, eu-central-1.*"),
         (("--systems", "sky_nope"), "*unknown system 'sky_nope'. Valid systems: sgl, sky_sgl_enhanced, *"),
-        (("--workloads", "sharegpt"), "*unknown workload 'sharegpt'. Valid workloads: arena, arena_1m, arena_syn, tot*"),
+        (("--workloads", "sharegpt"), "*unknown workload 'sharegpt'. Valid workloads: arena, arena_1m, arena_syn, mixed_tree, tot*"),
         (("--region-to-args", "{us-east-2: 1}"), "*--region-to-args is not valid JSON*Expected an object*"),
         (("--region-to-args", '["us-east-2"]'), "*--region-to-args must be a JSON object*"),
         (("--region-to-args", '{"moon": "--num-users 1"}'), "*unknown region 'moon'*"),

@@ -11,7 +11,7 @@ import pytest
 from pytest_lbbench.workloads import WORKLOADS, get_workload
 from pytest_lbbench.workloads.base import WorkloadPlan
 
-ALL = ("arena", "arena_1m", "arena_syn", "tot", "tot_single", "wildchat")
+ALL = ("arena", "arena_1m", "arena_syn", "mixed_tree", "tot", "tot_single", "wildchat")
 
 
 def make_args(name: str, **overrides: Any) -> argparse.Namespace:

@@ -6,12 +6,13 @@ from pytest_lbbench.workloads.arena import Arena
 from pytest_lbbench.workloads.arena_1m import Arena1M
 from pytest_lbbench.workloads.arena_syn import ArenaSyn
 from pytest_lbbench.workloads.base import Workload
+from pytest_lbbench.workloads.mixed_tree import MixedTree
 from pytest_lbbench.workloads.tot import Tot
 from pytest_lbbench.workloads.tot_single import TotSingle
 from pytest_lbbench.workloads.wildchat import WildChat
 
 WORKLOADS: dict[str, Workload] = {
-    w.name: w for w in (ArenaSyn(), Arena(), Arena1M(), WildChat(), Tot(), TotSingle())
+    w.name: w for w in (ArenaSyn(), Arena(), Arena1M(), WildChat(), Tot(), TotSingle(), MixedTree())
 }
 
 

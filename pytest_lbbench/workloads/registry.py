@@ -30,18 +30,3 @@ def unregister_workload(name: str) -> None:
     """Remove a workload added with :func:`register_workload` (no error if absent)."""
     WORKLOADS.pop(name, None)
 
-
-def _register_builtin_mixed_tree() -> None:
-    """``mixed_tree`` (issue 11 part 6) joins the built-in workloads.
-
-    Registered here rather than in :data:`~pytest_lbbench.workloads.WORKLOADS`'s literal; a
-    process that never imports this module (the client run on its own) does not see it,
-    which is why the plugin's ``--plan-file`` path is the one that runs it.
-    """
-    from pytest_lbbench.workloads.mixed_tree import MixedTree
-
-    if MixedTree.name not in WORKLOADS:
-        register_workload(MixedTree())
-
-
-_register_builtin_mixed_tree()
