@@ -62,7 +62,7 @@ def test_same_questions_and_prompts_as_tot() -> None:
         tot = Tot().plan(args(num_users=3), region, index)
         assert mixed.request_sequence() == tot.request_sequence()
     conv = plan("us-east-2", 0).users[1].conversations[0]
-    assert conv.user_key == "us-east-2-1"
+    assert conv.user_key == conv.conv_id  # the question id, as tot (the paper's CH key)
     assert conv.user_turns[1:] == STAGE_PROMPTS[1:] and "Problem:" in conv.user_turns[0]
 
 

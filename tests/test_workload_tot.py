@@ -63,7 +63,8 @@ def test_questions_dealt_round_robin_and_capped() -> None:
     assert all(i % 3 == 0 for i in ids) and ids == sorted(ids)
     assert ids[1] - ids[0] == 3 * 4  # user 0 gets every 4th question of the shard
     for u in p.users:
-        assert {c.user_key for c in u.conversations} == {f"us-east-2-{u.user_index}"}
+        # The paper's consistent-hashing key for ToT is the question id (section 5.1).
+        assert all(c.user_key == c.conv_id for c in u.conversations)
     b = tot("eu-central-1", 2, num_users=4)
     assert all(int(c.conv_id.split("-")[1]) % 3 == 2 for u in b.users for c in u.conversations)
     # A big region is limited by the data, as on real GSM8K (7,473 rows, ~2,491 per shard).

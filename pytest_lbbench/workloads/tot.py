@@ -14,9 +14,11 @@ format; an alias of ``--dataset-path``); otherwise the offline generator
   score it 1–5, give the final answer. With :class:`~pytest_lbbench.workloads.base.TreeShape`
   every stage answers each surviving node ``--num-branches`` times (default 2), in parallel:
   b + b² + b³ + b⁴ requests per question (30 for b = 2), all sharing the question's prefix.
-* Requests: ``max_tokens`` 256, temperature 0.001, ``x-hash-key`` = ``<region>-<user index>``.
+* Requests: ``max_tokens`` 256, temperature 0.001, ``x-hash-key`` = the question's id
+  (``gsm8k-<row>``): "The question ID in the dataset is used as the consistent hashing key"
+  (SkyWalker, EuroSys '26, section 5.1), so a whole tree hashes to one replica.
 
-Fixes to the original: the hash key is per user (the original sent the region name, so
+Fixes to the original: the hash key is the question (the original sent the region name, so
 consistent hashing pinned a whole region to one replica); the default seed works; the data
 file is not mislabelled (the original saved the train split as ``test.jsonl``) and is never
 downloaded at run time; the run length is the common ``--duration`` (the original's ``tot``
@@ -91,7 +93,7 @@ def tot_users(args: argparse.Namespace, region: str, region_index: int) -> tuple
         user = k % num_users
         convs[user].append(Conversation(
             conv_id=f"gsm8k-{row_index}",
-            user_key=f"{region}-{user}",
+            user_key=f"gsm8k-{row_index}",  # the paper's CH key: the question id
             timestamp=float(len(convs[user])),  # the order the user solves them in
             user_turns=stage_prompts(str(row["question"])),
         ))
