@@ -228,6 +228,7 @@ def test_cli_on_our_layout_writes_summary_figures_and_index(tmp_path: Path) -> N
     assert (push["seed"], push["duration"]) == (0, 5.0)
     assert push["num_users"] == "ap-northeast-1=8;us-east-2=4"  # differs per region: both kept
     assert push["client_bound"] is False and push["client_lag_p99_ms"] == pytest.approx(1.5)
+    assert push["host_bound"] is False and push["host_lag_ms"] is None  # no host_lag in the files
     assert push["schema_version"] == 1 and push["slo_ttft_s"] == 1.0
     us = rows[("sky_push_push", "us-east-2")]
     assert us["num_users"] == 4 and us["requests"] == 2

@@ -10,7 +10,8 @@ from pytest_lbbench.report.table import summary_lines
 def exp(system: str, workload: str, ttft: float, tpt: float, fail: float) -> dict[str, Any]:
     overall = {"ttft_p50_s": ttft, "throughput_tpt_per_s": tpt, "failure_rate": fail, "requests": 10}
     return {"system": system, "workload": workload, "overall": overall,
-            "regions": {"us-east-2": overall}, "client_bound": system == "slow"}
+            "regions": {"us-east-2": overall}, "client_bound": system == "slow",
+            "host_bound": system == "b"}
 
 
 def test_one_table_per_workload_with_best_marked() -> None:
@@ -30,3 +31,4 @@ def test_one_table_per_workload_with_best_marked() -> None:
     # A workload with one system marks nothing, and a client-bound run says so.
     slow = next(line for line in lines if line.startswith("slow"))
     assert "*" not in slow and "(client-bound!)" in slow
+    assert "(host-bound!)" in row_b and "(host-bound!)" not in row_a

@@ -101,7 +101,8 @@ def group_table(rows: Sequence[dict[str, Any]]) -> str:
     head = "".join(f"<th>{_esc(c.header)}</th>" for c in HTML_COLUMNS)
     lines = [f"<table><tr><th>system</th><th>clients</th>{head}</tr>"]
     for row in overall:
-        flag = " ⚠ client-bound" if row.get("client_bound") else ""
+        flag = (" ⚠ client-bound" if row.get("client_bound") else "") + (
+            " ⚠ host-bound" if row.get("host_bound") else "")
         lines.append(
             f'<tr><td title="{_esc(row.get("system"))}">{_esc(row.get("label"))}{_esc(flag)}</td>'
             f"<td>all</td>{_cells(row, best)}</tr>"

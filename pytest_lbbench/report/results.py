@@ -50,6 +50,20 @@ class ExperimentResult:
         return any(p.get("client", {}).get("client_bound") for p in self.payloads.values())
 
     @property
+    def host_lag(self) -> dict[str, Any] | None:
+        """The host-lag verdict attached to the files (:mod:`pytest_lbbench.hostlag`), if any."""
+        for payload in self.payloads.values():
+            if payload.get("host_lag") is not None:
+                lag: dict[str, Any] = payload["host_lag"]
+                return lag
+        return None
+
+    @property
+    def host_bound(self) -> bool:
+        """The machine fell behind model time during this experiment (replicas, LBs or links)."""
+        return bool((self.host_lag or {}).get("host_bound"))
+
+    @property
     def replica_regions(self) -> dict[str, str]:
         """Replica name → region, from the deployment description attached to the files."""
         for payload in self.payloads.values():
@@ -82,6 +96,8 @@ class ExperimentResult:
             "sent": self.sent,
             "recorded": self.recorded,
             "client_bound": self.client_bound,
+            "host_bound": self.host_bound,
+            "host_lag": self.host_lag,
             "loop_lag": {r: p.get("client", {}).get("loop_lag") for r, p in self.payloads.items()},
             "overall": self.summary(),
             "regions": self.region_summaries(),

@@ -61,7 +61,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "goodput_requests_per_s", "slo_attainment", "slo_met_requests",
     "cache_hit_rate", "served_remote_share", "replica_spread", "replica_share",
     *(f"{m}_{s}_s" for m in ("ttft", "e2e", "tpot", "itl") for s in ("mean", "p50", "p90", "p99")),
-    "client_lag_p99_ms", "client_bound",
+    "client_lag_p99_ms", "client_bound", "host_lag_ms", "host_bound",
 )
 
 META_COLUMNS: tuple[str, ...] = (
@@ -251,6 +251,8 @@ def summary_rows(
                 (v["lag_p99_ms"] for v in lag.values() if v and v.get("lag_p99_ms") is not None),
                 default=None),
             "client_bound": bool(exp.get("client_bound")),
+            "host_lag_ms": (exp.get("host_lag") or {}).get("worst_mean_lateness_ms"),
+            "host_bound": bool(exp.get("host_bound")),
             "replica_share": share_text(replica_shares(all_records)),
             "replica_spread": replica_spread,
         }

@@ -102,7 +102,8 @@ def workload_table(experiments: Sequence[Row]) -> list[str]:
     best = {col.key: best_value(overall, col) for col in COLUMNS}
     rows: list[list[str]] = []
     for exp in sorted(experiments, key=lambda e: e["system"]):
-        flag = " (client-bound!)" if exp.get("client_bound") else ""
+        flag = (" (client-bound!)" if exp.get("client_bound") else "") + (
+            " (host-bound!)" if exp.get("host_bound") else "")
         rows.append([exp["system"] + flag, "all"] + _cells(exp["overall"], best))
         if len(exp["regions"]) > 1:
             for region, summary in sorted(exp["regions"].items()):
