@@ -145,13 +145,18 @@ def test_round_robin_rotates_over_available_targets() -> None:
     assert picks[:3] == picks[3:6] == picks[6:]
 
 
-def test_round_robin_restarts_and_reshuffles_when_targets_change() -> None:
+def test_round_robin_follows_the_available_order_and_restarts_when_targets_change() -> None:
+    """The original selects through ``select_replica_from_subset``: ``ready_replicas`` becomes
+    the pool's available list for the call, so its shuffle never decides; the rotation is in
+    the order given and restarts at the first target when the set changes."""
     policy = RoundRobinPolicy(seed=1)
     policy.set_targets(TARGETS)
-    policy.select(RequestInfo(), TARGETS)
+    assert [policy.select(RequestInfo(), TARGETS) for _ in range(4)] == ["r0", "r1", "r2", "r0"]
     policy.set_targets(TARGETS + ["r3"])
     picks = [policy.select(RequestInfo(), TARGETS + ["r3"]) for _ in range(4)]
-    assert sorted(str(p) for p in picks) == ["r0", "r1", "r2", "r3"]
+    assert picks == ["r0", "r1", "r2", "r3"]
+    # A replica that comes back is re-appended at the end of the pool's available list.
+    assert policy.select(RequestInfo(), ["r1", "r2", "r0"]) == "r1"
 
 
 # --------------------------------------------------------------------------- least load

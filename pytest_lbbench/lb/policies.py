@@ -7,8 +7,8 @@ consistent-hashing ring) do not change between runs that happen to get other loo
 
 Behaviour follows ``sky/serve/load_balancing_policies.py`` of the multi-region branch:
 
-* ``round_robin``: a rotating index over the available targets (the target order is shuffled
-  whenever the target set changes, as in the original).
+* ``round_robin``: a rotating index over the available targets in the pool's order (the
+  original's shuffle of ``ready_replicas`` never reached a decision; see the class).
 * ``least_load``: fewest in-flight requests *this process* sent (pre/post hooks).
 * ``prefix_tree``: least-load subclass; imbalance fallback (when enabled), else the longest
   cached prefix if it covers more than ``cache_threshold`` of the text, else least load.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
@@ -184,29 +183,32 @@ class Policy:
 
 
 class RoundRobinPolicy(Policy):
-    """Rotate through the available targets."""
+    """Rotate through the available targets, in the order they are given.
+
+    The original's ``RoundRobinPolicy`` shuffles ``ready_replicas`` when the set changes, but
+    ``ClientPool.select_replica`` always goes through ``select_replica_from_subset``, which swaps
+    ``ready_replicas`` for the pool's ``_available_replicas`` list (membership order, a replica
+    re-appended at the end when it becomes available again) before ``_select_replica`` reads
+    ``ready_replicas[index % len]``. So the shuffle never reaches a decision: the rotation runs
+    over the available targets in the pool's order, and ``index`` restarts at 0 when the target
+    set changes. ``seed`` is accepted for compatibility and unused.
+    """
 
     name = "round_robin"
 
     def __init__(self, *, seed: int | None = None) -> None:
         super().__init__()
-        self._rng = random.Random(seed)
+        del seed  # the shuffle had no effect on selection (see the class docstring)
         self._index = 0
 
     def _on_targets_changed(self, new: list[str], removed: set[str]) -> None:
-        # Shuffle so that frequent membership changes do not always favour the first target.
-        self._rng.shuffle(new)
         self._index = 0
 
     def _select(self, info: RequestInfo, available: Sequence[str], *, touch: bool) -> str:
-        avail = set(available)
-        ordered = [t for t in self.targets if t in avail]
-        if len(ordered) < len(avail):  # available targets the policy has not been told about
-            known = set(ordered)
-            ordered += [t for t in available if t not in known]
-        choice = ordered[self._index % len(ordered)]
+        choice = available[self._index % len(available)]
         if touch:
-            self._index = (self._index + 1) % len(ordered)
+            # ``self.index = (self.index + 1) % len(self.ready_replicas)`` over the subset.
+            self._index = (self._index + 1) % len(available)
         return choice
 
 
