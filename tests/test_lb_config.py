@@ -21,7 +21,11 @@ def test_defaults_are_the_original_constants() -> None:
     assert config.steal_threshold == 10
     assert config.stream_timeout_s == 120
     assert config.max_concurrent_requests == 10
-    assert config.mimic_one_dispatch_per_tick is False
+    # The original's timing (issue 11 part 3): one pop per tick, peer availability decided at
+    # probe time, own pushes not counted.
+    assert config.dispatch_all_placeable is False
+    assert config.rate_limit_availability == "probe"
+    assert config.rate_limit_count_own_pushes is False
 
 
 def test_to_dict_is_plain_json_and_records_the_fixes() -> None:
@@ -29,7 +33,8 @@ def test_to_dict_is_plain_json_and_records_the_fixes() -> None:
     assert json.loads(json.dumps(data)) == data
     assert data["lb_mode"] == "push" and data["replica_mode"] == "push"
     assert data["requeue_unscheduled"] is True
-    assert data["dispatch_per_tick"] == "all_placeable"
+    assert data["dispatch_per_tick"] == "one"
+    assert LbConfig(dispatch_all_placeable=True).to_dict()["dispatch_per_tick"] == "all_placeable"
 
 
 def test_config_accepts_strings_and_is_frozen() -> None:
@@ -56,13 +61,31 @@ def test_cli_round_trips_through_to_argv() -> None:
         replica_mode=ReplicaMode.PUSH,
         policy="consistent_hashing",
         meta_policy="least_load",
-        mimic_one_dispatch_per_tick=True,
+        dispatch_all_placeable=True,
+        rate_limit_availability="dispatch",
+        rate_limit_count_own_pushes=True,
         stream_timeout_s=30.0,
     )
     args = build_parser().parse_args(["--name", "lb-x", *config.to_argv()])
     assert config_from_args(args) == config
     assert config_from_args(build_parser().parse_args([])) == LbConfig()
     assert args.name == "lb-x" and args.port == 0 and args.host == "127.0.0.1"
+
+
+def test_cli_names_of_the_variants_and_the_old_flags_still_parse() -> None:
+    parse = build_parser().parse_args
+    variant = config_from_args(parse([
+        "--dispatch-all-placeable", "--rate-limit-availability", "dispatch", "--rate-limit-count-own-pushes",
+    ]))
+    assert variant.dispatch_all_placeable and variant.rate_limit_count_own_pushes
+    assert variant.rate_limit_availability == "dispatch"
+    # Launch lines written before the defaults changed: both now ask for the default.
+    old = config_from_args(parse(["--mimic-one-dispatch-per-tick", "--no-rate-limit-count-own-pushes"]))
+    assert old == LbConfig()
+    with pytest.raises(SystemExit):
+        parse(["--rate-limit-availability", "sometimes"])
+    with pytest.raises(ValueError, match="rate_limit_availability must be one of probe, dispatch"):
+        LbConfig(rate_limit_availability="sometimes")
 
 
 def test_cli_rejects_unknown_policy_and_mode(capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,11 +172,11 @@ def test_policy_knobs_round_trip_and_reach_both_prefix_trees() -> None:
         balance_abs_threshold=64,
         balance_rel_threshold=1.5,
         least_load_fallback=False,
-        rate_limit_count_own_pushes=False,
+        rate_limit_count_own_pushes=True,
         max_concurrent_requests=40,
     )
     argv = config.to_argv()
-    assert "--no-least-load-fallback" in argv and "--no-rate-limit-count-own-pushes" in argv
+    assert "--no-least-load-fallback" in argv and "--rate-limit-count-own-pushes" in argv
     assert argv[argv.index("--replica-mode") + 1] == "cap"
     assert config_from_args(build_parser().parse_args(argv)) == config
     lb = LoadBalancer(config, name="lb", region="r")

@@ -70,7 +70,7 @@ def _enqueue(lb: LoadBalancer, *entries: RequestEntry) -> None:
 
 
 def test_requests_before_membership_wait_in_order(loop: asyncio.AbstractEventLoop) -> None:
-    lb = _lb()
+    lb = _lb(lb_mode=LbMode.GLOBAL)
     make = _entry_factory(loop)
     entries = [make(f"q{i}") for i in range(3)]
     _enqueue(lb, *entries)
@@ -79,13 +79,16 @@ def test_requests_before_membership_wait_in_order(loop: asyncio.AbstractEventLoo
     assert list(lb.queue) == entries
     assert not any(e.outcome.done() for e in entries)
     _membership(lb)
-    assert lb.process_queue() == 3
+    for i, entry in enumerate(entries):  # one pop per tick, in arrival order
+        assert lb.process_queue() == 1
+        assert entry.outcome.done() and not any(e.outcome.done() for e in entries[i + 1:])
     assert len(lb.queue) == 0
     assert all(isinstance(e.outcome.result(), Dispatch) for e in entries)
 
 
-def test_one_tick_dispatches_every_placeable_head_request(loop: asyncio.AbstractEventLoop) -> None:
-    lb = _lb(lb_mode=LbMode.GLOBAL, policy="least_load")
+def test_variant_tick_dispatches_every_placeable_head_request(loop: asyncio.AbstractEventLoop) -> None:
+    lb = _lb(lb_mode=LbMode.GLOBAL, policy="least_load", dispatch_all_placeable=True)
+    assert lb.config.to_dict()["dispatch_per_tick"] == "all_placeable"
     _membership(lb)
     make = _entry_factory(loop)
     _enqueue(lb, *(make(f"q{i}") for i in range(50)))
@@ -95,8 +98,9 @@ def test_one_tick_dispatches_every_placeable_head_request(loop: asyncio.Abstract
     assert lb.replicas.in_flight == {"replica-0": 25, "replica-1": 25}
 
 
-def test_mimic_switch_restores_one_dispatch_per_tick(loop: asyncio.AbstractEventLoop) -> None:
-    lb = _lb(lb_mode=LbMode.GLOBAL, mimic_one_dispatch_per_tick=True)
+def test_default_is_the_originals_one_dispatch_per_tick(loop: asyncio.AbstractEventLoop) -> None:
+    lb = _lb(lb_mode=LbMode.GLOBAL)
+    assert lb.config.dispatch_all_placeable is False
     _membership(lb)
     make = _entry_factory(loop)
     _enqueue(lb, *(make(f"q{i}") for i in range(3)))
@@ -120,7 +124,7 @@ def test_unplaceable_head_goes_back_to_the_head_and_blocks_fifo(
         # Never dropped (the original lost both kinds here), order kept.
         assert list(lb.queue) == [user, forwarded]
     lb.replicas.set_available("replica-1", True)
-    assert lb.process_queue() == 2
+    assert [lb.process_queue() for _ in range(3)] == [1, 1, 0]
     assert user.outcome.result().name == "replica-1"  # type: ignore[union-attr]
     assert forwarded.outcome.result().name == "replica-1"  # type: ignore[union-attr]
 
@@ -128,7 +132,8 @@ def test_unplaceable_head_goes_back_to_the_head_and_blocks_fifo(
 def test_pull_takes_one_dispatch_per_replica_per_probe_window(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    lb = _lb(lb_mode=LbMode.GLOBAL, replica_mode=ReplicaMode.PULL, pull_dispatches_per_probe=1)
+    lb = _lb(lb_mode=LbMode.GLOBAL, replica_mode=ReplicaMode.PULL, pull_dispatches_per_probe=1,
+             dispatch_all_placeable=True)
     _membership(lb)
     make = _entry_factory(loop)
     _enqueue(lb, *(make(f"q{i}") for i in range(5)))
@@ -194,14 +199,22 @@ def test_push_forwards_user_requests_to_the_meta_policy_choice(
     assert lb.lbs.in_flight["lb-b"] == 0
 
 
+@pytest.mark.parametrize("all_placeable", [False, True], ids=["original", "variant"])
 def test_push_to_self_is_handled_locally_with_both_decisions(
-    loop: asyncio.AbstractEventLoop,
+    loop: asyncio.AbstractEventLoop, all_placeable: bool
 ) -> None:
-    lb = _lb()
+    lb = _lb(dispatch_all_placeable=all_placeable)
     _membership(lb)
-    entry = _entry_factory(loop)("new conversation")
+    entry, later = _entry_factory(loop)("new conversation"), _entry_factory(loop)("later")
     _enqueue(lb, entry)
     assert lb.process_queue() == 1
+    assert lb.self_pushed_total == 1 and lb.conf()["self_pushed_total"] == 1
+    if not all_placeable:
+        # The original's self-hop: back in our queue at the tail, dispatched by a later tick.
+        _enqueue(lb, later)
+        assert not entry.outcome.done() and list(lb.queue) == [entry, later]
+        assert lb.conf()["queue_size_actual"] == 1  # the hopped one counts as from an LB
+        assert lb.process_queue() == 1
     outcome = entry.outcome.result()
     # Equal loads, no cached prefix: least load picks the first LB, which is us.
     assert isinstance(outcome, Dispatch) and not outcome.to_lb
@@ -227,7 +240,7 @@ def test_self_pushed_request_waits_without_a_second_lb_decision(
         lb.replicas.set_available(name, False)
     entry = _entry_factory(loop)("conversation")
     _enqueue(lb, entry)
-    assert lb.process_queue() == 0
+    assert lb.process_queue() == 1  # the LB-level decision (self) used the tick
     assert entry.lb_hop is not None and not entry.is_user_request
     assert lb.conf()["queue_size"] == 1 and lb.conf()["queue_size_actual"] == 0
     assert lb.process_queue() == 0
@@ -314,7 +327,7 @@ def test_same_prefix_burst_sticks_until_the_imbalance_threshold(
     make = _entry_factory(loop)
     prompt = "shared system prompt " * 20
     _enqueue(lb, *(make(f"{prompt} q{i}") for i in range(60)))
-    assert lb.process_queue() == 60
+    assert sum(lb.process_queue() for _ in range(61)) == 60
     first, second = lb.replicas.in_flight["replica-0"], lb.replicas.in_flight["replica-1"]
     # The prefix keeps everything on one replica until max − min > 32, then load spreads.
     assert first >= 33 and second > 0

@@ -249,11 +249,15 @@ def _rlp_lb(**overrides: Any) -> LoadBalancer:
     return lb
 
 
-@pytest.mark.parametrize(("count_own", "pushed"), [(True, 3), (False, 5)])
-def test_rate_limited_push_places_user_requests_on_available_peers_only(
+@pytest.mark.parametrize(
+    ("count_own", "pushed"), [(True, 3), (False, 5)], ids=["count-own", "own-not-counted"]
+)
+def test_variant_rate_limited_push_places_user_requests_on_available_peers_only(
     loop: asyncio.AbstractEventLoop, count_own: bool, pushed: int
 ) -> None:
-    lb = _rlp_lb(rate_limit_count_own_pushes=count_own)
+    # Our variants: availability judged at each decision, all placeable heads per tick.
+    lb = _rlp_lb(rate_limit_count_own_pushes=count_own, rate_limit_availability="dispatch",
+                 dispatch_all_placeable=True)
     lb.replicas.set_available("r0", False)
     lb.peer_status = {
         "lb-a": PeerStatus(queue_size=0, num_available_replicas=9),  # self: never a candidate
@@ -275,6 +279,37 @@ def test_rate_limited_push_places_user_requests_on_available_peers_only(
     assert lb.lbs.in_flight == {"lb-a": 0, "lb-b": pushed, "lb-c": 0}
 
 
+def test_rate_limited_push_by_default_decides_at_probe_time_and_ignores_own_pushes(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The original's ``_probe_lb_status_one_lb``: ``conf['queue_size'] <= self_qsize`` with
+    ``self_qsize`` read when the probe round starts; the verdict stands until the next probe,
+    whatever our queue does and however much we push (one push per 10 ms tick)."""
+    lb = _rlp_lb()
+    lb.replicas.set_available("r0", False)
+    # Probed while our queue was empty: lb-b (queue 1) was busier than us, lb-c was empty.
+    lb.peer_status = {
+        "lb-b": PeerStatus(queue_size=1, num_available_replicas=1, own_queue_at_probe=0),
+        "lb-c": PeerStatus(queue_size=0, num_available_replicas=1, own_queue_at_probe=0),
+    }
+    entries = [_entry(loop, f"user {i}") for i in range(8)]
+    for entry in entries:
+        lb.queue.append(entry)
+    # Our queue is now 8 > lb-b's 1, but lb-b stays unavailable until the next probe (the
+    # variant "dispatch" would take it at once); lb-c takes one push per tick, never counted.
+    assert lb.push_candidates(len(lb.queue)) == ["lb-c"]
+    assert [lb.process_queue() for _ in range(8)] == [1] * 8
+    assert all(e.outcome.result().name == "lb-c" for e in entries)  # type: ignore[union-attr]
+    assert lb.peer_status["lb-c"].pushed_since_probe == 8 and lb.pushed_total == 8
+    variant = _rlp_lb(rate_limit_availability="dispatch")
+    variant.peer_status = dict(lb.peer_status)
+    # Judged against our queue now (8), lb-b is available too.
+    assert variant.push_candidates(8) == ["lb-b", "lb-c"]
+    counting = _rlp_lb(rate_limit_count_own_pushes=True)
+    counting.peer_status = dict(lb.peer_status)  # lb-c: 0 + 8 pushes > our 0 at probe time
+    assert counting.push_candidates(8) == []
+
+
 def test_rate_limited_push_keeps_forwarded_requests_and_records_local_ones(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
@@ -289,7 +324,7 @@ def test_rate_limited_push_keeps_forwarded_requests_and_records_local_ones(
         assert list(lb.queue) == [forwarded, user]
     lb.peer_status = {}  # peer unknown (its probe failed): not available either
     lb.replicas.set_available("r0", True)
-    assert lb.process_queue() == 2
+    assert [lb.process_queue() for _ in range(3)] == [1, 1, 0]
     # Served locally: recorded in the meta tree under this LB's own name (system 5).
     assert lb.lbs.in_flight["lb-a"] == 2 and lb.replicas.in_flight["r0"] == 2
     assert lb.lbs.policy.select_with_match(user.info, ["lb-a", "lb-b"], touch=False) == ("lb-a", 1.0)
@@ -317,7 +352,7 @@ def test_concurrency_cap_makes_a_full_replica_unavailable(loop: asyncio.Abstract
     entries = [_entry(loop, f"q{i}") for i in range(6)]
     for entry in entries:
         lb.queue.append(entry)
-    assert lb.process_queue() == 4  # 2 per replica, then both are full
+    assert [lb.process_queue() for _ in range(5)] == [1, 1, 1, 1, 0]  # 2 per replica, then full
     assert lb.conf()["num_available_replicas"] == 0 and lb.conf()["queue_size"] == 2
     assert lb.process_queue() == 0
     entries[0].release_all()  # one stream on r0 ends
@@ -665,20 +700,20 @@ def test_rate_limited_push_waits_for_a_peer_with_capacity(tmp_path: Path, replic
 # ---------------------------------------------------------------------------- no loss
 
 
-MIMIC = ("--mimic-one-dispatch-per-tick",)
-# Without the one-per-tick cap a pull LB sends a whole burst to the replicas that looked free at
-# the last probe, so queues (and with them stealing and pushing) start only after it; with the
-# cap (the original's pace) the burst stays queued at the LBs and moves between them.
+ALL_PLACEABLE = ("--dispatch-all-placeable",)
+# With the original's one pop per tick (the default) a burst stays queued at the LBs and moves
+# between them; our variant sends a whole burst to the replicas that looked free at the last
+# probe, so queues (and with them stealing and pushing) start only after it.
 LOSS_CASES = [
     ("global", "pull", ()),
     ("global", "cap", ("--max-concurrent-requests", "2")),
     ("push", "pull", ()),
     ("push", "push", ()),
     ("steal_v1", "pull", ()),
-    ("steal_v1", "pull", MIMIC),
-    ("steal_v2", "pull", MIMIC),
+    ("steal_v1", "pull", ALL_PLACEABLE),
+    ("steal_v2", "pull", ()),
     ("rate_limited_push", "pull", ()),
-    ("rate_limited_push", "pull", MIMIC),
+    ("rate_limited_push", "pull", ALL_PLACEABLE + ("--rate-limit-availability", "dispatch")),
 ]
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 from .. import procutil
-from .config import LbConfig, LbMode, ReplicaMode
+from .config import RATE_LIMIT_AVAILABILITY, LbConfig, LbMode, ReplicaMode
 from .policies import POLICIES
 from .server import LoadBalancer, serve
 
@@ -76,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replica-level policy. Default: %(default)s")
     p.add_argument("--meta-policy", choices=sorted(POLICIES), default=defaults.meta_policy,
                    help="LB-level policy. Default: %(default)s")
-    p.add_argument("--mimic-one-dispatch-per-tick", action="store_true",
-                   help="restore the original cap of one queue pop per tick")
+    p.add_argument("--dispatch-all-placeable", action="store_true",
+                   help="our variant: each tick places every head request that can be placed "
+                        "(default: the original's one queue pop per tick)")
+    # Kept so older launch lines keep working: one pop per tick is now the default.
+    p.add_argument("--mimic-one-dispatch-per-tick", action="store_true", dest="_legacy_mimic",
+                   help=argparse.SUPPRESS)
     p.add_argument("--pull-dispatches-per-probe", type=_int_at_least(0),
                    default=defaults.pull_dispatches_per_probe,
                    help="replica pull: dispatches a replica may take between two engine-queue "
@@ -103,10 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
                    default=defaults.rate_limit_queue_threshold,
                    help="rate-limited push: a peer's queue_size must be at most this. "
                         "Default: %(default)s")
+    p.add_argument("--rate-limit-availability", choices=list(RATE_LIMIT_AVAILABILITY),
+                   default=defaults.rate_limit_availability,
+                   help="rate-limited push: decide a peer's availability once per /conf probe "
+                        "against our queue at probe time (probe, the original's) or at every "
+                        "push decision against our current queue (dispatch). Default: %(default)s")
+    p.add_argument("--rate-limit-count-own-pushes", dest="rate_limit_count_own_pushes",
+                   action="store_true", default=defaults.rate_limit_count_own_pushes,
+                   help="rate-limited push, our variant: add what we pushed to a peer since its "
+                        "last /conf to its queue size (default: not counted, as the original)")
     p.add_argument("--no-rate-limit-count-own-pushes", dest="rate_limit_count_own_pushes",
-                   action="store_false",
-                   help="rate-limited push: judge a peer by its last /conf alone, ignoring what "
-                        "we pushed to it since")
+                   action="store_false", help="the default: own pushes are not counted")
     prefix = p.add_argument_group("prefix_tree policy (replica and meta level)")
     prefix.add_argument("--cache-threshold", type=_non_negative_float,
                         default=defaults.cache_threshold,

@@ -31,7 +31,7 @@ from .policies import PrefixTreeConfig
 
 _PREFIX_DEFAULTS = PrefixTreeConfig()
 
-__all__ = ["IMPLEMENTED_LB_MODES", "LbConfig", "LbMode", "ReplicaMode"]
+__all__ = ["IMPLEMENTED_LB_MODES", "RATE_LIMIT_AVAILABILITY", "LbConfig", "LbMode", "ReplicaMode"]
 
 
 class LbMode(str, enum.Enum):
@@ -125,6 +125,9 @@ _POSITIVE_FLOATS = (
     "stream_timeout_s", "connect_timeout_s", "eviction_interval_s",
 )
 _POSITIVE_INTS = ("latency_check_attempts", "max_concurrent_requests", "max_tree_size")
+RATE_LIMIT_AVAILABILITY = ("probe", "dispatch")
+"""Values of :attr:`LbConfig.rate_limit_availability` (the original's first)."""
+
 _NON_NEGATIVE = ("pull_dispatches_per_probe", "steal_threshold", "steal_v2_batch_factor", "rate_limit_queue_threshold",
                  "cache_threshold", "balance_abs_threshold", "balance_rel_threshold")
 
@@ -164,25 +167,35 @@ class LbConfig:
     rate_limit_queue_threshold: int = 10
     """Rate-limited push: a peer is available only if its ``queue_size`` is at most this (and at
     most ours, and it has an available replica)."""
-    rate_limit_count_own_pushes: bool = True
-    """Rate-limited push: add our own pushes to a peer's last-seen ``queue_size`` until its next
-    probe. Needed because one tick may place many requests (no one-dispatch-per-tick cap), which
-    would otherwise empty our queue into a peer on one stale ``/conf``; with
-    ``mimic_one_dispatch_per_tick`` the original's unadjusted view can be restored by turning
-    this off."""
+    rate_limit_availability: str = "probe"
+    """Rate-limited push: when a peer's availability is decided. ``"probe"`` (the original's,
+    ``_probe_lb_status_one_lb`` of ``sky/serve/load_balancer.py``, LB-B/LB-C): once per peer
+    ``/conf`` probe, comparing the peer's ``queue_size`` with *our* queue size at the start of
+    that probe round; the verdict holds until the next probe. ``"dispatch"`` (our variant): at
+    every push decision, from the peer's last ``/conf`` and our queue as it is at that moment
+    (the popped head included)."""
+    rate_limit_count_own_pushes: bool = False
+    """Rate-limited push, our variant (off = the original): add our own pushes to a peer's
+    last-seen ``queue_size`` until its next probe. The original's ``pre_execute_hook`` on the LB
+    pool leaves LB availability alone (``use_ie_queue_indicator`` makes it return early), so a
+    peer found available stays available for the whole probe period however much we push."""
     stream_timeout_s: float = 120.0
     """``LB_STREAM_TIMEOUT``; applied per read, as httpx applied the original's ``timeout=120``."""
     connect_timeout_s: float = 10.0
     """Upstream TCP connect timeout (fail fast with 502 instead of waiting the full stream timeout)."""
     max_concurrent_requests: int = 10
     """Per-replica in-flight cap of ``ReplicaMode.CAP``; reported in ``/conf`` in every mode."""
-    mimic_one_dispatch_per_tick: bool = False
-    """Restore the original cap of one queue pop per tick (~100 req/s per LB); off by default."""
+    dispatch_all_placeable: bool = False
+    """Our variant of the queue processor (off = the original): each tick places every head entry
+    that can be placed and stops at the first that cannot. The original's ``_queue_processor``
+    pops exactly one entry per ``_QUEUE_PROCESSOR_SLEEP_TIME`` tick (~100 req/s per LB), and in
+    ``PUSH`` mode a request the meta policy sends to this LB itself re-enters the queue at the
+    tail (its HTTP self-hop) and is dispatched by a later tick."""
     pull_dispatches_per_probe: int = 0
     """``ReplicaMode.PULL``: dispatches a replica may take between two engine-queue probes;
     0 = unlimited, the original's rule and the default. The original never marked a replica busy
     on dispatch, but its one-pop-per-tick cap limited a burst to ~10 requests per 0.1 s probe
-    window; without that cap a burst lands on the replicas that last looked free and queues in
+    window; with ``dispatch_all_placeable`` a burst lands on the replicas that last looked free and queues in
     their engines until the next probe. 1 makes "pull" mean "one request per empty-queue report"
     (an option, not a default: it also costs conversation affinity under concurrency)."""
     cache_threshold: float = _PREFIX_DEFAULTS.cache_threshold
@@ -206,6 +219,11 @@ class LbConfig:
         for name in _POSITIVE_FLOATS + _POSITIVE_INTS:
             if getattr(self, name) <= 0:
                 raise ValueError(f"LbConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.rate_limit_availability not in RATE_LIMIT_AVAILABILITY:
+            raise ValueError(
+                f"LbConfig.rate_limit_availability must be one of {', '.join(RATE_LIMIT_AVAILABILITY)}, "
+                f"got {self.rate_limit_availability!r}"
+            )
         for name in _NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ValueError(f"LbConfig.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -229,7 +247,7 @@ class LbConfig:
         # The original silently dropped requests that found no replica; ours always re-queues
         # them at the head. Recorded so results say which behaviour produced them.
         data["requeue_unscheduled"] = True
-        data["dispatch_per_tick"] = "one" if self.mimic_one_dispatch_per_tick else "all_placeable"
+        data["dispatch_per_tick"] = "all_placeable" if self.dispatch_all_placeable else "one"
         data["replica_availability"] = self.replica_mode.availability_rule
         data["replica_load_balancing"] = self.replica_mode.replica_load_balancing
         data["meta_load_balancing"] = self.lb_mode.meta_load_balancing

@@ -161,11 +161,17 @@ class PeerStatus:
     seen_at: float = field(default_factory=time.monotonic)
     pushed_since_probe: int = 0
     """Requests this LB pushed to the peer after that probe (see ``rate_limit_count_own_pushes``)."""
+    own_queue_at_probe: int = 0
+    """Our own ``queue_size`` when that probe round started: what the original's
+    ``_probe_lb_status`` compares the peer with (``self_qsize``)."""
 
     @classmethod
-    def from_conf(cls, conf: Mapping[str, Any]) -> PeerStatus:
+    def from_conf(cls, conf: Mapping[str, Any], own_queue_size: int = 0) -> PeerStatus:
         """Parse a ``/conf`` payload; ``ValueError`` when a field is missing or malformed."""
-        return cls(_int_field(conf, "queue_size"), _int_field(conf, "num_available_replicas"))
+        return cls(
+            _int_field(conf, "queue_size"), _int_field(conf, "num_available_replicas"),
+            own_queue_at_probe=own_queue_size,
+        )
 
     def effective_queue_size(self, count_own_pushes: bool) -> int:
         """The queue size the availability rule compares."""
@@ -175,8 +181,10 @@ class PeerStatus:
 def peer_accepts_push(
     *, peer_queue_size: int, peer_available_replicas: int, own_queue_size: int, threshold: int
 ) -> bool:
-    """Rate-limited push (LB-B/LB-C): a peer is available when its ``queue_size`` is at most
-    ours and at most ``threshold`` (10), and it has at least one available replica."""
+    """Rate-limited push (LB-B/LB-C ``_probe_lb_status_one_lb``: ``conf['queue_size'] <=
+    self_qsize and conf['queue_size'] <= _STEAL_TRIGGER_THRESHOLD and
+    conf['num_available_replicas'] > 0``): a peer is available when its ``queue_size`` is at
+    most ours and at most ``threshold`` (10), and it has at least one available replica."""
     return (
         peer_queue_size <= own_queue_size
         and peer_queue_size <= threshold

@@ -57,6 +57,17 @@ class TargetPool:
                 self.in_flight.pop(name, None)
         self.policy.set_targets(list(self.urls))
 
+    def reset(self, policy: Policy) -> None:
+        """Start over with a fresh ``policy`` over the same targets (``POST /lbbench/reset``):
+        every target available again, as a fresh LB's targets start, with a full per-probe budget,
+        and no in-flight counts (the caller checked there are none). Ids are kept: they name
+        membership, which a reset keeps."""
+        self.policy = policy
+        self._budget.clear()
+        self._available = dict.fromkeys(self.urls)
+        self.in_flight = dict.fromkeys(self.urls, 0)
+        policy.set_targets(list(self.urls))
+
     # --- availability -----------------------------------------------------------------
 
     def available(self) -> list[str]:

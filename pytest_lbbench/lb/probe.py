@@ -14,6 +14,7 @@ import logging
 
 import aiohttp
 
+from .lag import LoopLag
 from .pool import TargetPool
 
 __all__ = ["QUEUE_METRICS", "parse_queue_length", "probe_engine_queues", "probe_once"]
@@ -74,9 +75,10 @@ async def probe_once(session: aiohttp.ClientSession, pool: TargetPool, timeout_s
 
 
 async def probe_engine_queues(
-    session: aiohttp.ClientSession, pool: TargetPool, interval_s: float, timeout_s: float
+    session: aiohttp.ClientSession, pool: TargetPool, interval_s: float, timeout_s: float,
+    lag: LoopLag | None = None,
 ) -> None:
-    """Run probe rounds forever (cancel the task to stop)."""
+    """Run probe rounds forever (cancel the task to stop); ``lag`` records late wake-ups."""
     loop = asyncio.get_running_loop()
     while True:
         start = loop.time()
@@ -84,4 +86,8 @@ async def probe_engine_queues(
             await probe_once(session, pool, timeout_s)
         except Exception:  # pragma: no cover - a bug here must not stop gating for good
             log.exception("engine-queue probe round failed")
-        await asyncio.sleep(max(0.0, interval_s - (loop.time() - start)))
+        pause = max(0.0, interval_s - (loop.time() - start))
+        if lag is None:
+            await asyncio.sleep(pause)
+        else:
+            await lag.sleep("engine_probe", pause)

@@ -7,9 +7,11 @@ Request path (reference §2.2, LB-B), with the two deliberate fixes:
 
    a. **push to an LB** (``LbMode.PUSH``, user requests only): the meta policy picks among all
       LBs, self included. A remote pick is forwarded with ``X-Sky-Serve-From-LB: true``.
-      *Departure:* when the pick is this LB, the request continues locally instead of taking
-      an HTTP hop to our own URL (the original hopped); it is accounted exactly like a hop
-      (meta pre/post hooks on self, ``lb-decision`` and ``second-hop-*`` headers).
+      *Departure:* when the pick is this LB, the request does not take an HTTP hop to our own
+      URL (the original hopped); it is accounted exactly like a hop (meta pre/post hooks on
+      self, ``lb-decision`` and ``second-hop-*`` headers). With the original's one pop per tick
+      it re-enters the queue at the tail, as the hopped request did, and a later tick
+      dispatches it; with ``dispatch_all_placeable`` it continues locally at once.
    b. **no replicas** after membership → 503 "No ready replicas" (before the first
       membership, requests simply wait);
    c. **local replica** chosen by the replica policy among available replicas (``PULL``:
@@ -17,14 +19,16 @@ Request path (reference §2.2, LB-B), with the two deliberate fixes:
       ``max_concurrent_requests`` in flight from this LB). ``RATE_LIMITED_PUSH`` records the
       request in the meta tree under this LB's own name;
    d. **rate-limited push** (``RATE_LIMITED_PUSH``, user requests only): the meta policy picks
-      among the peers whose last ``/conf`` shows capacity (:func:`.peers.peer_accepts_push`),
-      never self;
+      among the peers found available (:func:`.peers.peer_accepts_push`), never self. As in the
+      original, availability is decided at probe time against our queue size at that moment
+      and our own pushes do not change it until the next probe (``rate_limit_availability`` and
+      ``rate_limit_count_own_pushes`` select our variants);
    e. otherwise the entry goes back to the **head** of the queue. *Fix 1:* the original
       dropped it on two paths; here no path drops a request.
 
-   *Fix 2:* the processor keeps going while head entries can be placed and stops at the
-   first that cannot (FIFO kept); ``mimic_one_dispatch_per_tick`` restores the original one
-   pop per tick.
+   As in the original, one entry is popped per tick. Our variant ``dispatch_all_placeable``
+   keeps going while head entries can be placed and stops at the first that cannot (FIFO
+   kept).
 3. Dispatch runs the pool's pre hook synchronously (so the next selection in the same tick
    sees the new load), then the handler proxies and streams; post hooks run when the stream
    ends, fails, or the client leaves. "Load" = open streams.
@@ -41,8 +45,10 @@ LB-level background work besides the queue processor:
 
 Every LB↔LB control call has a timeout (``lb_rpc_timeout_s``); the original had none.
 
-Endpoints: ``GET /sky-lb-health``, ``GET /conf``, ``POST /lbbench/membership`` (replaces the
-controller sync), ``POST /steal-request`` (steal modes; 409 in the others), and a catch-all
+Endpoints: ``GET /sky-lb-health``, ``GET /conf`` (with ``"lag"``: how late the periodic loops
+woke, :mod:`.lag`), ``POST /lbbench/membership`` (replaces the controller sync),
+``POST /lbbench/reset`` (the state of a fresh process, membership kept; 409 while requests are
+queued or in flight), ``POST /steal-request`` (steal modes; 409 in the others), and a catch-all
 proxy.
 """
 
@@ -63,6 +69,7 @@ from aiohttp import web
 from ..aioserve import serve_app, string_map
 
 from .config import IMPLEMENTED_LB_MODES, LbConfig, LbMode, ReplicaMode
+from .lag import LoopLag
 from .peers import (
     PeerLoad,
     PeerStatus,
@@ -73,19 +80,20 @@ from .peers import (
     post_steal,
     rank_steal_candidates,
 )
-from .policies import HASH_KEY_HEADER, RequestInfo, make_policy, request_text
+from .policies import HASH_KEY_HEADER, Policy, RequestInfo, make_policy, request_text
 from .pool import TargetPool
 from .probe import probe_engine_queues
 from .proxy import forward, json_error
 from .queue import Dispatch, Failure, LbHop, Outcome, RequestEntry, RequestQueue
 
-__all__ = ["FROM_LB_HEADER", "QUEUE_SIZE_HEADER", "LoadBalancer", "serve"]
+__all__ = ["FROM_LB_HEADER", "QUEUE_SIZE_HEADER", "RESET_PATH", "LoadBalancer", "serve"]
 
 log = logging.getLogger("pytest_lbbench.lb")
 
 FROM_LB_HEADER = "X-Sky-Serve-From-LB"
 QUEUE_SIZE_HEADER = "X-Sky-Serve-Queue-Size"
 MEMBERSHIP_PATH = "/lbbench/membership"
+RESET_PATH = "/lbbench/reset"
 # Chat prompts of long conversations can be large; aiohttp's default cap is 1 MiB (the SGLang
 # router allowed 4 MB).
 _MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -114,17 +122,11 @@ class LoadBalancer:
             else None
         )
         self.replicas = TargetPool(
-            "replica", make_policy(config.policy, **config.policy_kwargs(config.policy)),
-            concurrency_cap=cap, dispatches_per_probe=per_probe,
+            "replica", self._new_replica_policy(), concurrency_cap=cap, dispatches_per_probe=per_probe,
         )
-        self.lbs = TargetPool(
-            "lb", make_policy(config.meta_policy, **config.policy_kwargs(config.meta_policy))
-        )
-        if config.replica_mode.replica_load_balancing:
-            self.replicas.policy.enable_load_balancing()
-        if config.lb_mode.meta_load_balancing:
-            self.lbs.policy.enable_load_balancing()
+        self.lbs = TargetPool("lb", self._new_meta_policy())
         self.queue = RequestQueue()
+        self.lag = LoopLag()
         self.lb_regions: dict[str, str] = {}
         # Rate-limited push: each peer's load from its last ``/conf`` (absent = unknown, which
         # makes the peer unavailable).
@@ -132,13 +134,7 @@ class LoadBalancer:
         # Stealing: ``/sky-lb-health`` latency per peer, measured once per (name, URL).
         self.peer_latency: dict[str, tuple[str, float]] = {}
         self._latency_pending: set[str] = set()
-        self.dispatched_total = 0
-        self.forwarded_total = 0  # sent to another LB: pushed + stolen away
-        self.pushed_total = 0  # sent to another LB by this LB's own decision (push modes)
-        self.stolen_total = 0  # received through this LB's steal requests (as the victims said)
-        self.stolen_away_total = 0  # handed to thieves
-        self.failed_total = 0  # answered by the LB itself (503 "No ready replicas")
-        self.upstream_errors_total = 0  # upstream failed: 502, or a stream aborted midway
+        self._zero_counters()
         self._needs_text = self.replicas.policy.needs_text or (
             config.lb_mode.uses_meta_policy and self.lbs.policy.needs_text
         )
@@ -149,6 +145,64 @@ class LoadBalancer:
             total=None, sock_read=config.stream_timeout_s, sock_connect=config.connect_timeout_s
         )
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _new_replica_policy(self) -> Policy:
+        config = self.config
+        policy = make_policy(config.policy, **config.policy_kwargs(config.policy))
+        if config.replica_mode.replica_load_balancing:
+            policy.enable_load_balancing()
+        return policy
+
+    def _new_meta_policy(self) -> Policy:
+        config = self.config
+        policy = make_policy(config.meta_policy, **config.policy_kwargs(config.meta_policy))
+        if config.lb_mode.meta_load_balancing:
+            policy.enable_load_balancing()
+        return policy
+
+    def _zero_counters(self) -> None:
+        self.dispatched_total = 0
+        self.forwarded_total = 0  # sent to another LB: pushed + stolen away
+        self.pushed_total = 0  # sent to another LB by this LB's own decision (push modes)
+        self.self_pushed_total = 0  # PUSH mode: the meta policy picked this LB itself
+        self.stolen_total = 0  # received through this LB's steal requests (as the victims said)
+        self.stolen_away_total = 0  # handed to thieves
+        self.failed_total = 0  # answered by the LB itself (503 "No ready replicas")
+        self.upstream_errors_total = 0  # upstream failed: 502, or a stream aborted midway
+
+    def busy(self) -> str | None:
+        """Why :meth:`reset` must wait (requests queued or in flight), or None when idle."""
+        in_flight = sum(self.replicas.in_flight.values()) + sum(self.lbs.in_flight.values())
+        if len(self.queue) or in_flight:
+            return (f"LB {self.name!r} still holds {len(self.queue)} queued and {in_flight} in-flight "
+                    f"request(s); reset only between experiments, once every request has finished "
+                    f"(retry in a moment)")
+        return None
+
+    def reset(self) -> dict[str, Any]:
+        """Give this LB the state of a fresh process, keeping its membership.
+
+        Fresh replica and meta policies (empty prefix trees, round-robin at the first target,
+        zero least-load counts; the consistent-hash ring is rebuilt from the same members, so it
+        is the ring a fresh process builds), every target available again, no peer status or
+        latency (re-measured as a fresh LB would), counters and lag zero. Raises
+        ``RuntimeError`` (the message of :meth:`busy`) when requests are queued or in flight.
+        """
+        reason = self.busy()
+        if reason is not None:
+            raise RuntimeError(reason)
+        self.replicas.reset(self._new_replica_policy())
+        self.lbs.reset(self._new_meta_policy())
+        self.queue = RequestQueue()
+        self.peer_status = {}
+        self.peer_latency = {}
+        self._zero_counters()
+        self.lag.reset()
+        log.info("reset: fresh policies, queues, counters and lag; membership kept")
+        return {
+            "ok": True, "name": self.name, "num_replicas": len(self.replicas.urls),
+            "num_lbs": len(self.lbs.urls), "time": time.time(),
+        }
 
     # ------------------------------------------------------------------ description
 
@@ -164,7 +218,8 @@ class LoadBalancer:
         }
 
     def conf(self) -> dict[str, Any]:
-        """The ``GET /conf`` payload: the original keys plus ours (time, identity, counters)."""
+        """The ``GET /conf`` payload: the original keys plus ours (time, identity, counters, lag)."""
+        available_peers = set(self.push_candidates(len(self.queue)))
         return {
             "queue_size": len(self.queue),
             "queue_size_actual": self.queue.user_count(),
@@ -181,6 +236,7 @@ class LoadBalancer:
             "dispatched_total": self.dispatched_total,
             "forwarded_total": self.forwarded_total,
             "pushed_total": self.pushed_total,
+            "self_pushed_total": self.self_pushed_total,
             "stolen_total": self.stolen_total,
             "stolen_away_total": self.stolen_away_total,
             "failed_total": self.failed_total,
@@ -192,6 +248,8 @@ class LoadBalancer:
                     "queue_size": st.queue_size,
                     "num_available_replicas": st.num_available_replicas,
                     "pushed_since_probe": st.pushed_since_probe,
+                    "own_queue_at_probe": st.own_queue_at_probe,
+                    "available": name in available_peers,
                     "age_s": round(time.monotonic() - st.seen_at, 3),
                 }
                 for name, st in self.peer_status.items()
@@ -200,6 +258,7 @@ class LoadBalancer:
                 name: (None if latency == float("inf") else latency)
                 for name, (_, latency) in self.peer_latency.items()
             },
+            "lag": self.lag.snapshot(),
         }
 
     # ------------------------------------------------------------------ membership
@@ -247,8 +306,8 @@ class LoadBalancer:
                 self.queue.put_head(entry)
                 return placed
             placed += 1
-            if self.config.mimic_one_dispatch_per_tick:
-                return placed
+            if not self.config.dispatch_all_placeable:
+                return placed  # the original: one pop per tick
 
     def _place(self, entry: RequestEntry) -> bool:
         """Decide for one entry; False means "not now" (the caller puts it back at the head)."""
@@ -262,8 +321,14 @@ class LoadBalancer:
                     self.forwarded_total += 1
                     self.pushed_total += 1
                     return True
-                # Self: continue as if the request had just arrived from an LB (no HTTP hop).
+                # Self: as if the request had just arrived from an LB (no HTTP hop).
                 entry.lb_hop = LbHop(lb, self.lbs.url_of(lb), self.region, now)
+                self.self_pushed_total += 1
+                if not self.config.dispatch_all_placeable:
+                    # The original's self-hop: the request re-enters our queue at the tail and a
+                    # later tick (one pop each) dispatches it.
+                    self.queue.append(entry)
+                    return True
             # No LB known yet (before membership): fall through, as the original did.
         if not self.replicas.known:
             return False
@@ -282,8 +347,13 @@ class LoadBalancer:
         return self._try_rate_limited_push(entry, now)
 
     def push_candidates(self, own_queue_size: int) -> list[str]:
-        """Peers (never self) that the rate-limited push may use now, in membership order."""
+        """Peers (never self) that the rate-limited push may use now, in membership order.
+
+        ``own_queue_size`` (our queue now) is compared only with ``rate_limit_availability =
+        "dispatch"``; the original's ``"probe"`` compares with our queue at the start of the
+        probe round that read the peer, so the verdict is the probe's until the next one."""
         count_own = self.config.rate_limit_count_own_pushes
+        at_probe = self.config.rate_limit_availability == "probe"
         candidates = []
         for name in self.lbs.urls:
             status = self.peer_status.get(name)
@@ -292,7 +362,7 @@ class LoadBalancer:
             if peer_accepts_push(
                 peer_queue_size=status.effective_queue_size(count_own),
                 peer_available_replicas=status.num_available_replicas,
-                own_queue_size=own_queue_size,
+                own_queue_size=status.own_queue_at_probe if at_probe else own_queue_size,
                 threshold=self.config.rate_limit_queue_threshold,
             ):
                 candidates.append(name)
@@ -510,6 +580,8 @@ class LoadBalancer:
         """Read every peer's ``/conf`` concurrently; a peer that fails becomes unknown
         (unavailable) until it answers again, and our push count for it restarts at 0."""
         assert self._session is not None
+        # The original reads ``self_qsize`` once, before the round's requests go out.
+        own_queue_size = len(self.queue)
         peers = [(n, u) for n, u in self.lbs.urls.items() if n != self.name]
         confs = await asyncio.gather(
             *(fetch_conf(self._session, url, self.config.lb_rpc_timeout_s) for _, url in peers)
@@ -519,7 +591,7 @@ class LoadBalancer:
             if conf is None:
                 continue
             try:
-                seen[name] = PeerStatus.from_conf(conf)
+                seen[name] = PeerStatus.from_conf(conf, own_queue_size)
             except ValueError as exc:
                 log.debug("ignoring /conf of %s: %s", name, exc)
         self.peer_status = seen
@@ -541,6 +613,12 @@ class LoadBalancer:
         return web.json_response(
             {"ok": True, "num_replicas": len(self.replicas.urls), "num_lbs": len(self.lbs.urls)}
         )
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(self.reset())
+        except RuntimeError as exc:
+            return json_error(409, str(exc))
 
     async def _steal_request(self, request: web.Request) -> web.Response:
         if not self.config.lb_mode.steals:
@@ -603,6 +681,7 @@ class LoadBalancer:
         app.router.add_get("/sky-lb-health", self._health)
         app.router.add_get("/conf", self._conf)
         app.router.add_post(MEMBERSHIP_PATH, self._membership)
+        app.router.add_post(RESET_PATH, self._reset)
         app.router.add_post("/steal-request", self._steal_request)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         app.on_startup.append(self._on_startup)
@@ -622,7 +701,7 @@ class LoadBalancer:
             self._spawn(
                 probe_engine_queues(
                     self._session, self.replicas, self.config.probe_interval_s,
-                    self.config.probe_timeout_s,
+                    self.config.probe_timeout_s, self.lag,
                 ),
                 "engine-queue-probe",
             )
@@ -656,7 +735,7 @@ class LoadBalancer:
 
     async def _queue_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.tick_s)
+            await self.lag.sleep("queue_tick", self.config.tick_s)
             try:
                 self.process_queue()
             except Exception:  # pragma: no cover - keep serving; the bug shows in the log
@@ -664,7 +743,7 @@ class LoadBalancer:
 
     async def _steal_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.steal_interval_s)
+            await self.lag.sleep("steal_loop", self.config.steal_interval_s)
             try:
                 await self.steal_round()
             except Exception:  # pragma: no cover - keep stealing; the bug shows in the log
@@ -678,7 +757,9 @@ class LoadBalancer:
                 await self.probe_peers_once()
             except Exception:  # pragma: no cover
                 log.exception("peer status probe failed")
-            await asyncio.sleep(max(0.0, self.config.lb_probe_interval_s - (loop.time() - start)))
+            await self.lag.sleep(
+                "lb_status_probe", max(0.0, self.config.lb_probe_interval_s - (loop.time() - start))
+            )
 
     @staticmethod
     async def _eviction_loop(pool: TargetPool, interval_s: float) -> None:
