@@ -206,11 +206,12 @@ def test_hand_over_gives_user_requests_to_the_thief_as_from_lb_requests(
 
 def test_steal_precondition_and_targets_without_network() -> None:
     lb = _steal_lb(steal_threshold=1)
-    assert lb.steal_targets() == []  # latency not measured yet: not a target
+    # Not measured yet: still a target (the original's latency starts at inf), ordered last.
+    assert lb.steal_targets() == ["lb-b"]
     lb.peer_latency["lb-b"] = ("http://127.0.0.1:8001/", 0.004)
     assert lb.steal_targets() == ["lb-b"]
-    lb.peer_latency["lb-b"] = ("http://127.0.0.1:7777", 0.004)  # measured an old URL
-    assert lb.steal_targets() == []
+    lb.peer_latency["lb-b"] = ("http://127.0.0.1:7777", 0.004)  # measured an old URL: inf again
+    assert lb.steal_targets() == ["lb-b"]
 
 
 RULE_CASES = [
@@ -236,7 +237,7 @@ def test_rate_limit_availability_rule(
 
 def _rlp_lb(**overrides: Any) -> LoadBalancer:
     lb = LoadBalancer(
-        LbConfig(lb_mode=LbMode.RATE_LIMITED_PUSH, replica_mode=ReplicaMode.PULL, **overrides),
+        LbConfig(**{"lb_mode": LbMode.RATE_LIMITED_PUSH, "replica_mode": ReplicaMode.PULL, **overrides}),
         name="lb-a", region="us",
     )
     lb.apply_membership(
@@ -776,3 +777,20 @@ def test_overload_burst_loses_nothing(
         run(scenario())
     finally:
         lbs.stop()
+
+
+def test_concurrency_cap_also_caps_requests_in_flight_to_each_lb(loop: asyncio.AbstractEventLoop) -> None:
+    """The original's LB pool shares ``use_ie_queue_indicator`` with the replica pool, so with
+    the cap its hooks make an LB unavailable at ``max_concurrent_requests`` in flight too."""
+    lb = _rlp_lb(max_concurrent_requests=1, replica_mode=ReplicaMode.CAP)
+    lb.replicas.in_flight["r0"] = 1  # our replica is full
+    lb.peer_status = {
+        "lb-b": PeerStatus(queue_size=0, num_available_replicas=1),
+        "lb-c": PeerStatus(queue_size=0, num_available_replicas=1),
+    }
+    entries = [_entry(loop, f"user {i}") for i in range(3)]
+    for entry in entries:
+        lb.queue.append(entry)
+    assert [lb.process_queue() for _ in range(3)] == [1, 1, 0]
+    assert lb.lbs.in_flight == {"lb-a": 0, "lb-b": 1, "lb-c": 1}
+    assert lb.push_candidates(len(lb.queue)) == []

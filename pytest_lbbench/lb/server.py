@@ -58,6 +58,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -124,7 +125,10 @@ class LoadBalancer:
         self.replicas = TargetPool(
             "replica", self._new_replica_policy(), concurrency_cap=cap, dispatches_per_probe=per_probe,
         )
-        self.lbs = TargetPool("lb", self._new_meta_policy())
+        # The original's ClientPool for LBs shares ``use_ie_queue_indicator`` with the replica
+        # pool: with the concurrency cap (``USE_IE_QUEUE_INDICATOR=false``) its hooks cap the
+        # requests in flight to each LB at ``max_concurrent_requests`` as well.
+        self.lbs = TargetPool("lb", self._new_meta_policy(), concurrency_cap=cap)
         self.queue = RequestQueue()
         self.lag = LoopLag()
         self.lb_regions: dict[str, str] = {}
@@ -357,7 +361,7 @@ class LoadBalancer:
         candidates = []
         for name in self.lbs.urls:
             status = self.peer_status.get(name)
-            if name == self.name or status is None:
+            if name == self.name or status is None or not self.lbs.is_available(name):
                 continue
             if peer_accepts_push(
                 peer_queue_size=status.effective_queue_size(count_own),
@@ -478,13 +482,17 @@ class LoadBalancer:
         return len(chosen)
 
     def steal_targets(self) -> list[str]:
-        """Peers whose latency check finished, nearest first (unreachable ones last)."""
+        """Every peer, nearest first. As in the original's ``_steal_targets`` (a new LB URL gets
+        ``PoolEntry(latency=inf)`` until its latency check returns), a peer not measured yet, or
+        measured at an old URL, is a target too, ordered last (ties in membership order)."""
         ranked = []
-        for name, url in self.lbs.urls.items():
+        for index, (name, url) in enumerate(self.lbs.urls.items()):
+            if name == self.name:
+                continue
             measured = self.peer_latency.get(name)
-            if name != self.name and measured is not None and measured[0] == url:
-                ranked.append((measured[1], name))
-        return [name for _, name in sorted(ranked)]
+            latency = measured[1] if measured is not None and measured[0] == url else math.inf
+            ranked.append((latency, index, name))
+        return [name for _, _, name in sorted(ranked)]
 
     def _check_new_peers(self) -> None:
         """Start a latency check for every peer (or changed peer URL) not measured yet."""
@@ -515,19 +523,22 @@ class LoadBalancer:
         self._check_new_peers()
         if self.name not in self.lbs.urls:  # own identity not in the LB list: never steal
             return 0
-        if len(self.queue) > self.config.steal_threshold or not self.replicas.available():
+        # The original reads ``self_qsize`` once, at the start of the round, and V1 uses that
+        # value after the peers' ``/conf`` replies came back.
+        own_queue_size = len(self.queue)
+        if own_queue_size > self.config.steal_threshold or not self.replicas.available():
             return 0
         targets = self.steal_targets()
         if not targets:
             return 0
         if self.config.lb_mode is LbMode.STEAL_V1:
-            stolen = await self._steal_v1(targets)
+            stolen = await self._steal_v1(targets, own_queue_size)
         else:
             stolen = await self._steal_v2(targets)
         self.stolen_total += stolen
         return stolen
 
-    async def _steal_v1(self, targets: list[str]) -> int:
+    async def _steal_v1(self, targets: list[str], own_queue_size: int) -> int:
         assert self._session is not None
         session, timeout = self._session, self.config.lb_rpc_timeout_s
         confs = await asyncio.gather(
@@ -544,7 +555,7 @@ class LoadBalancer:
         if not peers:
             return 0
         plan = plan_v1_steal(
-            own_queue_size=len(self.queue),
+            own_queue_size=own_queue_size,
             own_inflight=self.own_inflight(),
             own_num_replicas=len(self.replicas.urls),
             peers=peers,
