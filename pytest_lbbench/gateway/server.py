@@ -7,7 +7,9 @@ aborts are identical to our LB's. The response carries upstream headers (``x-lbb
 among them) plus ``gateway-decision-<n>: Select backend <name> in region <r> (spill: yes|no)``.
 There is no queue: like a Google front end, the gateway forwards every request at once.
 
-Endpoints: ``GET /health``, ``GET /conf``, ``POST /lbbench/membership``, catch-all proxy.
+Endpoints: ``GET /health``, ``GET /conf`` (with ``"lag"``: how late the health-check loop woke,
+:mod:`pytest_lbbench.lb.lag`), ``POST /lbbench/membership``, ``POST /lbbench/reset`` (the state
+of a fresh process, membership kept; 409 while requests are in flight), catch-all proxy.
 """
 
 from __future__ import annotations
@@ -26,18 +28,20 @@ from aiohttp import web
 
 from ..aioserve import serve_app, string_map
 
+from ..lb.lag import LoopLag
 from ..lb.policies import RequestInfo
 from ..lb.proxy import forward, json_error
 from ..lb.queue import Dispatch, RequestEntry
 from .config import GatewayConfig
 from .routing import Choice, Router
 
-__all__ = ["DECISION_HEADER", "MEMBERSHIP_PATH", "Gateway", "MembershipError", "serve"]
+__all__ = ["DECISION_HEADER", "MEMBERSHIP_PATH", "RESET_PATH", "Gateway", "MembershipError", "serve"]
 
 log = logging.getLogger("pytest_lbbench.gateway")
 
 DECISION_HEADER = "gateway-decision"
 MEMBERSHIP_PATH = "/lbbench/membership"
+RESET_PATH = "/lbbench/reset"
 # The same cap as our LB: chat prompts of long conversations can be large.
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -57,19 +61,12 @@ class Gateway:
         self.config = config
         self.name = name
         self.region = region
-        scale = config.time_scale
-        self.router = Router(
-            max_rate_per_endpoint=config.max_rate_per_endpoint,
-            window_s=config.rate_window_s,
-            healthy_threshold=config.healthy_threshold,
-            unhealthy_threshold=config.unhealthy_threshold,
-            # A model clock: budgets and reported rates mean the same at every time scale.
-            clock=lambda: time.monotonic() / scale,
-        )
+        self.router = self._new_router()
+        # The last membership applied, so that a reset can rebuild the router around it.
+        self._membership_args: tuple[dict[str, str], dict[str, str], list[str]] | None = None
         self.in_flight: dict[str, int] = {}
-        self.requests_total = 0
-        self.failed_total = 0  # answered by the gateway itself (503)
-        self.upstream_errors_total = 0  # upstream failed: 502, or a stream aborted midway
+        self._zero_counters()
+        self.lag = LoopLag()
         self.has_membership = False
         self._membership_event: asyncio.Event | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -79,6 +76,43 @@ class Gateway:
             total=None, sock_read=config.stream_timeout_s, sock_connect=config.connect_timeout_s
         )
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _new_router(self) -> Router:
+        config = self.config
+        scale = config.time_scale
+        return Router(
+            max_rate_per_endpoint=config.max_rate_per_endpoint,
+            window_s=config.rate_window_s,
+            healthy_threshold=config.healthy_threshold,
+            unhealthy_threshold=config.unhealthy_threshold,
+            # A model clock: budgets and reported rates mean the same at every time scale.
+            clock=lambda: time.monotonic() / scale,
+        )
+
+    def _zero_counters(self) -> None:
+        self.requests_total = 0
+        self.failed_total = 0  # answered by the gateway itself (503)
+        self.upstream_errors_total = 0  # upstream failed: 502, or a stream aborted midway
+
+    def reset(self) -> dict[str, Any]:
+        """The state of a fresh process with the same membership: a new router (no rate history,
+        spill counters or round-robin cursors; health as a fresh gateway starts it), counters and
+        lag zero. ``RuntimeError`` while a request is in flight."""
+        busy = sum(self.in_flight.values())
+        if busy:
+            raise RuntimeError(
+                f"gateway {self.name!r} still has {busy} request(s) in flight; reset only between "
+                f"experiments, once every request has finished (retry in a moment)"
+            )
+        self.router = self._new_router()
+        if self._membership_args is not None:
+            self.router.set_membership(*self._membership_args)
+        self.in_flight = {}
+        self._zero_counters()
+        self.lag.reset()
+        log.info("reset: fresh router, counters and lag; membership kept")
+        return {"ok": True, "name": self.name, "num_backends": len(self.router.backends),
+                "time": time.time()}
 
     # ------------------------------------------------------------------ description
 
@@ -103,6 +137,7 @@ class Gateway:
             "requests_total": self.requests_total,
             "failed_total": self.failed_total,
             "upstream_errors_total": self.upstream_errors_total,
+            "lag": self.lag.snapshot(),
         }
 
     # ------------------------------------------------------------------ membership
@@ -130,6 +165,7 @@ class Gateway:
         if appended and "region_order" in payload:
             log.warning("regions %s host backends but are not in region_order; tried last",
                         appended)
+        self._membership_args = (dict(backends), dict(regions), list(order))
         self.has_membership = True
         if self._membership_event is not None:
             self._membership_event.set()
@@ -218,6 +254,12 @@ class Gateway:
             ),
         )
 
+    async def _reset(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(self.reset())
+        except RuntimeError as exc:
+            return json_error(409, str(exc))
+
     def _count_upstream_error(self) -> None:
         self.upstream_errors_total += 1
 
@@ -246,7 +288,7 @@ class Gateway:
             targets = [(b.name, b.url) for b in self.router.backends.values()]
             if targets:
                 await asyncio.gather(*(self._probe(n, u) for n, u in targets))
-            await asyncio.sleep(self.config.health_interval_s)
+            await self.lag.sleep("health_probe", self.config.health_interval_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -256,6 +298,7 @@ class Gateway:
         app.router.add_get("/health", self._health)
         app.router.add_get("/conf", self._conf)
         app.router.add_post(MEMBERSHIP_PATH, self._membership)
+        app.router.add_post(RESET_PATH, self._reset)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
