@@ -18,11 +18,16 @@ The variant rows are built with ``dataclasses.replace`` on the catalog's ``Syste
 (Σ(input + 2·output) / span), TTFT p50/p90, cache hit, pushes between LBs, the LB queue (sum
 over LBs, sampled every 0.5 s from ``/conf``: peak and mean) and the LBs' tick lag. A
 benchmark, not a timed test: it asserts only that the measurement is whole (no request lost).
+
+``LBBENCH_TIMING_PROFILE`` names another engine profile (a registered name or a JSON file, as
+``--profile`` of ``python -m pytest_lbbench.sim``), e.g. to repeat fidelity.md §3's quick
+experiment with a profile whose engine queues form; default: the local backend's default.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import urllib.request
 from dataclasses import replace
@@ -50,6 +55,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
                 "--rate-limit-count-own-pushes"),
 }
 SAMPLE_EVERY_S = 0.5
+PROFILE = os.environ.get("LBBENCH_TIMING_PROFILE", LocalSettings.profile)
 
 
 def _conf(url: str) -> dict[str, Any] | None:
@@ -68,7 +74,7 @@ def _run(system: str, setting: str, tmp: Path) -> dict[str, Any]:
     ledger = ProcessLedger(ledger_path(tmp))
     deployment = LocalDeployment(spec_row, LocalSettings(
         replicas=4, replica_regions=DEFAULT_REPLICA_REGIONS, client_regions=REGIONS,
-        log_dir=tmp / "logs", ledger=ledger, seed=0,
+        log_dir=tmp / "logs", ledger=ledger, seed=0, profile=PROFILE,
     ))
     spec = ExperimentSpec(
         system=system, workload=WORKLOAD, exp_name=f"{WORKLOAD}_{system}_{setting}", client_regions=REGIONS,
@@ -125,7 +131,8 @@ def test_lb_timing_original_vs_variant(system: str, tmp_path: Path, request: pyt
     header = (f"{'setting':<9} {'requests':>8} {'failed':>6} {'tok/s':>7} {'TTFT p50 ms':>11} "
               f"{'TTFT p90 ms':>11} {'hit':>6} {'pushes':>6} {'self':>5} {'LBq peak':>8} "
               f"{'LBq mean':>8} {'late ticks':>10}")
-    lines = [f"{system}, {WORKLOAD}, {USERS} users x {len(REGIONS)} regions, {DURATION_S:.0f} s, 4 replicas",
+    lines = [f"{system}, {WORKLOAD}, {USERS} users x {len(REGIONS)} regions, {DURATION_S:.0f} s, 4 replicas, "
+             f"profile {PROFILE}",
              header]
     for setting, res in results.items():
         s = res["summary"]
