@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import TypeVar
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from pytest_lbbench.sim.engine import Engine, RequestRejected, RequestState, SimRequest
+from pytest_lbbench.sim.engine import Engine, EngineBusy, EngineGauges, RequestRejected, RequestState, SimRequest
 from pytest_lbbench.sim.profile import DEFAULT_PROFILE, PROFILES, EngineProfile
 from pytest_lbbench.sim.tokenizer import apply_chat_template
 
@@ -174,29 +175,231 @@ def test_bad_requests_are_rejected_and_long_outputs_are_capped() -> None:
             engine.submit(prompt_of(10, "x"), 0)
         req = engine.submit(prompt_of(990, "y"), 500, ignore_eos=True)
         await req.wait_done()
-        assert req.generated == 10  # prompt + output capped at the context length
+        # SGLang's cap: max_req_len - input - 1, max_req_len = min(context - 1, pool - 1) = 999.
+        assert req.generated == 8
 
     run(profile, body)
 
 
-def test_admission_reserves_room_for_the_output_of_running_requests() -> None:
-    # Room for both prompts, but not for both prompts plus 0.4 × max_new_tokens of each.
-    profile = FAST.replace(kv_capacity_tokens=1000, new_token_reserve_ratio=0.4)
+def test_admission_needs_the_whole_max_new_tokens_of_the_new_request() -> None:
+    # SGLang: extend_input + min(max_new_tokens, 4096) must stay below the free + evictable pool
+    # minus new_token_ratio × the remaining output of running requests.
+    profile = FAST.replace(kv_capacity_tokens=3000)
 
     async def body(engine: Engine) -> None:
-        a = engine.submit(prompt_of(300, "a"), 600, ignore_eos=True)  # holds 300, reserves 240
-        b = engine.submit(prompt_of(300, "b"), 600, ignore_eos=True)  # needs 300 + 240 > 1000 - 540
+        a = engine.submit(prompt_of(100, "a"), 1000, ignore_eos=True)
         async for _ in a.stream():
             break
-        assert (a.state, b.state) == (RequestState.RUNNING, RequestState.WAITING)
-        small = engine.submit(prompt_of(300, "c"), 10)  # queued behind b: FCFS, no overtaking
+        # Next round: offset 0.7 × 999 ≈ 699; room 3000 - 101 - 699 ≈ 2200.
+        fits = engine.submit(prompt_of(100, "b"), 2000, ignore_eos=True)  # 2100 < 2200
         await asyncio.sleep(0.05)
-        assert small.state is RequestState.WAITING
-        await asyncio.gather(a.wait_done(), b.wait_done(), small.wait_done())
-        assert b.scheduled_wall is not None and a.finish_wall is not None
-        assert b.scheduled_wall >= a.first_token_wall  # type: ignore[operator]
+        assert fits.state is RequestState.RUNNING
+        # Now a holds ~0.7 × its remaining and fits ~0.7 × 2000: a prompt of 100 + 1000 does not fit.
+        blocked = engine.submit(prompt_of(100, "c"), 1000)
+        small = engine.submit(prompt_of(10, "d"), 5)  # would fit, but FCFS: no overtaking
+        await asyncio.sleep(0.05)
+        assert (blocked.state, small.state) == (RequestState.WAITING, RequestState.WAITING)
+        assert engine.batch_is_full
+        await asyncio.gather(a.wait_done(), fits.wait_done(), blocked.wait_done(), small.wait_done())
 
     run(profile, body)
+
+
+def test_a_failed_admission_is_not_retried_until_a_running_request_finishes() -> None:
+    """SGLang sets running_batch.batch_is_full on NO_TOKEN and skips get_new_batch_prefill
+    until the batch shrinks: the head waits even once it would fit."""
+    profile = FAST.replace(kv_capacity_tokens=3000)
+
+    async def body(engine: Engine) -> None:
+        # Same round: a's whole max_new_tokens counts (1000), so b (1950) does not fit 3000-100-1000.
+        a = engine.submit(prompt_of(100, "a"), 1000, ignore_eos=True)
+        b = engine.submit(prompt_of(950, "b"), 1000, ignore_eos=True)
+        async for _ in a.stream():
+            break
+        assert b.state is RequestState.WAITING and engine.batch_is_full
+        # One decode step later b would fit (3000 - 101 - 0.7 × 999 ≈ 2200 > 1950), yet it waits.
+        for _ in range(50):
+            await asyncio.sleep(0.005)
+            assert b.state is RequestState.WAITING
+        await a.wait_done()
+        await b.wait_done()
+        assert a.finish_wall is not None and b.scheduled_wall is not None
+        assert b.scheduled_wall >= a.finish_wall
+
+    run(profile, body)
+
+    async def control(engine: Engine) -> None:
+        # The same b submitted one step later is admitted at once: the wait above was the flag.
+        a = engine.submit(prompt_of(100, "a"), 1000, ignore_eos=True)
+        async for _ in a.stream():
+            break
+        b = engine.submit(prompt_of(950, "b"), 1000, ignore_eos=True)
+        async for _ in b.stream():
+            break
+        assert a.state is RequestState.RUNNING
+        engine.abort(a)
+        engine.abort(b)
+
+    run(profile, control)
+
+
+def test_new_token_ratio_decays_per_decode_step_to_the_floor() -> None:
+    profile = FAST
+
+    async def body(engine: Engine) -> None:
+        assert engine.new_token_ratio == pytest.approx(0.7)
+        req = engine.submit(prompt_of(20, "a"), 700, ignore_eos=True)
+        while req.generated < 101:
+            await asyncio.sleep(0.002)
+        steps = engine.stats().decode_iterations_total
+        assert engine.new_token_ratio == pytest.approx(0.7 - steps * (0.7 - 0.098) / 600)
+        while req.generated < 650:
+            await asyncio.sleep(0.002)
+        assert engine.new_token_ratio == pytest.approx(0.098)  # the floor, 0.7 × 0.14
+        await req.wait_done()
+        await asyncio.sleep(0.01)
+        assert engine.new_token_ratio == pytest.approx(0.7)  # idle: back to the initial ratio
+
+    run(profile, body)
+
+
+def test_a_retracted_request_goes_to_the_tail_of_the_queue() -> None:
+    # An optimistic ratio (0.1, no decay) admits two growing requests that cannot both finish.
+    profile = FAST.replace(kv_capacity_tokens=1200, init_new_token_ratio=0.1, min_new_token_ratio_factor=1.0)
+
+    async def body(engine: Engine) -> None:
+        a = engine.submit(prompt_of(600, "a"), 400, ignore_eos=True)
+        async for _ in a.stream():
+            break
+        b = engine.submit(prompt_of(50, "b"), 400, ignore_eos=True)  # 450 < 1200 - 601 - 0.1 × 399
+        async for _ in b.stream():
+            break
+        w = engine.submit(prompt_of(100, "w"), 500, ignore_eos=True)  # 600: does not fit now
+        seen: list[list[SimRequest]] = []
+        while b.retractions == 0:
+            await asyncio.sleep(0)
+            if w.state is not RequestState.WAITING:
+                break
+        seen.append(list(engine.waiting))
+        # b has fewer output tokens than a, so it is retracted, and queues behind w.
+        assert a.retractions == 0 and b.retractions == 1
+        assert seen[0] == [w, b]
+        await asyncio.gather(a.wait_done(), b.wait_done(), w.wait_done())
+        assert b.output_tokens == b.answer and engine.stats().num_retracted_total >= 1
+
+    run(profile, body)
+
+
+def test_retraction_order_fewest_output_tokens_then_longest_prompt() -> None:
+    async def main() -> None:
+        engine = Engine(FAST)
+        reqs = [engine.submit(prompt_of(n, f"r{n}"), 50) for n in (30, 60, 40)]
+        for req, generated in zip(reqs, (5, 2, 2)):
+            req.state = RequestState.RUNNING
+            req.generated = generated
+        engine.running = list(reqs)
+        engine.waiting.clear()
+        # The cache holds nothing, so only the mandatory first retraction happens... unless the
+        # rest lacks 20 free slots each: a pool of FAST's size has them.
+        engine._retract_decode()
+        assert [r.retractions for r in reqs] == [0, 1, 0]  # 2 output tokens, 60-token prompt
+        assert list(engine.waiting) == [reqs[1]]
+
+    asyncio.run(main())
+
+
+def test_tree_siblings_hit_the_prompt_cached_after_the_first_prefill() -> None:
+    shared = prompt_of(1200, "question")
+
+    async def body(engine: Engine) -> None:
+        first = engine.submit(shared + prompt_of(30, "x")[1:], 200, ignore_eos=True)
+        async for _ in first.stream():
+            break  # its prefill is done; it decodes on
+        second = engine.submit(shared + prompt_of(30, "y")[1:], 20)
+        async for _ in second.stream():
+            break
+        assert first.state is RequestState.RUNNING
+        assert second.cached_tokens is not None and second.cached_tokens >= len(shared)
+        engine.abort(first)
+        await second.wait_done()
+
+    run(FAST, body)
+
+
+def test_queue_gauge_lags_a_new_arrival_until_the_next_logging_point() -> None:
+    profile = FAST.replace(kv_capacity_tokens=3000)
+
+    def scenario(mode: str) -> tuple[int, int, int]:
+        async def main() -> tuple[int, int, int]:
+            engine = Engine(profile, check_invariants=True, engine_metrics=mode)
+            engine.start()
+            try:
+                a = engine.submit(prompt_of(100, "a"), 1000, ignore_eos=True)
+                async for _ in a.stream():
+                    break
+                start = engine.stats().decode_iterations_total
+                b = engine.submit(prompt_of(950, "b"), 2000, ignore_eos=True)  # will not fit
+                await asyncio.sleep(0.005)
+                assert b.state is RequestState.WAITING
+                before = engine.gauges().num_queue_reqs
+                # The next decode log point: a multiple of 40 decode steps.
+                target = (start // 40 + 1) * 40 + 1
+                while engine.stats().decode_iterations_total < target:
+                    await asyncio.sleep(0.001)
+                after = engine.gauges().num_queue_reqs
+                engine.abort(a)
+                engine.abort(b)
+                return before, after, len(engine.waiting)
+            finally:
+                await engine.close()
+
+        return asyncio.run(main())
+
+    before, after, _ = scenario("sglang")
+    assert (before, after) == (0, 1)  # stale until log_decode_stats
+    before, after, _ = scenario("live")
+    assert (before, after) == (1, 1)
+
+
+def test_reset_only_when_idle_and_back_to_a_fresh_state() -> None:
+    async def body(engine: Engine) -> None:
+        req = engine.submit(prompt_of(300, "a"), 200, ignore_eos=True)
+        async for _ in req.stream():
+            break
+        with pytest.raises(EngineBusy, match="1 running"):
+            engine.reset()
+        await req.wait_done()
+        cleared = engine.reset()
+        assert cleared["num_requests_total"] == 1 and cleared["cache_tokens"] > 0
+        stats = engine.stats()
+        assert stats.cache_tokens == stats.num_requests_total == stats.generation_tokens_total == 0
+        assert stats.decode_iterations_total == stats.peak_occupied_tokens == 0
+        assert engine.gauges() == EngineGauges() and engine.new_token_ratio == pytest.approx(0.7)
+        again = engine.submit(prompt_of(300, "a"), 5)
+        await again.wait_done()
+        assert again.cached_tokens == 0  # the cache was flushed
+
+    run(FAST, body)
+
+
+def test_lag_counters_move_under_an_artificial_stall() -> None:
+    async def body(engine: Engine) -> None:
+        req = engine.submit(prompt_of(50, "a"), 400, ignore_eos=True)
+        async for _ in req.stream():
+            break
+        before = engine.stats()
+        assert before.lag_max_seconds < 0.2
+        time.sleep(0.4)  # the host stalls: the engine's next deadline is met ~0.4 s late
+        while engine.stats().decode_iterations_total < before.decode_iterations_total + 3:
+            await asyncio.sleep(0.001)
+        after = engine.stats()
+        assert after.lag_max_seconds >= 0.3
+        assert after.lag_seconds_total - before.lag_seconds_total >= 0.3
+        assert after.late_iterations_total > before.late_iterations_total
+        assert after.clock_resyncs_total == before.clock_resyncs_total + 1
+        engine.abort(req)
+
+    run(FAST, body)
 
 
 def test_a_sampling_seed_picks_one_of_many_answers_reproducibly() -> None:

@@ -11,15 +11,18 @@ Modules, one concern each: :mod:`.tokenizer` (offline tokenizer and Llama-3 chat
 
 from __future__ import annotations
 
-from .engine import Engine, EngineStats, RequestRejected, SimRequest
+from .engine import ENGINE_METRICS, Engine, EngineBusy, EngineGauges, EngineStats, RequestRejected, SimRequest
 from .profile import DEFAULT_PROFILE, PROFILES, EngineProfile, load_profile
 from .server import REPLICA_HEADER, ReplicaConfig, SimReplica, run_server
 
 __all__ = [
     "DEFAULT_PROFILE",
+    "ENGINE_METRICS",
     "PROFILES",
     "REPLICA_HEADER",
     "Engine",
+    "EngineBusy",
+    "EngineGauges",
     "EngineProfile",
     "EngineStats",
     "ReplicaConfig",

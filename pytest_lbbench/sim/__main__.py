@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import procutil
+from .engine import ENGINE_METRICS
 from .profile import DEFAULT_PROFILE, PROFILES, load_profile
 from .server import DEFAULT_MODEL, ReplicaConfig, SimReplica, quiet_router_probes, run_server
 
@@ -62,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FACTOR",
         help="multiply every engine duration by FACTOR (0.1 = ten times faster; default: the profile's, 1.0)",
     )
+    parser.add_argument(
+        "--engine-metrics",
+        choices=list(ENGINE_METRICS),
+        default="sglang",
+        help=(
+            "sglang: the sglang:* gauges (num_queue_reqs, num_running_reqs, token_usage, "
+            "cache_hit_rate, ...) change only at SGLang 0.4.5's logging points (after a prefill "
+            "batch, every 40 decode steps, every 30 s idle); live: current values at every "
+            "scrape (default: %(default)s)"
+        ),
+    )
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     parser.add_argument(
         "--check-invariants", action="store_true", help="recount KV bookkeeping every iteration (slow)"
@@ -90,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile=profile,
         seed=args.seed,
         check_invariants=args.check_invariants,
+        engine_metrics=args.engine_metrics,
     )
     try:
         sock = procutil.bind_socket(args.host, args.port)

@@ -8,6 +8,13 @@ Endpoints (what the benchmark client, our load balancers and the real ``sglang-r
   ``lbbench`` object with the replica's own timestamps.
 * ``GET /v1/models``, ``/health``, ``/health_generate``, ``/get_server_info`` (``/server_info``),
   ``/get_model_info`` (``/model_info``), ``/get_load``, ``/metrics``; ``POST /flush_cache``.
+* ``POST /lbbench/reset`` (ours): when idle, flush the cache and zero every counter and gauge, so
+  the replica looks like a fresh process; HTTP 409 while requests are in flight.
+
+``/metrics``: the ``sglang:*`` gauges (running, queue, used tokens, token usage, cache hit rate,
+throughput) are SGLang's ``SchedulerStats`` as last logged (``engine_metrics="sglang"``, see
+:mod:`.engine`) or live values (``"live"``). ``/get_load`` is always live (it reads the
+scheduler's state when asked, as SGLang's does).
 
 Every response carries ``x-lbbench-replica: <name>`` so clients can tell which replica served
 them (the router forwards worker response headers, not request headers).
@@ -28,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from . import tokenizer
-from .engine import Engine, EngineClosed, RequestAborted, RequestRejected, SimRequest
+from .engine import ENGINE_METRICS, Engine, EngineBusy, EngineClosed, RequestAborted, RequestRejected, SimRequest
 from .profile import DEFAULT_PROFILE, PROFILES, EngineProfile
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,15 @@ class ReplicaConfig:
     seed: int = 0
     #: Recount the KV bookkeeping after every engine iteration (slow; for tests).
     check_invariants: bool = False
+    #: ``"sglang"``: ``sglang:*`` gauges set only at SGLang's logging points (default);
+    #: ``"live"``: the current values at every scrape.
+    engine_metrics: str = "sglang"
+
+    def __post_init__(self) -> None:
+        if self.engine_metrics not in ENGINE_METRICS:
+            raise ValueError(
+                f"engine_metrics must be one of {', '.join(ENGINE_METRICS)}, got {self.engine_metrics!r}"
+            )
 
 
 class ApiError(Exception):
@@ -140,7 +156,10 @@ class SimReplica:
     def __init__(self, config: ReplicaConfig | None = None) -> None:
         self.config = config or ReplicaConfig()
         self.engine = Engine(
-            self.config.profile, seed=self.config.seed, check_invariants=self.config.check_invariants
+            self.config.profile,
+            seed=self.config.seed,
+            check_invariants=self.config.check_invariants,
+            engine_metrics=self.config.engine_metrics,
         )
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
@@ -225,6 +244,7 @@ class SimReplica:
             web.get("/get_load", self._get_load),
             web.get("/metrics", self._metrics),
             web.post("/flush_cache", self._flush_cache),
+            web.post("/lbbench/reset", self._reset),
         ]
         app.add_routes(routes)
         return app
@@ -245,6 +265,7 @@ class SimReplica:
 
     async def _server_info(self, request: web.Request) -> web.Response:
         profile = self.config.profile
+        stats = self.engine.stats()
         return web.json_response(
             {
                 "model_path": self.config.model,
@@ -256,6 +277,18 @@ class SimReplica:
                 "chunked_prefill_size": profile.chunked_prefill_tokens,
                 "max_running_requests": profile.max_running_requests,
                 "context_length": profile.max_context_tokens,
+                "max_req_input_len": profile.max_req_input_len,
+                "cuda_graph_max_bs": profile.cuda_graph_max_bs,
+                "lbbench": {
+                    "engine_metrics": self.config.engine_metrics,
+                    "engine_iterations_total": stats.iterations_total,
+                    "engine_late_iterations_total": stats.late_iterations_total,
+                    "engine_lag_seconds_total": stats.lag_seconds_total,
+                    "engine_lag_max_seconds": stats.lag_max_seconds,
+                    "engine_clock_resyncs_total": stats.clock_resyncs_total,
+                    "new_token_ratio": stats.new_token_ratio,
+                    "batch_is_full": stats.batch_is_full,
+                },
                 "lbbench_replica": self.config.name,
                 "lbbench_seed": self.config.seed,
                 "lbbench_profile": profile.to_dict(),
@@ -292,6 +325,14 @@ class SimReplica:
     async def _flush_cache(self, request: web.Request) -> web.Response:
         evicted = self.engine.flush_cache()
         return web.json_response({"evicted_tokens": evicted})
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        """``POST /lbbench/reset``: back to a fresh replica's state, only when idle."""
+        try:
+            cleared = self.engine.reset()
+        except EngineBusy as exc:
+            raise ApiError(409, str(exc), "conflict") from exc
+        return web.json_response({"reset": True, "replica": self.config.name, "cleared": cleared})
 
     # ---- generation ----
 
@@ -466,38 +507,42 @@ def lbbench_info(req: SimRequest, replica: str) -> dict[str, Any]:
     return info
 
 
-_METRICS: tuple[tuple[str, str, str, Callable[[Any], float]], ...] = (
-    ("sglang:num_running_reqs", "gauge", "The number of running requests.", lambda s: s.num_running),
+#: The gauges SGLang sets only at its logging points: read from :meth:`Engine.gauges`.
+_GAUGES: tuple[tuple[str, str, str, Callable[[Any], float]], ...] = (
+    ("sglang:num_running_reqs", "gauge", "The number of running requests.", lambda g: g.num_running_reqs),
     (
         "sglang:num_queue_reqs",
         "gauge",
         "The number of requests in the waiting queue.",
-        lambda s: s.num_waiting,
+        lambda g: g.num_queue_reqs,
     ),
     (
         "sglang:num_used_tokens",
         "gauge",
         "The number of KV tokens used by running requests.",
-        lambda s: s.used_tokens,
+        lambda g: g.num_used_tokens,
     ),
     (
         "sglang:token_usage",
         "gauge",
         "The fraction of the KV pool used by running requests.",
-        lambda s: s.token_usage,
+        lambda g: g.token_usage,
     ),
     (
         "sglang:cache_hit_rate",
         "gauge",
-        "The cumulative prefix cache hit rate (cached / prompt tokens).",
-        lambda s: s.cache_hit_rate,
+        "The prefix cache hit rate (of the last prefill batch; cumulative with live metrics).",
+        lambda g: g.cache_hit_rate,
     ),
     (
         "sglang:gen_throughput",
         "gauge",
         "The generation throughput (tokens/s, wall clock).",
-        lambda s: s.gen_throughput,
+        lambda g: g.gen_throughput,
     ),
+)
+
+_METRICS: tuple[tuple[str, str, str, Callable[[Any], float]], ...] = (
     (
         "sglang:max_total_num_tokens",
         "gauge",
@@ -583,17 +628,63 @@ _METRICS: tuple[tuple[str, str, str, Callable[[Any], float]], ...] = (
         "Times the engine clock fell behind the event loop and was reset.",
         lambda s: s.clock_resyncs_total,
     ),
+    (
+        "lbbench:engine_clock_resyncs_total",
+        "counter",
+        "Times the engine fell more than 0.25 s behind model time and restarted its clock.",
+        lambda s: s.clock_resyncs_total,
+    ),
+    (
+        "lbbench:engine_iterations_total",
+        "counter",
+        "Engine iterations (prefill batches and decode steps) run.",
+        lambda s: s.iterations_total,
+    ),
+    (
+        "lbbench:engine_late_iterations_total",
+        "counter",
+        "Engine iterations that ended more than 5 ms after their model-time deadline.",
+        lambda s: s.late_iterations_total,
+    ),
+    (
+        "lbbench:engine_lag_seconds_total",
+        "counter",
+        "Sum over iterations of how late each deadline was met (wall seconds).",
+        lambda s: s.lag_seconds_total,
+    ),
+    (
+        "lbbench:engine_lag_max_seconds",
+        "gauge",
+        "The latest an iteration deadline was met (wall seconds).",
+        lambda s: s.lag_max_seconds,
+    ),
+    (
+        "lbbench:live_num_queue_reqs",
+        "gauge",
+        "Requests waiting in the engine now (whatever sglang:num_queue_reqs last showed).",
+        lambda s: s.num_waiting,
+    ),
+    (
+        "lbbench:live_num_running_reqs",
+        "gauge",
+        "Requests running in the engine now.",
+        lambda s: s.num_running,
+    ),
 )
 
 
 def render_metrics(engine: Engine, model: str) -> str:
     """Prometheus text exposition of the engine's stats, SGLang metric names and labels."""
     stats = engine.stats()
+    gauges = engine.gauges()
     escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     label = '{model_name="' + escaped + '"}'
     lines: list[str] = []
-    for name, kind, help_text, get in _METRICS:
-        value = float(get(stats))
+    for name, kind, help_text, get, source in [
+        *((*m, gauges) for m in _GAUGES),
+        *((*m, stats) for m in _METRICS),
+    ]:
+        value = float(get(source))
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         lines.append(f"{name}{label} {value!r}")

@@ -35,6 +35,13 @@ _PIECE_RE = re.compile(r"\s?\w+|\s?[^\w\s]+|\s+")
 
 _HEADER_SEPARATOR = "\n\n"
 
+#: The Llama-3.1-8B-Instruct chat template (``tokenizer_config.json``) always opens with a
+#: system block: ``"Cutting Knowledge Date: December 2023\n"`` then ``"Today Date: " +
+#: date_string + "\n\n"`` (``date_string`` defaults to ``"26 Jul 2024"``; SGLang passes none),
+#: then the request's system message, if any (``messages[0]['content']|trim``). So every request
+#: shares this prefix.
+DEFAULT_SYSTEM_PREAMBLE = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+
 
 def tokenize(text: str) -> list[str]:
     """Split ``text`` into pieces; ``"".join(tokenize(text)) == text`` for every string."""
@@ -78,15 +85,22 @@ def _header(role: str) -> list[str]:
     return [START_HEADER, *tokenize(role), END_HEADER, _HEADER_SEPARATOR]
 
 
+_PREAMBLE_TOKENS = tokenize(DEFAULT_SYSTEM_PREAMBLE)
+
+
 def apply_chat_template(
     messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
 ) -> list[str]:
-    """Render OpenAI chat ``messages`` with the Llama-3 template, as a list of pieces.
+    """Render OpenAI chat ``messages`` with the Llama-3.1 template, as a list of pieces.
 
-    ``<|begin_of_text|>`` once, then per message the role header, a blank-line piece, the content
-    pieces and ``<|eot_id|>``; the generation prompt is an open assistant header. Content is
-    *not* trimmed (the real template trims): trimming would break the round trip of an answer that
-    starts or ends with whitespace, and our generated answers never do.
+    ``<|begin_of_text|>``, then the system block the real template always emits: the system
+    header, :data:`DEFAULT_SYSTEM_PREAMBLE` and the request's system message (if the first
+    message has role ``system``; otherwise nothing), ``<|eot_id|>``. Then per other message the
+    role header, a blank-line piece, the content pieces and ``<|eot_id|>``; the generation prompt
+    is an open assistant header. The preamble is tokenised on its own so that it is the same
+    pieces for every request. Content is *not* trimmed (the real template trims): trimming
+    would break the round trip of an answer that starts or ends with whitespace, and our
+    generated answers never do.
 
     Raises ``ValueError`` on a malformed message.
     """
@@ -97,7 +111,17 @@ def apply_chat_template(
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise ValueError(f"messages[{i}].role must be a non-empty string")
-        tokens.extend(_header(role))
+    rest = list(messages)
+    system_text = ""
+    if rest and rest[0].get("role") == "system":
+        system_text = message_text(rest[0].get("content"))
+        rest = rest[1:]
+    tokens.extend(_header("system"))
+    tokens.extend(_PREAMBLE_TOKENS)
+    tokens.extend(tokenize(system_text))
+    tokens.append(EOT)
+    for message in rest:
+        tokens.extend(_header(str(message["role"])))
         tokens.extend(tokenize(message_text(message.get("content"))))
         tokens.append(EOT)
     if add_generation_prompt:
