@@ -20,20 +20,29 @@ import pytest
 
 from pytest_lbbench.sim.profile import DEFAULT_PROFILE, PROFILES, EngineProfile
 from pytest_lbbench.sim.server import REPLICA_HEADER, ReplicaConfig, SimReplica
-from pytest_lbbench.sim.tokenizer import tokenize
+from pytest_lbbench.sim.tokenizer import DEFAULT_SYSTEM_PREAMBLE, tokenize
 
 T = TypeVar("T")
 BASE = PROFILES[DEFAULT_PROFILE]
 
 
 def serve(
-    body: Callable[..., Awaitable[T]], *profiles: EngineProfile, seed: int = 0, timeout_s: float = 60
+    body: Callable[..., Awaitable[T]],
+    *profiles: EngineProfile,
+    seed: int = 0,
+    timeout_s: float = 60,
+    engine_metrics: str = "sglang",
 ) -> T:
     """Start one replica per profile, run ``body(session, *replicas)``, stop everything."""
 
     async def main() -> T:
         replicas = [
-            SimReplica(ReplicaConfig(name=f"replica-{i}", profile=p, seed=seed, check_invariants=True))
+            SimReplica(
+                ReplicaConfig(
+                    name=f"replica-{i}", profile=p, seed=seed, check_invariants=True,
+                    engine_metrics=engine_metrics,
+                )
+            )
             for i, p in enumerate(profiles)
         ]
         try:
@@ -175,8 +184,10 @@ def test_streaming_chat_format() -> None:
         usage = final["usage"]
         n_out = len(chunks) - 1
         assert usage["completion_tokens"] == n_out <= 50
-        # BOS, user header (4), 300 one-token words, eot, assistant header (5: "assist" + "ant").
-        assert usage["prompt_tokens"] == 1 + 4 + 300 + 1 + 5
+        # BOS, the template's system block (header 4, preamble, eot), user header (4), 300
+        # one-token words, eot, assistant header (5: "assist" + "ant").
+        system_block = 4 + len(tokenize(DEFAULT_SYSTEM_PREAMBLE)) + 1
+        assert usage["prompt_tokens"] == 1 + system_block + 4 + 300 + 1 + 5
         assert usage["total_tokens"] == usage["prompt_tokens"] + n_out
         assert usage["prompt_tokens_details"]["cached_tokens"] == 0
         info = final["lbbench"]
@@ -278,7 +289,8 @@ def test_info_endpoints_and_errors() -> None:
         assert "max_tokens" in await post_error("/v1/chat/completions", 400, json=chat("x", max_tokens="5"))
         assert "prompt" in await post_error("/v1/completions", 400, json={"prompt": 5})
         too_long = await post_error("/v1/chat/completions", 400, json=chat(words(600, "x"), stream=True))
-        assert "context length (500 tokens)" in too_long and "611 tokens" in too_long
+        system_block = 4 + len(tokenize(DEFAULT_SYSTEM_PREAMBLE)) + 1
+        assert "context length (500 tokens)" in too_long and f"{611 + system_block} tokens" in too_long
         async with session.get(replica.url + "/no/such/path") as resp:
             assert resp.status == 404 and resp.headers[REPLICA_HEADER] == "replica-0"
             assert (await resp.json())["error"]["code"] == 404
@@ -330,8 +342,10 @@ def test_kv_capacity_evicts_earlier_prefixes() -> None:
         assert await cached(first) >= 800  # hit
         for i in range(6):  # 6 × ~800 tokens: far more than the 2500-token pool
             await cached(words(800, f"other{i}"))
-        # Only the chat-template prefix every prompt shares is left of the first conversation.
-        assert await cached(first) <= 5
+        # Only the chat-template prefix every prompt shares (BOS, the system block, the user
+        # header) is left of the first conversation.
+        shared = 1 + 4 + len(tokenize(DEFAULT_SYSTEM_PREAMBLE)) + 1 + 4
+        assert await cached(first) <= shared
         m = await metrics(session, replica)
         assert m["lbbench:evicted_tokens_total"] > 0
         assert m["lbbench:peak_occupied_tokens"] <= 2500
@@ -341,6 +355,7 @@ def test_kv_capacity_evicts_earlier_prefixes() -> None:
 
 
 def test_metrics_report_queue_running_and_counters() -> None:
+    """With ``engine_metrics="live"`` the gauges are the engine's state at every scrape."""
     profile = BASE.replace(time_scale=0.05, max_running_requests=2)
 
     async def body(session: aiohttp.ClientSession, replica: SimReplica) -> None:
@@ -383,7 +398,7 @@ def test_metrics_report_queue_running_and_counters() -> None:
         assert m["sglang:gen_throughput"] > 0
         assert m["sglang:token_usage"] == 0
 
-    serve(body, profile)
+    serve(body, profile, engine_metrics="live")
 
 
 def test_decode_step_time_grows_with_the_batch() -> None:
@@ -451,5 +466,63 @@ def test_client_disconnect_aborts_and_frees_kv() -> None:
         assert m["sglang:num_running_reqs"] == m["sglang:num_queue_reqs"] == 0
         assert m["sglang:num_used_tokens"] == 0
         assert m["sglang:num_requests_total"] == 0
+
+    serve(body, profile, engine_metrics="live")
+
+
+def test_sglang_gauges_change_only_at_logging_points_and_reset_restores_a_fresh_replica() -> None:
+    profile = BASE.replace(time_scale=0.01, kv_capacity_tokens=3000)
+
+    async def body(session: aiohttp.ClientSession, replica: SimReplica) -> None:
+        url = replica.url + "/v1/chat/completions"
+        running = await session.post(
+            url, json=chat(words(100, "a"), max_tokens=1000, ignore_eos=True, stream=True)
+        )
+        await running.content.readline()  # first token: a's prefill batch was logged
+        engine = replica.engine
+        start = engine.stats().decode_iterations_total
+        # 950 + 2000 tokens cannot be admitted while a runs: it waits in the queue.
+        queued = await session.post(
+            url, json=chat(words(950, "b"), max_tokens=2000, ignore_eos=True, stream=True)
+        )
+        for _ in range(200):
+            if engine.stats().num_waiting == 1:
+                break
+            await asyncio.sleep(0.002)
+        m = await metrics(session, replica)
+        assert m["lbbench:live_num_queue_reqs"] == 1
+        if engine.stats().decode_iterations_total // 40 == start // 40:
+            assert m["sglang:num_queue_reqs"] == 0, "stale until the next log_decode_stats"
+        target = (engine.stats().decode_iterations_total // 40 + 1) * 40 + 1
+        while engine.stats().decode_iterations_total < target:
+            await asyncio.sleep(0.002)
+        m = await metrics(session, replica)
+        assert m["sglang:num_queue_reqs"] == 1 and m["sglang:num_running_reqs"] == 1
+        async with session.post(replica.url + "/lbbench/reset") as resp:
+            assert resp.status == 409
+            assert "in flight" in (await resp.json())["error"]["message"]
+        running.close()
+        queued.close()
+        for _ in range(500):
+            if not engine.waiting and not engine.running:
+                break
+            await asyncio.sleep(0.002)
+        async with session.post(replica.url + "/lbbench/reset") as resp:
+            assert resp.status == 200
+            body_json = await resp.json()
+        assert body_json["reset"] is True and body_json["cleared"]["num_aborted_total"] == 2
+        m = await metrics(session, replica)
+        for name in (
+            "sglang:num_queue_reqs", "sglang:num_running_reqs", "sglang:prompt_tokens_total",
+            "sglang:generation_tokens_total", "lbbench:cache_tokens", "lbbench:num_aborted_total",
+            "lbbench:decode_iterations_total", "lbbench:engine_lag_seconds_total",
+            "lbbench:engine_iterations_total", "lbbench:peak_occupied_tokens",
+        ):
+            assert m[name] == 0, name
+        async with session.get(replica.url + "/get_server_info") as resp:
+            info = await resp.json()
+        assert info["lbbench"]["engine_metrics"] == "sglang"
+        assert info["lbbench"]["engine_lag_seconds_total"] == 0
+        assert info["context_length"] == 131072 and info["max_req_input_len"] == 2994
 
     serve(body, profile)

@@ -10,6 +10,7 @@ from pytest_lbbench.sim import tokenizer
 from pytest_lbbench.sim.generation import generate_answer
 from pytest_lbbench.sim.tokenizer import (
     BOS,
+    DEFAULT_SYSTEM_PREAMBLE,
     END_HEADER,
     EOT,
     START_HEADER,
@@ -47,13 +48,22 @@ def test_chat_template_renders_llama3_layout() -> None:
     tokens = apply_chat_template(
         [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi there"}]
     )
+    preamble = tokenize(DEFAULT_SYSTEM_PREAMBLE)
     assert tokens == [
         BOS,
-        START_HEADER, "system", END_HEADER, "\n\n", "Be", " brief", EOT,
+        START_HEADER, "system", END_HEADER, "\n\n", *preamble, "Be", " brief", EOT,
         START_HEADER, "user", END_HEADER, "\n\n", "Hi", " there", EOT,
         START_HEADER, "assist", "ant", END_HEADER, "\n\n",
     ]  # fmt: skip
     assert tokens.count(BOS) == 1
+    # The Llama-3.1 template's default system block, verbatim.
+    assert DEFAULT_SYSTEM_PREAMBLE == "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+    # Without a system message the block is still there (empty message): every request shares it.
+    bare = apply_chat_template([{"role": "user", "content": "Hi there"}])
+    assert bare[: 5 + len(preamble) + 1] == [BOS, START_HEADER, "system", END_HEADER, "\n\n", *preamble, EOT]
+    other = apply_chat_template([{"role": "user", "content": "Something else entirely"}])
+    assert other[: len(preamble) + 6] == bare[: len(preamble) + 6]
+    assert 20 <= len(preamble) + 6 <= 30  # about 25 tokens, as the real template's block
     # Content given as a list of text parts renders like the plain string.
     parts = [
         {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": " there"}]}
