@@ -68,10 +68,11 @@ def test_output_is_the_same_on_separate_processes_and_changes_with_the_seed(tmp_
 def test_profile_from_a_json_file_and_clean_sigterm(tmp_path: Path) -> None:
     profile = tmp_path / "small.json"
     profile.write_text(json.dumps({"base": "l4-llama3.1-8b", "kv_capacity_tokens": 4000}))
-    proc = start_replica(tmp_path, "p", "--profile", str(profile))
+    proc = start_replica(tmp_path, "p", "--profile", str(profile), "--engine-metrics", "live")
     try:
         info = asyncio.run(get(f"http://127.0.0.1:{proc.info['port']}/get_server_info"))
         assert info["max_total_num_tokens"] == 4000
+        assert info["lbbench"]["engine_metrics"] == "live"
         assert info["lbbench_profile"]["name"] == "small"
         assert info["lbbench_profile"]["time_scale"] == 0.01
         proc.popen.terminate()
@@ -99,3 +100,11 @@ def test_bad_time_scale_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture
         main(["--time-scale", bad])
     assert exc_info.value.code == 2
     assert "positive number" in capsys.readouterr().err
+
+
+def test_bad_engine_metrics_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(["--engine-metrics", "stale"])
+    assert exc_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'stale'" in err and "sglang" in err and "live" in err
