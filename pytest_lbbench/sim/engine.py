@@ -45,7 +45,6 @@ import collections
 import enum
 import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
