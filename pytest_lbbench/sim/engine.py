@@ -696,6 +696,10 @@ class Engine:
         input_budget = profile.max_prefill_tokens
         batch: list[tuple[SimRequest, int]] = []
         chunked = [r for r in self.running if r.prefilled < r.fill_len]
+        if chunked:
+            # Scheduler.get_next_batch_to_run: after each round of a chunked request
+            # ("chunked request keeps its rid but will get a new req_pool_idx") the flag is reset.
+            self.batch_is_full = False
         if (self.batch_is_full or not self.waiting) and not chunked:
             return batch
         # SGLang's chunked_req is outside running_batch while its prefill goes on.
