@@ -69,6 +69,7 @@ def start_stack(
     placement: dict[str, tuple[str, list[str]]] = PLACEMENT,
     membership: bool = True,
     extra_lb_args: tuple[str, ...] = (),
+    extra_replica_args: tuple[str, ...] = (),
 ) -> Stack:
     """Spawn replicas and LBs; on any failure, stop what was started and re-raise."""
     stack = Stack()
@@ -78,7 +79,8 @@ def start_stack(
                 proc = procutil.spawn(
                     name,
                     procutil.python_module_argv(
-                        "pytest_lbbench.sim", "--name", name, "--time-scale", TIME_SCALE
+                        "pytest_lbbench.sim", "--name", name, "--time-scale", TIME_SCALE,
+                        *extra_replica_args,
                     ),
                     log_path=tmp_path / f"{name}.log",
                 )
@@ -381,7 +383,10 @@ def test_requests_before_membership_wait_then_complete(tmp_path: Path) -> None:
 
 def test_models_passthrough_and_client_disconnect_closes_upstream(tmp_path: Path) -> None:
     placement = {"lb-global": ("global", ["replica-0"])}
-    stack = start_stack(tmp_path, lb_mode="global", replica_mode="push", placement=placement)
+    # Live gauges: SGLang sets num_running_reqs only at its logging points, and this test reads
+    # the replica's running count to see the upstream generation stop.
+    stack = start_stack(tmp_path, lb_mode="global", replica_mode="push", placement=placement,
+                        extra_replica_args=("--engine-metrics", "live"))
     lb, replica = stack.lbs["lb-global"], stack.replicas["replica-0"]
     try:
         async def running_on_replica(session: aiohttp.ClientSession) -> float:
