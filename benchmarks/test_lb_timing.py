@@ -116,6 +116,8 @@ def _run(system: str, setting: str, tmp: Path) -> dict[str, Any]:
         "lb_queue_mean": sum(queue_samples) / len(queue_samples) if queue_samples else 0.0,
         "tick_late_max_s": max((float(c.get("lag", {}).get("tick_late_max_s", 0.0)) for c in confs), default=0.0),
         "late_ticks": sum(int(c.get("lag", {}).get("late_ticks", 0)) for c in confs),
+        "ticks": sum(int(c.get("lag", {}).get("ticks", 0)) for c in confs),
+        "tick_late_s_total": sum(float(c.get("lag", {}).get("tick_late_s_total", 0.0)) for c in confs),
         "lb_args": list(spec_row.balancer_args),
     }
 
@@ -130,7 +132,7 @@ def test_lb_timing_original_vs_variant(system: str, tmp_path: Path, request: pyt
     results = {setting: _run(system, setting, tmp_path / setting) for setting in SETTINGS}
     header = (f"{'setting':<9} {'requests':>8} {'failed':>6} {'tok/s':>7} {'TTFT p50 ms':>11} "
               f"{'TTFT p90 ms':>11} {'hit':>6} {'pushes':>6} {'self':>5} {'LBq peak':>8} "
-              f"{'LBq mean':>8} {'late ticks':>10}")
+              f"{'LBq mean':>8} {'late/ticks':>12} {'late max ms':>11}")
     lines = [f"{system}, {WORKLOAD}, {USERS} users x {len(REGIONS)} regions, {DURATION_S:.0f} s, 4 replicas, "
              f"profile {PROFILE}",
              header]
@@ -141,7 +143,8 @@ def test_lb_timing_original_vs_variant(system: str, tmp_path: Path, request: pyt
             f"{setting:<9} {s['requests']:>8} {s['failed']:>6} {s['throughput_tpt_per_s'] or 0:>7.0f} "
             f"{_ms(s['ttft_p50_s']):>11} {_ms(s['ttft_p90_s']):>11} "
             f"{'-' if hit is None else f'{hit:.1%}':>6} {res['pushed']:>6} {res['self_pushed']:>5} "
-            f"{res['lb_queue_peak']:>8} {res['lb_queue_mean']:>8.1f} {res['late_ticks']:>10}"
+            f"{res['lb_queue_peak']:>8} {res['lb_queue_mean']:>8.1f} "
+            f"{str(res['late_ticks']) + '/' + str(res['ticks']):>12} {res['tick_late_max_s'] * 1e3:>11.0f}"
         )
     orig, var = results["original"]["summary"], results["variant"]["summary"]
     if orig["throughput_tpt_per_s"] and var["throughput_tpt_per_s"]:

@@ -6,7 +6,8 @@ Run one with ``python -m pytest_lbbench.lb`` (see ``__main__``). The pieces:
 * :mod:`.policies`: round robin, least load, prefix tree, consistent hashing;
 * :mod:`.config`: LB-level × replica-level modes and the original constants;
 * :mod:`.peers`: LB↔LB cooperation rules (V1 fair share, steal ranking, rate-limit rule);
-* :mod:`.server`: one LB process (queue processor, dispatch, stealing, endpoints).
+* :mod:`.lag`: how late the periodic loops wake (host-lag telemetry in ``/conf``);
+* :mod:`.server`: one LB process (queue processor, dispatch, stealing, endpoints, reset).
 
 No pytest import anywhere below this package.
 """
