@@ -24,6 +24,7 @@ from pytest_lbbench.backends.local import (
     telemetry_recorder,
 )
 from pytest_lbbench.gate import check
+from pytest_lbbench.hostlag import judge as judge_host_lag
 from pytest_lbbench.options import LbbenchConfig, get_config
 from pytest_lbbench.report.results import ExperimentResult
 
@@ -75,6 +76,7 @@ def lbbench_deployment(
             seed=cfg.seed,
             time_scale=cfg.time_scale,
             profile=cfg.engine_profile,
+            engine_metrics=cfg.engine_metrics,
             ledger=lbbench_ledger,
         ),
     )
@@ -107,13 +109,20 @@ def lbbench_run(
             request.config.stash[cloud_plugin.CLOUD_KEY], cfg, lbbench_ledger,
         ) or LocalClientLauncher(log_dir, lbbench_ledger, cfg.rtt)
         queue_file = cfg.output_dir / "queue_size" / f"{exp_name}.txt"
+        # Every experiment starts from the state of a fresh system, so test order never matters.
+        isolation = deployment.reset()
         with telemetry_recorder(deployment.telemetry_targets(), queue_file, log_dir, lbbench_ledger):
             files = launcher.run(
                 deployment, spec, metric_dir,
                 on_progress=progress_printer(request.config, f"{system}-{workload}", cfg.warmup_s + cfg.duration_s),
             )
+        host_lag = deployment.host_lag()
         result = ExperimentResult.load(system, workload, exp_name, files)
         result.attach("deployment", deployment.describe())
+        result.attach("isolation", isolation)
+        lag_verdict = None if host_lag is None else judge_host_lag(
+            host_lag, cfg.host_lag_threshold_ms, cfg.time_scale)
+        result.attach("host_lag", lag_verdict)
         properties = result.properties()
         request.node.user_properties.append((PROPERTY_KEY, properties))
         if cfg.thresholds:

@@ -101,6 +101,20 @@ class Deployment(Protocol):
     def stop(self) -> None:
         """Stop everything this deployment started (idempotent, never raises)."""
 
+    def reset(self) -> dict[str, Any]:
+        """Bring the system back to the state of a fresh start before an experiment: replica
+        caches flushed, balancers' trees, queues and counters cleared. Returns what was done.
+
+        Backends that cannot do it keep this default and say so in the result files.
+        """
+        return {"isolated": False, "why": "this backend does not reset a system between experiments"}
+
+    def host_lag(self) -> dict[str, dict[str, Any]] | None:
+        """How far each of this system's processes fell behind model time since the last
+        :meth:`reset`, component name → counters (see :mod:`pytest_lbbench.hostlag`); ``None``
+        where the backend cannot tell (real engines on real machines)."""
+        return None
+
 
 class ClientLauncher(Protocol):
     """Runs the client module for every client region of an experiment."""

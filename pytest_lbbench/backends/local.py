@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 from pytest_lbbench import __version__
 from pytest_lbbench.backends.base import Deployment, ExperimentSpec
 from pytest_lbbench.backends.ledger import ProcessLedger
+from pytest_lbbench.hostlag import read_component
 from pytest_lbbench.procutil import (
     ManagedProcess,
     SpawnError,
@@ -58,6 +59,7 @@ class LocalSettings:
     time_scale: float = 1.0
     model: str = DEFAULT_MODEL
     profile: str = "l4-llama3.1-8b"  # a registered engine profile or a JSON file (see pytest_lbbench.sim)
+    engine_metrics: str = "sglang"  # "sglang": gauges set at SGLang's logging points; "live"
     startup_timeout_s: float = 60.0
     ledger: ProcessLedger | None = None
 
@@ -128,6 +130,7 @@ class LocalDeployment(Deployment):
         self.router: Component | None = None
         self._links: dict[str, dict[str, Any]] = {}  # name → spec (+ "port" once started)
         self._entry_for: dict[str, Component] = {}  # client region → entry component
+        self._netem_control: str | None = None  # the delay links' control URL (stats, reset)
         self._started = False
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -169,6 +172,63 @@ class LocalDeployment(Deployment):
                 if self.settings.ledger is not None:
                     self.settings.ledger.stopped(proc.name, proc.pid)
 
+    def reset(self) -> dict[str, Any]:
+        """Give the next experiment the state of a fresh start (issue: isolated experiments).
+
+        Replicas flush their prefix cache and zero their counters, our LBs and gateways clear
+        their trees, queues, positions and counters (``POST /lbbench/reset``; each refuses with
+        409 while it still holds a request, so we retry until the previous experiment's last
+        cancelled request is gone), the real ``sglang-router``, which has no such endpoint, is
+        restarted on its port, and the delay links zero their counters.
+
+        A just-started system is reset too: a fresh LB's replica order follows the order in which
+        its replicas first answered, a reset LB's the membership order, so only "always reset"
+        gives every experiment the same starting state.
+        """
+        done: list[str] = []
+        for component in [*self.lbs, *self.gateways, *self.replicas]:
+            self._post_reset(component)
+            done.append(component.name)
+        if self.router is not None:
+            self._restart_router()
+            done.append(f"{self.router.name} (restarted)")
+        if self._netem_control is not None:
+            status, reply = _http_json("POST", f"{self._netem_control}/reset", {}, timeout_s=5.0)
+            if status != 200:
+                raise RuntimeError(f"delay links refused to reset their counters (HTTP {status}): {reply}")
+            done.append("netem")
+        return {"isolated": True, "components": done}
+
+    def _post_reset(self, component: Component, timeout_s: float = 30.0) -> None:
+        def check() -> str | None:
+            status, reply = _http_json("POST", f"{component.url}/lbbench/reset", {}, timeout_s=5.0)
+            if status == 200:
+                return None
+            if status == 409:  # still busy with the previous experiment's last requests
+                return f"busy: {reply}"
+            raise RuntimeError(f"{component.name} refused to reset (HTTP {status}): {reply}")
+
+        wait_until(check, timeout_s, f"reset of {component.name}", interval_s=0.2)
+
+    def _restart_router(self) -> None:
+        with self._lock:
+            old = [p for p in self._procs if p.name == "sglang-router"]
+            self._procs = [p for p in self._procs if p.name != "sglang-router"]
+        for proc in old:
+            proc.stop()
+            if self.settings.ledger is not None:
+                self.settings.ledger.stopped(proc.name, proc.pid)
+        self._start_router()
+
+    def host_lag(self) -> dict[str, dict[str, Any]]:
+        """Every replica's, LB's, gateway's and the delay links' lag counters since the reset."""
+        components = [(c, "replica") for c in self.replicas]
+        components += [(c, "sky_lb") for c in self.lbs] + [(c, "gateway") for c in self.gateways]
+        out: dict[str, dict[str, Any]] = {c.name: read_component(kind, c.url) for c, kind in components}
+        if self._netem_control is not None:
+            out["netem"] = read_component("netem", self._netem_control)
+        return out
+
     # ---- queries ---------------------------------------------------------------------------
 
     def endpoint_for(self, client_region: str) -> str:
@@ -200,6 +260,7 @@ class LocalDeployment(Deployment):
             "entry_points": {region: c.name for region, c in self._entry_for.items()},
             "links_one_way_ms": {name: spec["one_way_ms"] for name, spec in self._links.items()},
             "time_scale": self.settings.time_scale,
+            "engine": {"profile": self.settings.profile, "metrics": self.settings.engine_metrics},
             "versions": versions,
         }
 
@@ -231,6 +292,7 @@ class LocalDeployment(Deployment):
                     "pytest_lbbench.sim", "--host", "127.0.0.1", "--port", "0",
                     "--name", name, "--model", self.settings.model, "--profile", self.settings.profile,
                     "--seed", str(self.settings.seed), "--time-scale", str(self.settings.time_scale),
+                    "--engine-metrics", self.settings.engine_metrics,
                 ),
             )
             for name in names
@@ -321,8 +383,10 @@ class LocalDeployment(Deployment):
         # Without root this only logs a warning.
         (proc,) = self._launch_all(
             [("netem", python_module_argv(
-                "pytest_lbbench.netem", "--links-json", json.dumps(specs), "--nice", "-10"))]
+                "pytest_lbbench.netem", "--links-json", json.dumps(specs), "--nice", "-10",
+                "--control"))]
         )
+        self._netem_control = f"http://127.0.0.1:{int(proc.info['control_port'])}"
         for name, port in proc.info["links"].items():
             self._links[name]["port"] = int(port)
 
