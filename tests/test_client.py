@@ -62,13 +62,16 @@ def test_multi_turn_history_grows_with_the_servers_answers(replica: ManagedProce
 
 def test_failures_and_timeouts_are_recorded(replica: ManagedProcess) -> None:
     url = f"http://127.0.0.1:{replica.info['port']}"
-    too_long = " ".join(["word"] * 9000)  # longer than the profile's 8192-token context
+    # Longer than SGLang's max_req_input_len on the default profile (bound by its 22,000-token
+    # KV pool, not the model's 131,072-token context): HTTP 400.
+    too_long = " ".join(["word"] * 23000)
     records, result = run(make_plan([(too_long,)]), url, duration_s=0.3, drain_timeout_s=10)
     assert records and all(r.failed and r.failed.startswith("http 400") for r in records)
     assert result.sent == len(records)
-    # A request timeout shorter than the answer: recorded as "timeout", never dropped.
+    # A request timeout shorter than the answer (75 tokens, ~0.26 s at this time scale):
+    # recorded as "timeout", never dropped.
     records, result = run(make_plan([("Tell me a long story.",)], max_tokens=400), url,
-                          duration_s=0.2, request_timeout_s=0.3, drain_timeout_s=10)
+                          duration_s=0.2, request_timeout_s=0.1, drain_timeout_s=10)
     assert records and all(r.failed == "timeout" for r in records)
     assert result.sent == len(records)
 
@@ -76,7 +79,7 @@ def test_failures_and_timeouts_are_recorded(replica: ManagedProcess) -> None:
 def test_drain_timeout_cancels_and_records_turns_in_flight(replica: ManagedProcess) -> None:
     url = f"http://127.0.0.1:{replica.info['port']}"
     records, result = run(make_plan([("Tell me a long story.",)], max_tokens=400, users=3), url,
-                          duration_s=0.1, drain_timeout_s=0.3)
+                          duration_s=0.1, drain_timeout_s=0.05)  # the answers take ~0.26 s
     assert len(records) == result.sent == 3
     assert all(r.failed == "cancelled: drain timeout exceeded" for r in records)
 
