@@ -34,7 +34,8 @@ BACKENDS = ("local", "sky")  # cloud_plugin.BACKEND_CHOICES; checked there too
 DEFAULT_CLIENT_REGIONS = ("us-east-2", "ap-northeast-1")
 DEFAULT_OUTPUT_DIR = "lbbench-results"
 DEFAULT_REPLICAS = 4
-#: ``python -m pytest_lbbench.sim --engine-metrics`` choices.
+#: ``python -m pytest_lbbench.sim --engine-metrics`` choices (``sim.engine.ENGINE_METRICS``), stated
+#: here because importing the simulator package at plugin start-up would load aiohttp's server.
 ENGINE_METRICS_MODES = ("sglang", "live")
 DEFAULT_NUM_USERS = 50
 
@@ -185,7 +186,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="client event-loop lag p99 above which a run is flagged client-bound. Default: 10")
     add("--host-lag-threshold-ms", type=float, default=DEFAULT_HOST_LAG_THRESHOLD_MS, metavar="MS",
         help="flag an experiment host-bound when a replica, LB or delay link fell behind model "
-        "time by more than MS per event on average (or often, or an engine resynced its clock). "
+        "time by more than MS per event on average (model time), or an engine resynced its clock. "
         f"Default: {DEFAULT_HOST_LAG_THRESHOLD_MS:g}")
     add("--lbbench-selfcheck", action="store_true", default=False,
         help="also run the benchmarks of pytest-lbbench itself (marked lbbench_selfcheck), "

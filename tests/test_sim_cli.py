@@ -108,3 +108,10 @@ def test_bad_engine_metrics_is_a_usage_error(capsys: pytest.CaptureFixture[str])
     assert exc_info.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'stale'" in err and "sglang" in err and "live" in err
+
+
+def test_the_plugin_offers_the_engines_metrics_modes() -> None:
+    from pytest_lbbench.options import ENGINE_METRICS_MODES
+    from pytest_lbbench.sim.engine import ENGINE_METRICS
+
+    assert ENGINE_METRICS_MODES == ENGINE_METRICS

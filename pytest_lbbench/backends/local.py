@@ -59,7 +59,7 @@ class LocalSettings:
     time_scale: float = 1.0
     model: str = DEFAULT_MODEL
     profile: str = "l4-llama3.1-8b"  # a registered engine profile or a JSON file (see pytest_lbbench.sim)
-    engine_metrics: str = "sglang"  # "sglang": gauges set at SGLang's logging points; "live"
+    engine_metrics: str = "sglang"  # gauges set at SGLang's logging points, or "live" every scrape
     startup_timeout_s: float = 60.0
     ledger: ProcessLedger | None = None
 
