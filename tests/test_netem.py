@@ -841,7 +841,14 @@ def test_cli_control_port_serves_stats_and_reset(tmp_path: Path) -> None:
                     with urllib.request.urlopen(req, timeout=5) as resp:
                         return json.loads(resp.read())
 
+                # The client's close still travels the link (its FIN is delayed like data), so
+                # wait until the link has retired the connection: no release can follow a reset.
+                deadline = time.monotonic() + 5.0
                 stats = await asyncio.to_thread(get, "/stats")
+                while stats["echo"]["connections_active"] and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                    stats = await asyncio.to_thread(get, "/stats")
+                assert stats["echo"]["connections_active"] == 0, stats
                 assert stats["echo"]["connections_total"] == 1 and stats["echo"]["releases"] >= 8
                 assert "lateness_total_s" in stats["echo"]
                 assert (await asyncio.to_thread(get, "/reset", "POST")) == {"reset": ["echo"]}
