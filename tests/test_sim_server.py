@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 
 from pytest_lbbench.sim.profile import DEFAULT_PROFILE, PROFILES, EngineProfile
-from pytest_lbbench.sim.server import REPLICA_HEADER, ReplicaConfig, SimReplica
+from pytest_lbbench.protocol import REPLICA_HEADER
+from pytest_lbbench.sim.server import ReplicaConfig, SimReplica
 from pytest_lbbench.sim.tokenizer import DEFAULT_SYSTEM_PREAMBLE, tokenize
 
 T = TypeVar("T")

@@ -40,6 +40,7 @@ from pytest_lbbench.procutil import (
     launch,
     python_module_argv,
 )
+from pytest_lbbench.protocol import MEMBERSHIP_PATH, RESET_PATH, GatewayMembership, LbMembership
 from pytest_lbbench.regions import RttMatrix, place_round_robin
 from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
 
@@ -201,7 +202,7 @@ class LocalDeployment(Deployment):
 
     def _post_reset(self, component: Component, timeout_s: float = 30.0) -> None:
         def check() -> str | None:
-            status, reply = _http_json("POST", f"{component.url}/lbbench/reset", {}, timeout_s=5.0)
+            status, reply = _http_json("POST", f"{component.url}{RESET_PATH}", {}, timeout_s=5.0)
             if status == 200:
                 return None
             if status == 409:  # still busy with the previous experiment's last requests
@@ -397,16 +398,16 @@ class LocalDeployment(Deployment):
 
     def _send_membership(self) -> None:
         for lb in self.lbs:
-            body = {
-                "self": lb.name,
-                "lbs": {
+            membership = LbMembership(
+                self_name=lb.name,
+                lbs={
                     peer.name: (lb.url if peer is lb else self._link_url(f"{lb.name}>{peer.name}"))
                     for peer in self.lbs
                 },
-                "replicas": {r.name: self._link_url(f"{lb.name}>{r.name}") for r in self._replicas_of(lb)},
-                "regions": {c.name: c.region for c in self.lbs + self.replicas},
-            }
-            status, reply = _http_json("POST", f"{lb.url}/lbbench/membership", body)
+                replicas={r.name: self._link_url(f"{lb.name}>{r.name}") for r in self._replicas_of(lb)},
+                regions={c.name: c.region for c in self.lbs + self.replicas},
+            )
+            status, reply = _http_json("POST", f"{lb.url}{MEMBERSHIP_PATH}", membership.to_json())
             if status != 200:
                 raise RuntimeError(f"{lb.name} refused its membership (HTTP {status}): {reply}")
 
@@ -435,13 +436,13 @@ class LocalDeployment(Deployment):
         replica_regions = list(dict.fromkeys(r.region for r in self.replicas))
         for gw in self.gateways:
             order = sorted(replica_regions, key=lambda r: (self.settings.rtt.rtt(gw.region, r), replica_regions.index(r)))
-            body = {
-                "self": gw.name,
-                "backends": {r.name: self._link_url(f"{gw.name}>{r.name}") for r in self.replicas},
-                "regions": {r.name: r.region for r in self.replicas},
-                "region_order": order,
-            }
-            status, reply = _http_json("POST", f"{gw.url}/lbbench/membership", body)
+            membership = GatewayMembership(
+                self_name=gw.name,
+                backends={r.name: self._link_url(f"{gw.name}>{r.name}") for r in self.replicas},
+                regions={r.name: r.region for r in self.replicas},
+                region_order=tuple(order),
+            )
+            status, reply = _http_json("POST", f"{gw.url}{MEMBERSHIP_PATH}", membership.to_json())
             if status != 200:
                 raise RuntimeError(f"{gw.name} refused its membership (HTTP {status}): {reply}")
 

@@ -22,13 +22,12 @@ with ``time.perf_counter()``):
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-REPLICA_HEADER = "x-lbbench-replica"
-_LB_DECISION = re.compile(r"^(lb|gateway)-decision-\d+$", re.IGNORECASE)
-_LB_URL = re.compile(r"(Select LB in region|in region) (?P<region>[^\s(]+)")
+from pytest_lbbench.protocol import served_by
+
+__all__ = ["RequestRecord", "served_by"]
 
 
 @dataclass
@@ -62,15 +61,3 @@ class RequestRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def served_by(headers: dict[str, str]) -> tuple[str | None, list[str]]:
-    """Which replica and which LB regions served a response, read from its headers."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    replica = lower.get(REPLICA_HEADER)
-    lbs: list[str] = []
-    for key in sorted(k for k in lower if _LB_DECISION.match(k)):
-        match = _LB_URL.search(lower[key])
-        if match:
-            lbs.append(match.group("region"))
-    return replica, lbs

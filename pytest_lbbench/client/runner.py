@@ -32,7 +32,8 @@ from typing import Any, Awaitable, Callable, Iterator
 import aiohttp
 
 from pytest_lbbench.client.loop_monitor import LoopLagMonitor
-from pytest_lbbench.client.records import RequestRecord, served_by
+from pytest_lbbench.client.records import RequestRecord
+from pytest_lbbench.protocol import HASH_KEY_HEADER, served_by
 from pytest_lbbench.workloads.base import Conversation, UserScript, WorkloadPlan
 
 DEFAULT_REQUEST_TIMEOUT_S = 100.0  # the original client's timeout
@@ -251,7 +252,7 @@ class _Run:
         self.sent += 1
         try:
             return await stream_chat(
-                self.session, self.url, payload, {"x-hash-key": conv.user_key}, record,
+                self.session, self.url, payload, {HASH_KEY_HEADER: conv.user_key}, record,
                 self.settings.request_timeout_s,
             )
         finally:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from .engine import ENGINE_METRICS, Engine, EngineBusy, EngineGauges, EngineStats, RequestRejected, SimRequest
 from .profile import DEFAULT_PROFILE, PROFILES, EngineProfile, load_profile
-from .server import REPLICA_HEADER, ReplicaConfig, SimReplica, run_server
+from .server import ReplicaConfig, SimReplica, run_server
 
 __all__ = [
     "DEFAULT_PROFILE",
     "ENGINE_METRICS",
     "PROFILES",
-    "REPLICA_HEADER",
     "Engine",
     "EngineBusy",
     "EngineGauges",

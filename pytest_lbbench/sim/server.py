@@ -34,6 +34,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from pytest_lbbench.protocol import REPLICA_HEADER, RESET_PATH
+
 from . import tokenizer
 from .engine import ENGINE_METRICS, Engine, EngineBusy, EngineClosed, RequestAborted, RequestRejected, SimRequest
 from .profile import DEFAULT_PROFILE, PROFILES, EngineProfile
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 #: SGLang's default ``max_new_tokens`` when a request gives no ``max_tokens``.
 DEFAULT_MAX_TOKENS = 128
-REPLICA_HEADER = "x-lbbench-replica"
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ class SimReplica:
             web.get("/get_load", self._get_load),
             web.get("/metrics", self._metrics),
             web.post("/flush_cache", self._flush_cache),
-            web.post("/lbbench/reset", self._reset),
+            web.post(RESET_PATH, self._reset),
         ]
         app.add_routes(routes)
         return app

@@ -48,6 +48,7 @@ from pytest_lbbench.backends.sky.render import (
     router_run_task,
     to_yaml,
 )
+from pytest_lbbench.protocol import MEMBERSHIP_PATH, LbMembership
 from pytest_lbbench.regions import RttMatrix
 from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
 
@@ -253,14 +254,15 @@ class SkyDeployment(Deployment):
             served = (self.replica_urls if self.system.placement is Placement.GLOBAL
                       else {comp.region: self.replica_urls.get(comp.region, [])})
             replica_map = {f"replica-{i}-{r}": u for r, urls in served.items() for i, u in enumerate(urls)}
-            body = {
-                "self": names[comp.name],
-                "lbs": {names[c]: url for c, url in self.lb_urls.items()},
-                "replicas": replica_map,
-                "regions": {**{names[c.name]: c.region for c in self.layout.lbs},
-                            **{f"replica-{i}-{r}": r for r, urls in served.items() for i, _ in enumerate(urls)}},
-            }
-            status, reply = self.session.http("POST", f"{self.lb_urls[comp.name]}/lbbench/membership", body, 30.0)
+            membership = LbMembership(
+                self_name=names[comp.name],
+                lbs={names[c]: url for c, url in self.lb_urls.items()},
+                replicas=replica_map,
+                regions={**{names[c.name]: c.region for c in self.layout.lbs},
+                         **{f"replica-{i}-{r}": r for r, urls in served.items() for i, _ in enumerate(urls)}},
+            )
+            status, reply = self.session.http(
+                "POST", f"{self.lb_urls[comp.name]}{MEMBERSHIP_PATH}", membership.to_json(), 30.0)
             if status != 200:
                 raise ProvisionError(f"{names[comp.name]} ({comp.name}) refused its membership "
                                      f"(HTTP {status}): {reply}")
