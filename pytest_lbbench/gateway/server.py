@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from ..aioserve import serve_app, string_map
+from ..protocol import MEMBERSHIP_PATH, RESET_PATH, GatewayDecision
 
 from ..lb.lag import LoopLag
 from ..lb.policies import RequestInfo
@@ -39,9 +40,7 @@ __all__ = ["DECISION_HEADER", "MEMBERSHIP_PATH", "RESET_PATH", "Gateway", "Membe
 
 log = logging.getLogger("pytest_lbbench.gateway")
 
-DECISION_HEADER = "gateway-decision"
-MEMBERSHIP_PATH = "/lbbench/membership"
-RESET_PATH = "/lbbench/reset"
+DECISION_HEADER = GatewayDecision.KEY
 # The same cap as our LB: chat prompts of long conversations can be large.
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -243,14 +242,12 @@ class Gateway:
 
     @staticmethod
     def _dispatch(choice: Choice) -> Dispatch:
-        spill = "yes" if choice.spill else "no"
         return Dispatch(
             name=choice.backend,
             url=choice.url,
             to_lb=False,
             decision_headers=(
-                (DECISION_HEADER,
-                 f"Select backend {choice.backend} in region {choice.region} (spill: {spill})"),
+                (DECISION_HEADER, GatewayDecision(choice.backend, choice.region, choice.spill).value()),
             ),
         )
 

@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
+from pytest_lbbench.protocol import HASH_KEY_HEADER
+
 from .hashing import xxh64_intdigest
 from .prefix_tree import PrefixTree
 
@@ -39,8 +41,6 @@ __all__ = [
     "make_policy",
     "request_text",
 ]
-
-HASH_KEY_HEADER = "x-hash-key"
 
 
 @dataclass(frozen=True)

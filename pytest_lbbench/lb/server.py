@@ -81,7 +81,9 @@ from .peers import (
     post_steal,
     rank_steal_candidates,
 )
-from .policies import HASH_KEY_HEADER, Policy, RequestInfo, make_policy, request_text
+from pytest_lbbench.protocol import FROM_LB_HEADER, HASH_KEY_HEADER, MEMBERSHIP_PATH, QUEUE_SIZE_HEADER, RESET_PATH
+
+from .policies import Policy, RequestInfo, make_policy, request_text
 from .pool import TargetPool
 from .probe import probe_engine_queues
 from .proxy import forward, json_error
@@ -91,10 +93,6 @@ __all__ = ["FROM_LB_HEADER", "QUEUE_SIZE_HEADER", "RESET_PATH", "LoadBalancer", 
 
 log = logging.getLogger("pytest_lbbench.lb")
 
-FROM_LB_HEADER = "X-Sky-Serve-From-LB"
-QUEUE_SIZE_HEADER = "X-Sky-Serve-Queue-Size"
-MEMBERSHIP_PATH = "/lbbench/membership"
-RESET_PATH = "/lbbench/reset"
 # Chat prompts of long conversations can be large; aiohttp's default cap is 1 MiB (the SGLang
 # router allowed 4 MB).
 _MAX_BODY_BYTES = 64 * 1024 * 1024
