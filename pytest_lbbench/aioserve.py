@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -31,13 +30,3 @@ async def serve_app(
         await stop.wait()
     finally:
         await runner.cleanup()
-
-
-def string_map(payload: Mapping[str, Any], key: str, error: type[Exception] = ValueError) -> dict[str, str]:
-    """``payload[key]`` as a ``{str: str}`` dict (missing = empty); raises ``error`` otherwise."""
-    value = payload.get(key, {})
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise error(f"{key!r} must be an object of name → string")
-    return dict(value)

@@ -18,6 +18,7 @@ import pytest
 
 from pytest_lbbench import procutil
 from pytest_lbbench.gateway.config import GatewayConfig
+from pytest_lbbench.protocol import GatewayMembership
 from pytest_lbbench.gateway.server import Gateway
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,7 +32,7 @@ MEMBERSHIP = {"self": "gke-us", "backends": BACKENDS, "regions": REGIONS, "regio
 def _gateway(**overrides: Any) -> Gateway:
     gw = Gateway(GatewayConfig(**{"max_rate_per_endpoint": 1.0, "rate_window_s": 10.0, **overrides}),
                  name="gke-us", region=US)
-    gw.apply_membership(MEMBERSHIP)
+    gw.apply_membership(GatewayMembership.from_json(MEMBERSHIP, gw.name))
     return gw
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from pytest_lbbench.gateway import Choice, Gateway, GatewayConfig, Router, SlidingWindowCounter
 from pytest_lbbench.gateway.__main__ import build_parser, config_from_args
+from pytest_lbbench.protocol import GatewayMembership
 from pytest_lbbench.gateway.server import MembershipError
 
 US, AP, EU = "us-east-2", "ap-northeast-1", "eu-central-1"
@@ -180,12 +181,12 @@ def test_gateway_measures_rates_on_the_model_clock() -> None:
     # 1 req/s per replica over 10 model s = 10 requests per window; at time scale 0.1 the
     # window lasts 1 wall second. (Only lower bounds on wall time: sleeps, never deadlines.)
     gateway = Gateway(GatewayConfig(time_scale=0.1), name="gke-us", region=US)
-    gateway.apply_membership({
+    gateway.apply_membership(GatewayMembership.from_json({
         "self": "gke-us",
         "backends": {"us-0": "http://us0", "ap-0": "http://ap0"},
         "regions": {"us-0": US, "ap-0": AP},
         "region_order": [US, AP],
-    })
+    }, "gke-us"))
     choices = [pick(gateway.router) for _ in range(11)]
     assert [c.spill for c in choices] == [False] * 10 + [True]
     regions = gateway.conf()["regions"]
@@ -206,7 +207,7 @@ def test_gateway_measures_rates_on_the_model_clock() -> None:
 def test_gateway_rejects_bad_membership(payload: dict[str, object], message: str) -> None:
     gateway = Gateway(GatewayConfig(), name="gke-us", region=US)
     with pytest.raises(MembershipError, match=message):
-        gateway.apply_membership(payload)
+        gateway.apply_membership(GatewayMembership.from_json(payload, gateway.name))
     assert not gateway.has_membership
 
 

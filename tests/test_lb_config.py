@@ -12,6 +12,7 @@ from pytest_lbbench.lb.config import LbConfig, LbMode, ReplicaMode
 from pytest_lbbench.lb.probe import parse_queue_length
 from pytest_lbbench.lb.proxy import client_response_headers, upstream_request_headers
 from pytest_lbbench.lb.queue import Dispatch
+from pytest_lbbench.protocol import HopTiming, LbDecision
 
 
 def test_defaults_are_the_original_constants() -> None:
@@ -151,14 +152,15 @@ def test_response_headers_number_decisions_after_the_upstream_ones() -> None:
         name="lb-b",
         url="http://lb-b",
         to_lb=True,
-        timing_headers=(("second-hop-sky-time-arrive", "1.0"),),
-        decision_headers=(("lb-decision", "Select LB in region ap (http://lb-b)"),),
+        timing=(HopTiming("second", 1.0, 1.5),),
+        decisions=(LbDecision("ap", "http://lb-b"),),
     )
     out = client_response_headers(upstream, dispatch)
     assert "Content-Length" not in out and "Transfer-Encoding" not in out
     assert out["replica-decision-0"] == "Select Replica with id 0 (http://r0)"
     assert out["lb-decision-1"] == "Select LB in region ap (http://lb-b)"
     assert out["second-hop-sky-time-arrive"] == "1.0"
+    assert out["second-hop-sky-time-scheduled"] == "1.5"
     assert out["x-lbbench-replica"] == "replica-0"
 
 
@@ -181,7 +183,7 @@ def test_policy_knobs_round_trip_and_reach_both_prefix_trees() -> None:
     assert config_from_args(build_parser().parse_args(argv)) == config
     lb = LoadBalancer(config, name="lb", region="r")
     for key in ("replica_policy_config", "meta_policy_config"):
-        described = lb.describe()[key]
+        described = lb.core.describe()[key]
         assert described["cache_threshold"] == 0.3 and described["balance_abs_threshold"] == 64
         assert described["least_load_fallback"] is False
     data = config.to_dict()

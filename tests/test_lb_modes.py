@@ -39,32 +39,23 @@ from pytest_lbbench.lb.peers import (
 from pytest_lbbench.lb.policies import PrefixTreePolicy, RequestInfo
 from pytest_lbbench.lb.probe import parse_queue_length
 from pytest_lbbench.lb.queue import Dispatch, RequestEntry
-from pytest_lbbench.lb.server import FROM_LB_HEADER, QUEUE_SIZE_HEADER, LoadBalancer
+from pytest_lbbench.lb.core import LbCore
+from pytest_lbbench.protocol import FROM_LB_HEADER, QUEUE_SIZE_HEADER
+
+from lbcore_support import apply, entry_for, make_core
 
 pytestmark = pytest.mark.timeout(120)
 
 # ============================================================================ no network
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """A loop to own the entries' futures (nothing runs on it)."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
+def _entry(text: str, *, from_lb: bool = False) -> RequestEntry:
+    return entry_for(text, from_lb=from_lb)
 
 
-def _entry(loop: asyncio.AbstractEventLoop, text: str, *, from_lb: bool = False) -> RequestEntry:
-    return RequestEntry(
-        method="POST",
-        path_qs="/v1/chat/completions",
-        headers=(),
-        body=b"{}",
-        info=RequestInfo(text=text),
-        from_lb=from_lb,
-        time_arrive=time.time(),
-        outcome=loop.create_future(),
-    )
+def _tick(lb: LbCore) -> int:
+    """One tick; how many requests it decided."""
+    return len(lb.tick())
 
 
 def _conf(queue_size: int, actual: int, replica_queue: list[int], num_replicas: int) -> dict[str, Any]:
@@ -128,9 +119,7 @@ def test_peer_load_rejects_malformed_conf() -> None:
         PeerLoad.from_conf({"queue_size": 0, "queue_size_actual": 0, "replica_queue": [1]})
 
 
-def test_victim_ranks_the_thiefs_prefixes_first_then_newest_first(
-    loop: asyncio.AbstractEventLoop,
-) -> None:
+def test_victim_ranks_the_thiefs_prefixes_first_then_newest_first() -> None:
     meta = PrefixTreePolicy()
     lbs = ["victim", "thief", "other"]
     meta.set_targets(lbs)
@@ -138,12 +127,12 @@ def test_victim_ranks_the_thiefs_prefixes_first_then_newest_first(
     meta.pre_execute("thief", RequestInfo(text=thief_text))
     meta.pre_execute("other", RequestInfo(text=other_text))
     entries = [
-        _entry(loop, thief_text),  # e0: match 100/100 = 1.0 on thief
-        _entry(loop, "unrelated 1"),  # e1: no match → least load (all 0) → first LB: victim
-        _entry(loop, thief_text + "x" * 60),  # e2: match 100/160 = 0.625 > 0.5 on thief
-        _entry(loop, other_text),  # e3: belongs to "other"
-        _entry(loop, "unrelated 4"),  # e4: victim
-        _entry(loop, thief_text),  # e5: 1.0 on thief, queued after e0
+        _entry(thief_text),  # e0: match 100/100 = 1.0 on thief
+        _entry("unrelated 1"),  # e1: no match → least load (all 0) → first LB: victim
+        _entry(thief_text + "x" * 60),  # e2: match 100/160 = 0.625 > 0.5 on thief
+        _entry(other_text),  # e3: belongs to "other"
+        _entry("unrelated 4"),  # e4: victim
+        _entry(thief_text),  # e5: 1.0 on thief, queued after e0
     ]
     before = meta.tree.used_size_per_target()
     ranked = rank_steal_candidates(entries, meta, lbs, "thief")
@@ -153,11 +142,11 @@ def test_victim_ranks_the_thiefs_prefixes_first_then_newest_first(
     assert meta.load("thief") == 1  # and runs no hooks
 
 
-def _steal_lb(mode: LbMode = LbMode.STEAL_V1, **overrides: Any) -> LoadBalancer:
-    lb = LoadBalancer(
+def _steal_lb(mode: LbMode = LbMode.STEAL_V1, **overrides: Any) -> LbCore:
+    lb = make_core(
         LbConfig(lb_mode=mode, replica_mode=ReplicaMode.PULL, **overrides), name="lb-a", region="us"
     )
-    lb.apply_membership(
+    apply(lb, 
         {
             "self": "lb-a",
             "lbs": {"lb-a": "http://127.0.0.1:8000", "lb-b": "http://127.0.0.1:8001/"},
@@ -168,24 +157,22 @@ def _steal_lb(mode: LbMode = LbMode.STEAL_V1, **overrides: Any) -> LoadBalancer:
     return lb
 
 
-def test_hand_over_gives_user_requests_to_the_thief_as_from_lb_requests(
-    loop: asyncio.AbstractEventLoop,
-) -> None:
+def test_hand_over_gives_user_requests_to_the_thief_as_from_lb_requests() -> None:
     lb = _steal_lb()
-    forwarded = _entry(loop, "came from another LB", from_lb=True)
-    users = [_entry(loop, f"user {i}") for i in range(3)]
+    forwarded = _entry("came from another LB", from_lb=True)
+    users = [_entry(f"user {i}") for i in range(3)]
     lb.queue.append(forwarded)
     for entry in users:
         lb.queue.append(entry)
     assert lb.resolve_lb("lb-b") == lb.resolve_lb("http://127.0.0.1:8001") == "lb-b"
     assert lb.resolve_lb("http://elsewhere") is None
 
-    assert lb.hand_over("lb-b", 2) == 2
+    assert len(lb.hand_over("lb-b", 2)) == 2
     # No prefix is known: least load picks lb-a for each, so the newest go first.
     given = [users[2], users[1]]
     assert list(lb.queue) == [forwarded, users[0]]
     for entry in given:
-        outcome = entry.outcome.result()
+        outcome = entry.outcome
         assert isinstance(outcome, Dispatch) and outcome.to_lb and outcome.name == "lb-b"
         assert dict(outcome.extra_request_headers)[FROM_LB_HEADER] == "true"
         assert dict(outcome.extra_request_headers)[QUEUE_SIZE_HEADER] == "-1"
@@ -195,12 +182,12 @@ def test_hand_over_gives_user_requests_to_the_thief_as_from_lb_requests(
     assert lb.lbs.policy.select_with_match(users[2].info, ["lb-a", "lb-b"], touch=False) == ("lb-b", 1.0)
 
     # Only one user request is left; the from-LB entry is never handed over.
-    assert lb.hand_over("lb-b", 5) == 1
-    assert list(lb.queue) == [forwarded] and not forwarded.outcome.done()
-    assert lb.hand_over("lb-b", 5) == 0
+    assert len(lb.hand_over("lb-b", 5)) == 1
+    assert list(lb.queue) == [forwarded] and not (forwarded.outcome is not None)
+    assert lb.hand_over("lb-b", 5) == []
     assert lb.conf()["stolen_away_total"] == 3
     for entry in users:
-        entry.release_all()
+        lb.leave(entry)
     assert lb.lbs.in_flight["lb-b"] == 0
 
 
@@ -235,12 +222,12 @@ def test_rate_limit_availability_rule(
     ) is expected
 
 
-def _rlp_lb(**overrides: Any) -> LoadBalancer:
-    lb = LoadBalancer(
+def _rlp_lb(**overrides: Any) -> LbCore:
+    lb = make_core(
         LbConfig(**{"lb_mode": LbMode.RATE_LIMITED_PUSH, "replica_mode": ReplicaMode.PULL, **overrides}),
         name="lb-a", region="us",
     )
-    lb.apply_membership(
+    apply(lb, 
         {
             "self": "lb-a",
             "lbs": {"lb-a": "http://a", "lb-b": "http://b", "lb-c": "http://c"},
@@ -254,7 +241,7 @@ def _rlp_lb(**overrides: Any) -> LoadBalancer:
     ("count_own", "pushed"), [(True, 3), (False, 5)], ids=["count-own", "own-not-counted"]
 )
 def test_variant_rate_limited_push_places_user_requests_on_available_peers_only(
-    loop: asyncio.AbstractEventLoop, count_own: bool, pushed: int
+    count_own: bool, pushed: int
 ) -> None:
     # Our variants: availability judged at each decision, all placeable heads per tick.
     lb = _rlp_lb(rate_limit_count_own_pushes=count_own, rate_limit_availability="dispatch",
@@ -265,24 +252,22 @@ def test_variant_rate_limited_push_places_user_requests_on_available_peers_only(
         "lb-b": PeerStatus(queue_size=0, num_available_replicas=1),
         "lb-c": PeerStatus(queue_size=0, num_available_replicas=0),  # saturated: never
     }
-    entries = [_entry(loop, f"user {i}") for i in range(5)]
+    entries = [_entry(f"user {i}") for i in range(5)]
     for entry in entries:
         lb.queue.append(entry)
     # count_own: own queue (with the popped head) 5, 4, 3, 2 against lb-b's 0, 1, 2, 3 →
     # three pushes, then 3 > 2 stops the tick. Without counting, lb-b looks empty throughout.
-    assert lb.process_queue() == pushed
+    assert _tick(lb) == pushed
     assert len(lb.queue) == 5 - pushed
     for entry in entries[:pushed]:
-        outcome = entry.outcome.result()
+        outcome = entry.outcome
         assert isinstance(outcome, Dispatch) and outcome.name == "lb-b" and outcome.to_lb
         assert dict(outcome.extra_request_headers)[QUEUE_SIZE_HEADER] == "0"
     assert lb.pushed_total == pushed and lb.conf()["pushed_total"] == pushed
     assert lb.lbs.in_flight == {"lb-a": 0, "lb-b": pushed, "lb-c": 0}
 
 
-def test_rate_limited_push_by_default_decides_at_probe_time_and_ignores_own_pushes(
-    loop: asyncio.AbstractEventLoop,
-) -> None:
+def test_rate_limited_push_by_default_decides_at_probe_time_and_ignores_own_pushes() -> None:
     """The original's ``_probe_lb_status_one_lb``: ``conf['queue_size'] <= self_qsize`` with
     ``self_qsize`` read when the probe round starts; the verdict stands until the next probe,
     whatever our queue does and however much we push (one push per 10 ms tick)."""
@@ -293,14 +278,14 @@ def test_rate_limited_push_by_default_decides_at_probe_time_and_ignores_own_push
         "lb-b": PeerStatus(queue_size=1, num_available_replicas=1, own_queue_at_probe=0),
         "lb-c": PeerStatus(queue_size=0, num_available_replicas=1, own_queue_at_probe=0),
     }
-    entries = [_entry(loop, f"user {i}") for i in range(8)]
+    entries = [_entry(f"user {i}") for i in range(8)]
     for entry in entries:
         lb.queue.append(entry)
     # Our queue is now 8 > lb-b's 1, but lb-b stays unavailable until the next probe (the
     # variant "dispatch" would take it at once); lb-c takes one push per tick, never counted.
     assert lb.push_candidates(len(lb.queue)) == ["lb-c"]
-    assert [lb.process_queue() for _ in range(8)] == [1] * 8
-    assert all(e.outcome.result().name == "lb-c" for e in entries)  # type: ignore[union-attr]
+    assert [_tick(lb) for _ in range(8)] == [1] * 8
+    assert all(e.outcome.name == "lb-c" for e in entries)  # type: ignore[union-attr]
     assert lb.peer_status["lb-c"].pushed_since_probe == 8 and lb.pushed_total == 8
     variant = _rlp_lb(rate_limit_availability="dispatch")
     variant.peer_status = dict(lb.peer_status)
@@ -311,55 +296,53 @@ def test_rate_limited_push_by_default_decides_at_probe_time_and_ignores_own_push
     assert counting.push_candidates(8) == []
 
 
-def test_rate_limited_push_keeps_forwarded_requests_and_records_local_ones(
-    loop: asyncio.AbstractEventLoop,
-) -> None:
+def test_rate_limited_push_keeps_forwarded_requests_and_records_local_ones() -> None:
     lb = _rlp_lb()
     lb.replicas.set_available("r0", False)
     lb.peer_status = {"lb-b": PeerStatus(queue_size=0, num_available_replicas=1)}
-    forwarded, user = _entry(loop, "forwarded", from_lb=True), _entry(loop, "user")
+    forwarded, user = _entry("forwarded", from_lb=True), _entry("user")
     lb.queue.append(forwarded)
     lb.queue.append(user)
     for _ in range(3):  # the from-LB head is never pushed again, and blocks the queue (FIFO)
-        assert lb.process_queue() == 0
+        assert _tick(lb) == 0
         assert list(lb.queue) == [forwarded, user]
     lb.peer_status = {}  # peer unknown (its probe failed): not available either
     lb.replicas.set_available("r0", True)
-    assert [lb.process_queue() for _ in range(3)] == [1, 1, 0]
+    assert [_tick(lb) for _ in range(3)] == [1, 1, 0]
     # Served locally: recorded in the meta tree under this LB's own name (system 5).
     assert lb.lbs.in_flight["lb-a"] == 2 and lb.replicas.in_flight["r0"] == 2
     assert lb.lbs.policy.select_with_match(user.info, ["lb-a", "lb-b"], touch=False) == ("lb-a", 1.0)
 
 
-def test_steal_modes_do_not_record_locally_served_requests(loop: asyncio.AbstractEventLoop) -> None:
+def test_steal_modes_do_not_record_locally_served_requests() -> None:
     lb = _steal_lb()
-    entry = _entry(loop, "served here")
+    entry = _entry("served here")
     lb.queue.append(entry)
-    assert lb.process_queue() == 1
+    assert _tick(lb) == 1
     assert entry.holds == [(lb.replicas, "r0")]
     meta = lb.lbs.policy
     assert isinstance(meta, PrefixTreePolicy)
     assert meta.tree.used_size_per_target().get("lb-a", 0) == 0
 
 
-def test_concurrency_cap_makes_a_full_replica_unavailable(loop: asyncio.AbstractEventLoop) -> None:
-    lb = LoadBalancer(
+def test_concurrency_cap_makes_a_full_replica_unavailable() -> None:
+    lb = make_core(
         LbConfig(lb_mode=LbMode.GLOBAL, replica_mode=ReplicaMode.CAP, policy="least_load",
                  max_concurrent_requests=2),
         name="lb", region="us",
     )
-    lb.apply_membership({"self": "lb", "lbs": {}, "replicas": {"r0": "http://r0", "r1": "http://r1"}})
+    apply(lb, {"self": "lb", "lbs": {}, "replicas": {"r0": "http://r0", "r1": "http://r1"}})
     assert lb.replicas.policy.load_balancing_enabled
-    entries = [_entry(loop, f"q{i}") for i in range(6)]
+    entries = [_entry(f"q{i}") for i in range(6)]
     for entry in entries:
         lb.queue.append(entry)
-    assert [lb.process_queue() for _ in range(5)] == [1, 1, 1, 1, 0]  # 2 per replica, then full
+    assert [_tick(lb) for _ in range(5)] == [1, 1, 1, 1, 0]  # 2 per replica, then full
     assert lb.conf()["num_available_replicas"] == 0 and lb.conf()["queue_size"] == 2
-    assert lb.process_queue() == 0
-    entries[0].release_all()  # one stream on r0 ends
+    assert _tick(lb) == 0
+    lb.leave(entries[0])  # one stream on r0 ends
     assert lb.replicas.available() == ["r0"] and lb.replicas.is_available("r0")
-    assert lb.process_queue() == 1
-    assert entries[4].outcome.result().name == "r0"  # type: ignore[union-attr]
+    assert _tick(lb) == 1
+    assert entries[4].outcome.name == "r0"  # type: ignore[union-attr]
     assert lb.conf()["replica_queue"] == {"http://r0": 2, "http://r1": 2}
 
 
@@ -779,7 +762,7 @@ def test_overload_burst_loses_nothing(
         lbs.stop()
 
 
-def test_concurrency_cap_also_caps_requests_in_flight_to_each_lb(loop: asyncio.AbstractEventLoop) -> None:
+def test_concurrency_cap_also_caps_requests_in_flight_to_each_lb() -> None:
     """The original's LB pool shares ``use_ie_queue_indicator`` with the replica pool, so with
     the cap its hooks make an LB unavailable at ``max_concurrent_requests`` in flight too."""
     lb = _rlp_lb(max_concurrent_requests=1, replica_mode=ReplicaMode.CAP)
@@ -788,9 +771,9 @@ def test_concurrency_cap_also_caps_requests_in_flight_to_each_lb(loop: asyncio.A
         "lb-b": PeerStatus(queue_size=0, num_available_replicas=1),
         "lb-c": PeerStatus(queue_size=0, num_available_replicas=1),
     }
-    entries = [_entry(loop, f"user {i}") for i in range(3)]
+    entries = [_entry(f"user {i}") for i in range(3)]
     for entry in entries:
         lb.queue.append(entry)
-    assert [lb.process_queue() for _ in range(3)] == [1, 1, 0]
+    assert [_tick(lb) for _ in range(3)] == [1, 1, 0]
     assert lb.lbs.in_flight == {"lb-a": 0, "lb-b": 1, "lb-c": 1}
     assert lb.push_candidates(len(lb.queue)) == []

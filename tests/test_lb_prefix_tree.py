@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from pytest_lbbench.lb import prefix_tree as pt
 from pytest_lbbench.lb.prefix_tree import PrefixTree, shared_prefix_length
 
 
@@ -111,10 +110,9 @@ def test_prefix_match_without_any_available_holder_returns_none() -> None:
     assert tree.prefix_match("abc", {"zzz"}, _zero_load) == (0, None)
 
 
-def test_prefix_match_touches_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prefix_match_touches_only_when_asked() -> None:
     now = [1000.0]
-    monkeypatch.setattr(pt, "_now_ms", lambda: now[0])
-    tree = PrefixTree()
+    tree = PrefixTree(clock_ms=lambda: now[0])
     tree.insert("abcdef", "a")
     node = tree.root.children["a"]
     now[0] = 2000.0
@@ -137,12 +135,9 @@ def test_remove_target_strips_stamps_and_prunes_empty_nodes() -> None:
     tree.remove_target("a")  # idempotent
 
 
-def test_evict_drops_least_recently_used_leaves_until_under_the_limit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_evict_drops_least_recently_used_leaves_until_under_the_limit() -> None:
     now = [0.0]
-    monkeypatch.setattr(pt, "_now_ms", lambda: now[0])
-    tree = PrefixTree()
+    tree = PrefixTree(clock_ms=lambda: now[0])
     for i, text in enumerate(["old-" + "x" * 20, "mid-" + "y" * 20, "new-" + "z" * 20]):
         now[0] = float(i)
         tree.insert(text, "a")
@@ -157,10 +152,9 @@ def test_evict_drops_least_recently_used_leaves_until_under_the_limit(
     assert tree.used_size_per_target() == {"a": 48, "b": 14}
 
 
-def test_evict_walks_up_to_parents_that_become_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evict_walks_up_to_parents_that_become_leaves() -> None:
     now = [0.0]
-    monkeypatch.setattr(pt, "_now_ms", lambda: now[0])
-    tree = PrefixTree()
+    tree = PrefixTree(clock_ms=lambda: now[0])
     tree.insert("prefix-one", "a")
     now[0] = 1.0
     tree.insert("prefix-two", "a")

@@ -14,7 +14,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,11 @@ from pytest_lbbench import procutil
 from pytest_lbbench.lb.config import LbConfig, LbMode, ReplicaMode
 from pytest_lbbench.lb.lag import PRECISION_S, LoopLag
 from pytest_lbbench.lb.peers import PeerStatus
-from pytest_lbbench.lb.policies import PrefixTreePolicy, RequestInfo
-from pytest_lbbench.lb.queue import Dispatch, RequestEntry
+from pytest_lbbench.lb.policies import PrefixTreePolicy
+from pytest_lbbench.lb.queue import Dispatch
 from pytest_lbbench.lb.server import LoadBalancer
+
+from lbcore_support import apply, arrive
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,68 +35,54 @@ REPLICAS = {f"replica-{i}": f"http://127.0.0.1:{9000 + i}" for i in range(3)}
 LBS = {"lb-a": "http://127.0.0.1:8000", "lb-b": "http://127.0.0.1:8001"}
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
 def _lb(**overrides: Any) -> LoadBalancer:
+    """An LB shell (for its lag counters) whose core the tests drive with scripted events."""
     lb = LoadBalancer(LbConfig(**overrides), name="lb-a", region="us-east-2")
-    lb.apply_membership({"self": "lb-a", "lbs": LBS, "replicas": REPLICAS})
+    apply(lb.core, {"self": "lb-a", "lbs": LBS, "replicas": REPLICAS})
     return lb
 
 
-def _entry(loop: asyncio.AbstractEventLoop, text: str, hash_key: str | None = None) -> RequestEntry:
-    return RequestEntry(
-        method="POST", path_qs="/v1/chat/completions", headers=(), body=b"{}",
-        info=RequestInfo(text=text, hash_key=hash_key), from_lb=False, time_arrive=time.time(),
-        outcome=loop.create_future(),
-    )
-
-
-def _serve(lb: LoadBalancer, loop: asyncio.AbstractEventLoop, texts: list[str]) -> list[str]:
+def _serve(lb: LoadBalancer, texts: list[str]) -> list[str]:
     """Dispatch one request per text (one tick each), finish them all, return the replicas."""
-    entries = [_entry(loop, t, hash_key=t) for t in texts]
-    for entry in entries:
-        lb.queue.append(entry)
+    core = lb.core
+    entries = [arrive(core, t, hash_key=t) for t in texts]
     for _ in entries:
-        lb.process_queue()
+        core.tick()
     names = []
     for entry in entries:
-        outcome = entry.outcome.result()
+        outcome = entry.outcome
         assert isinstance(outcome, Dispatch)
         names.append(outcome.name)
-        entry.release_all()
+        core.leave(entry)
     return names
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "least_load", "prefix_tree", "consistent_hashing"])
-def test_reset_lb_decides_like_a_fresh_one(loop: asyncio.AbstractEventLoop, policy: str) -> None:
+def test_reset_lb_decides_like_a_fresh_one(policy: str) -> None:
     texts = [f"conversation {i} " + "words " * 40 for i in range(7)]
     used = _lb(policy=policy, replica_mode=ReplicaMode.PUSH)
-    _serve(used, loop, texts[3:] + texts[:2])  # history: positions, trees, counters move
-    assert used.dispatched_total == 6
+    _serve(used, texts[3:] + texts[:2])  # history: positions, trees, counters move
+    assert used.core.dispatched_total == 6
     reply = used.reset()
     assert reply["ok"] and reply["num_replicas"] == 3 and reply["num_lbs"] == 2
     fresh = _lb(policy=policy, replica_mode=ReplicaMode.PUSH)
     assert used.conf()["dispatched_total"] == 0 and used.conf()["lag"]["ticks"] == 0
-    assert _serve(used, loop, texts) == _serve(fresh, loop, texts)
+    assert _serve(used, texts) == _serve(fresh, texts)
 
 
-def test_reset_clears_trees_counters_positions_and_peer_state(loop: asyncio.AbstractEventLoop) -> None:
+def test_reset_clears_trees_counters_positions_and_peer_state() -> None:
     lb = _lb(lb_mode=LbMode.RATE_LIMITED_PUSH, policy="round_robin", meta_policy="prefix_tree")
-    assert _serve(lb, loop, ["a " * 50, "b " * 50]) == ["replica-0", "replica-1"]
-    meta = lb.lbs.policy
+    assert _serve(lb, ["a " * 50, "b " * 50]) == ["replica-0", "replica-1"]
+    core = lb.core
+    meta = core.lbs.policy
     assert isinstance(meta, PrefixTreePolicy) and meta.tree.used_size_per_target().get("lb-a", 0) > 0
-    lb.peer_status = {"lb-b": PeerStatus(queue_size=0, num_available_replicas=1, pushed_since_probe=4)}
-    lb.peer_latency = {"lb-b": (LBS["lb-b"], 0.01)}
-    lb.replicas.set_available("replica-0", False)
-    lb.pushed_total = lb.upstream_errors_total = 3
+    core.peer_status = {"lb-b": PeerStatus(queue_size=0, num_available_replicas=1, pushed_since_probe=4)}
+    core.peer_latency = {"lb-b": (LBS["lb-b"], 0.01)}
+    core.on_engine_queue("replica-0", 2)
+    core.pushed_total = core.upstream_errors_total = 3
     lb.lag.record("queue_tick", 0.5)
     lb.reset()
-    new_meta = lb.lbs.policy
+    new_meta = core.lbs.policy
     assert isinstance(new_meta, PrefixTreePolicy) and new_meta is not meta
     assert new_meta.tree.used_size_per_target().get("lb-a", 0) == 0
     conf = lb.conf()
@@ -103,20 +90,19 @@ def test_reset_clears_trees_counters_positions_and_peer_state(loop: asyncio.Abst
     assert conf["lb_status"] == {} and conf["lb_latency_s"] == {}
     assert conf["num_available_replicas"] == 3 and conf["queue_size"] == 0
     assert conf["lag"]["ticks"] == 0 and conf["lag"]["loops"] == {}
-    assert lb.replicas.ids == {"replica-0": 0, "replica-1": 1, "replica-2": 2}  # membership kept
-    assert _serve(lb, loop, ["c " * 50]) == ["replica-0"]  # round robin starts over
+    assert core.replicas.ids == {"replica-0": 0, "replica-1": 1, "replica-2": 2}  # membership kept
+    assert _serve(lb, ["c " * 50]) == ["replica-0"]  # round robin starts over
 
 
-def test_reset_refuses_while_requests_are_queued_or_in_flight(loop: asyncio.AbstractEventLoop) -> None:
+def test_reset_refuses_while_requests_are_queued_or_in_flight() -> None:
     lb = _lb(policy="round_robin")
-    queued = _entry(loop, "waiting")
-    lb.queue.append(queued)
+    queued = arrive(lb.core, "waiting")
     with pytest.raises(RuntimeError, match=r"1 queued and 0 in-flight"):
         lb.reset()
-    lb.process_queue()  # now streaming
+    lb.core.tick()  # now streaming
     with pytest.raises(RuntimeError, match=r"0 queued and 1 in-flight.*between experiments"):
         lb.reset()
-    queued.release_all()
+    lb.core.leave(queued)
     assert lb.reset()["ok"]
 
 

@@ -26,13 +26,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..aioserve import serve_app, string_map
-from ..protocol import MEMBERSHIP_PATH, RESET_PATH, GatewayDecision
+from ..aioserve import serve_app
+from ..protocol import MEMBERSHIP_PATH, RESET_PATH, GatewayDecision, GatewayMembership, MembershipError
 
 from ..lb.lag import LoopLag
-from ..lb.policies import RequestInfo
 from ..lb.proxy import forward, json_error
-from ..lb.queue import Dispatch, RequestEntry
+from ..lb.queue import ClientRequest, Dispatch
 from .config import GatewayConfig
 from .routing import Choice, Router
 
@@ -43,10 +42,6 @@ log = logging.getLogger("pytest_lbbench.gateway")
 DECISION_HEADER = GatewayDecision.KEY
 # The same cap as our LB: chat prompts of long conversations can be large.
 _MAX_BODY_BYTES = 64 * 1024 * 1024
-
-
-class MembershipError(ValueError):
-    """A membership payload that cannot be applied."""
 
 
 class Gateway:
@@ -141,27 +136,16 @@ class Gateway:
 
     # ------------------------------------------------------------------ membership
 
-    def apply_membership(self, payload: Mapping[str, Any]) -> None:
-        """Apply ``{"self": name, "backends": {name: url}, "regions": {backend: region},
-        "region_order": [region, ...]}`` (regions nearest to this front end first).
-
-        A missing ``region_order`` means "this front end's region, then the others by name".
-        """
-        if not isinstance(payload, Mapping):
-            raise MembershipError("membership must be a JSON object")
-        me = payload.get("self", self.name)
-        if me != self.name:
-            raise MembershipError(f"membership is for {me!r}, but this gateway is {self.name!r}")
-        backends = string_map(payload, "backends", MembershipError)
-        regions = string_map(payload, "regions", MembershipError)
-        order = payload.get("region_order", [self.region])
-        if not isinstance(order, list) or not all(isinstance(r, str) for r in order):
-            raise MembershipError("'region_order' must be a list of region names")
+    def apply_membership(self, membership: GatewayMembership) -> None:
+        """Route to ``membership.backends``, trying regions in ``region_order`` (nearest to this
+        front end first; ``None`` means "this front end's region, then the others by name")."""
+        backends, regions = membership.backends, membership.regions
+        order = list(membership.region_order) if membership.region_order is not None else [self.region]
         try:
             appended = self.router.set_membership(backends, regions, order)
         except ValueError as exc:
             raise MembershipError(str(exc)) from None
-        if appended and "region_order" in payload:
+        if appended and membership.region_order is not None:
             log.warning("regions %s host backends but are not in region_order; tried last",
                         appended)
         self._membership_args = (dict(backends), dict(regions), list(order))
@@ -181,8 +165,7 @@ class Gateway:
 
     async def _membership(self, request: web.Request) -> web.Response:
         try:
-            payload = await request.json()
-            self.apply_membership(payload)
+            self.apply_membership(GatewayMembership.from_json(await request.json(), self.name))
         except (ValueError, MembershipError) as exc:
             return json_error(400, f"bad membership payload: {exc}")
         return web.json_response(
@@ -216,25 +199,12 @@ class Gateway:
             return json_error(503, f"gateway {self.name}: no healthy backends in any region",
                               gateway=self.name)
         assert self._session is not None, "request handled before startup"
-        # forward() takes a queue entry; the gateway has no queue, so the entry only carries
-        # the request, and its outcome is settled from the start.
-        outcome = asyncio.get_running_loop().create_future()
         dispatch = self._dispatch(choice)
-        outcome.set_result(dispatch)
-        entry = RequestEntry(
-            method=request.method,
-            path_qs=request.raw_path,
-            headers=tuple(request.headers.items()),
-            body=body,
-            info=RequestInfo(),
-            from_lb=False,
-            time_arrive=arrive,
-            outcome=outcome,
-        )
+        client_request = ClientRequest(request.method, request.raw_path, tuple(request.headers.items()), body)
         self.in_flight[choice.backend] = self.in_flight.get(choice.backend, 0) + 1
         try:
             return await forward(
-                request, entry, dispatch, self._session, self._timeout, self._count_upstream_error
+                request, client_request, dispatch, self._session, self._timeout, self._count_upstream_error
             )
         finally:
             # Runs on every path, including cancellation when the client disconnects.
@@ -246,9 +216,7 @@ class Gateway:
             name=choice.backend,
             url=choice.url,
             to_lb=False,
-            decision_headers=(
-                (DECISION_HEADER, GatewayDecision(choice.backend, choice.region, choice.spill).value()),
-            ),
+            decisions=(GatewayDecision(choice.backend, choice.region, choice.spill),),
         )
 
     async def _reset(self, request: web.Request) -> web.Response:

@@ -31,7 +31,7 @@ from .policies import PrefixTreeConfig
 
 _PREFIX_DEFAULTS = PrefixTreeConfig()
 
-__all__ = ["IMPLEMENTED_LB_MODES", "RATE_LIMIT_AVAILABILITY", "LbConfig", "LbMode", "ReplicaMode"]
+__all__ = ["RATE_LIMIT_AVAILABILITY", "LbConfig", "LbMode", "ReplicaMode"]
 
 
 class LbMode(str, enum.Enum):
@@ -115,10 +115,6 @@ class ReplicaMode(str, enum.Enum):
             ReplicaMode.CAP: "in_flight_below_max_concurrent_requests",
         }[self]
 
-
-# Modes whose LB-level action exists in this package (all of them now; kept so callers can
-# check before starting an LB).
-IMPLEMENTED_LB_MODES: frozenset[LbMode] = frozenset(LbMode)
 
 _POSITIVE_FLOATS = (
     "tick_s", "steal_interval_s", "probe_interval_s", "probe_timeout_s", "lb_probe_interval_s", "lb_rpc_timeout_s",

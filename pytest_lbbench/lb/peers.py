@@ -1,28 +1,21 @@
 """LB-level cooperation between regional LBs: stealing (V1, V2) and the rate-limited push.
 
-Pure decision rules first (unit-tested by hand-computed examples), then the three LB↔LB
-control calls, each bounded by a timeout (the original had none, and its latency check
-retried forever):
+Pure decision rules, unit-tested by hand-computed examples (the LB↔LB calls that feed them
+are in :mod:`.rpc`):
 
 * :func:`plan_v1_steal`: the V1 "avg / fair share" arithmetic of reference §2.4;
 * :func:`rank_steal_candidates`: which queued requests a victim hands to a thief first;
 * :func:`peer_accepts_push`: when a peer LB is "available" for the rate-limited push (§1.2
   system 5, LB-B rule);
-* :func:`fetch_conf`, :func:`post_steal`, :func:`measure_latency`: ``GET /conf``,
-  ``POST /steal-request`` and the ``GET /sky-lb-health`` latency check.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
 
 from .policies import Policy
 from .queue import RequestEntry
@@ -31,11 +24,8 @@ __all__ = [
     "PeerLoad",
     "PeerStatus",
     "StealPlan",
-    "fetch_conf",
-    "measure_latency",
     "peer_accepts_push",
     "plan_v1_steal",
-    "post_steal",
     "rank_steal_candidates",
 ]
 
@@ -158,7 +148,8 @@ class PeerStatus:
 
     queue_size: int
     num_available_replicas: int
-    seen_at: float = field(default_factory=time.monotonic)
+    seen_at: float = 0.0
+    """When the probe that read it answered (the LB core's clock, seconds)."""
     pushed_since_probe: int = 0
     """Requests this LB pushed to the peer after that probe (see ``rate_limit_count_own_pushes``)."""
     own_queue_at_probe: int = 0
@@ -166,11 +157,11 @@ class PeerStatus:
     ``_probe_lb_status`` compares the peer with (``self_qsize``)."""
 
     @classmethod
-    def from_conf(cls, conf: Mapping[str, Any], own_queue_size: int = 0) -> PeerStatus:
+    def from_conf(cls, conf: Mapping[str, Any], own_queue_size: int = 0, seen_at: float = 0.0) -> PeerStatus:
         """Parse a ``/conf`` payload; ``ValueError`` when a field is missing or malformed."""
         return cls(
             _int_field(conf, "queue_size"), _int_field(conf, "num_available_replicas"),
-            own_queue_at_probe=own_queue_size,
+            seen_at=seen_at, own_queue_at_probe=own_queue_size,
         )
 
     def effective_queue_size(self, count_own_pushes: bool) -> int:
@@ -190,70 +181,3 @@ def peer_accepts_push(
         and peer_queue_size <= threshold
         and peer_available_replicas > 0
     )
-
-
-# --------------------------------------------------------------------------- control calls
-
-_CALL_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
-
-
-async def fetch_conf(
-    session: aiohttp.ClientSession, url: str, timeout_s: float
-) -> dict[str, Any] | None:
-    """``GET <url>/conf``; None on any failure (logged at debug level)."""
-    try:
-        async with session.get(
-            url.rstrip("/") + "/conf", timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as resp:
-            if resp.status != 200:
-                return None
-            data = await resp.json(content_type=None)
-    except _CALL_ERRORS as exc:
-        log.debug("GET %s/conf failed: %r", url, exc)
-        return None
-    return data if isinstance(data, dict) else None
-
-
-async def post_steal(
-    session: aiohttp.ClientSession, url: str, num_steal: int, source: str, timeout_s: float
-) -> int | None:
-    """``POST <url>/steal-request``; the victim's ``remaining_to_steal``, or None on failure."""
-    try:
-        async with session.post(
-            url.rstrip("/") + "/steal-request",
-            json={"num_steal": num_steal, "source_lb_url": source},
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as resp:
-            if resp.status != 200:
-                log.debug("steal request to %s answered %d", url, resp.status)
-                return None
-            data = await resp.json(content_type=None)
-    except _CALL_ERRORS as exc:
-        log.debug("steal request to %s failed: %r", url, exc)
-        return None
-    remaining = data.get("remaining_to_steal") if isinstance(data, dict) else None
-    if isinstance(remaining, bool) or not isinstance(remaining, int):
-        return None
-    return max(0, min(num_steal, remaining))
-
-
-async def measure_latency(
-    session: aiohttp.ClientSession, url: str, timeout_s: float, attempts: int
-) -> float:
-    """Seconds of one successful ``GET <url>/sky-lb-health``; ``inf`` after ``attempts`` failures."""
-    loop = asyncio.get_running_loop()
-    for attempt in range(1, attempts + 1):
-        start = loop.time()
-        try:
-            async with session.get(
-                url.rstrip("/") + "/sky-lb-health", timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                await resp.read()
-                if resp.status == 200:
-                    return loop.time() - start
-        except _CALL_ERRORS as exc:
-            log.debug("latency check of %s, attempt %d/%d: %r", url, attempt, attempts, exc)
-        if attempt < attempts:
-            await asyncio.sleep(min(timeout_s, 0.1 * attempt))
-    log.warning("latency check of %s failed %d times; ordering it last", url, attempts)
-    return math.inf

@@ -174,6 +174,10 @@ class Policy:
         """Seconds between :meth:`evict` calls, or None when the policy has nothing to evict."""
         return None
 
+    def use_clock(self, clock_s: Callable[[], float]) -> None:
+        """Take time from ``clock_s`` (seconds) instead of the wall clock, where the policy
+        keeps time at all (the prefix tree's access stamps). Default: nothing to do."""
+
     def evict(self) -> None:
         """Periodic housekeeping (prefix-tree LRU eviction)."""
 
@@ -244,6 +248,9 @@ class PrefixTreePolicy(LeastLoadPolicy):
         super().__init__()
         self.config = replace(config or PrefixTreeConfig(), **overrides)
         self.tree = PrefixTree()
+
+    def use_clock(self, clock_s: Callable[[], float]) -> None:
+        self.tree.clock_ms = lambda: clock_s() * 1000.0
 
     def _on_targets_changed(self, new: list[str], removed: set[str]) -> None:
         # New targets get a root stamp (an empty insert), so every available target can be

@@ -26,7 +26,7 @@ from itertools import count
 __all__ = ["PrefixTree", "shared_prefix_length"]
 
 
-def _now_ms() -> float:
+def _wall_clock_ms() -> float:
     return time.time() * 1000.0
 
 
@@ -78,15 +78,18 @@ class PrefixTree:
     size that :meth:`evict` bounds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock_ms: Callable[[], float] = _wall_clock_ms) -> None:
         self.root = _Node("", None)
         self.char_count: dict[str, int] = {}
+        # Access stamps (milliseconds) order the LRU eviction; the LB core hands in its own
+        # clock so that the tree never reads wall time behind its back.
+        self.clock_ms = clock_ms
 
     # ------------------------------------------------------------------ updates
 
     def insert(self, text: str, target: str) -> None:
         """Record that ``target`` now holds ``text`` (stamps the whole path, splits edges)."""
-        now = _now_ms()
+        now = self.clock_ms()
         node = self.root
         node.access[target] = now
         counts = self.char_count
@@ -208,7 +211,7 @@ class PrefixTree:
             return idx, None
         target = min(candidates, key=load_of)
         if touch:
-            now = _now_ms()
+            now = self.clock_ms()
             walk: _Node | None = node
             while walk is not None:
                 walk.access[target] = now

@@ -2,8 +2,9 @@
 
 As in the original ``_probe_ie_queue``: all replicas are probed concurrently, the next round
 starts ``max(0, interval − duration of the last round)`` after the previous one, the first
-``sglang:num_queue_reqs`` sample (or vLLM's ``vllm:num_requests_waiting``) decides: > 0 →
-unavailable, 0 → available, and a failed probe leaves the state unchanged. Dispatching does not
+``sglang:num_queue_reqs`` sample (or vLLM's ``vllm:num_requests_waiting``) is handed to the LB
+core (:meth:`.core.LbCore.on_engine_queue`: > 0 → unavailable, 0 → available), and a failed
+probe leaves the state unchanged. Dispatching does not
 touch availability, so a burst inside one probe window lands on the same replicas (faithful).
 """
 
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import aiohttp
 
 from .lag import LoopLag
-from .pool import TargetPool
 
 __all__ = ["QUEUE_METRICS", "parse_queue_length", "probe_engine_queues", "probe_once"]
 
@@ -52,7 +53,8 @@ def parse_queue_length(text: str, names: tuple[str, ...] = QUEUE_METRICS) -> flo
 
 
 async def _probe_one(
-    session: aiohttp.ClientSession, pool: TargetPool, name: str, url: str, timeout: aiohttp.ClientTimeout
+    session: aiohttp.ClientSession, name: str, url: str, timeout: aiohttp.ClientTimeout,
+    on_result: Callable[[str, float], None],
 ) -> None:
     try:
         async with session.get(url + "/metrics", timeout=timeout) as resp:
@@ -63,27 +65,32 @@ async def _probe_one(
         return  # unchanged, as in the original
     value = parse_queue_length(body)
     if value is not None:
-        pool.set_available(name, value <= 0)
+        on_result(name, value)
 
 
-async def probe_once(session: aiohttp.ClientSession, pool: TargetPool, timeout_s: float) -> None:
-    """Probe every known replica once, concurrently."""
+async def probe_once(
+    session: aiohttp.ClientSession, targets: list[tuple[str, str]], timeout_s: float,
+    on_result: Callable[[str, float], None],
+) -> None:
+    """Probe every ``(name, url)`` once, concurrently; ``on_result(name, waiting)`` for each
+    replica that answered with a queue length."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    targets = list(pool.urls.items())
     if targets:
-        await asyncio.gather(*(_probe_one(session, pool, n, u, timeout) for n, u in targets))
+        await asyncio.gather(*(_probe_one(session, n, u, timeout, on_result) for n, u in targets))
 
 
 async def probe_engine_queues(
-    session: aiohttp.ClientSession, pool: TargetPool, interval_s: float, timeout_s: float,
+    session: aiohttp.ClientSession, targets: Callable[[], list[tuple[str, str]]],
+    on_result: Callable[[str, float], None], interval_s: float, timeout_s: float,
     lag: LoopLag | None = None,
 ) -> None:
-    """Run probe rounds forever (cancel the task to stop); ``lag`` records late wake-ups."""
+    """Run probe rounds over ``targets()`` forever (cancel the task to stop); ``lag`` records
+    late wake-ups."""
     loop = asyncio.get_running_loop()
     while True:
         start = loop.time()
         try:
-            await probe_once(session, pool, timeout_s)
+            await probe_once(session, targets(), timeout_s, on_result)
         except Exception:  # pragma: no cover - a bug here must not stop gating for good
             log.exception("engine-queue probe round failed")
         pause = max(0.0, interval_s - (loop.time() - start))

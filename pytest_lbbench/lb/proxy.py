@@ -18,9 +18,11 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .queue import Dispatch, RequestEntry
+from pytest_lbbench.protocol import number_decisions
 
-__all__ = ["HOP_BY_HOP", "decision_count", "forward", "json_error", "upstream_request_headers"]
+from .queue import ClientRequest, Dispatch
+
+__all__ = ["HOP_BY_HOP", "client_response_headers", "forward", "json_error", "upstream_request_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +66,16 @@ def upstream_request_headers(
     return out
 
 
-def decision_count(headers: Iterable[str]) -> int:
-    """Number of LB decision headers already present (names containing ``decision``)."""
-    return sum(1 for key in headers if "decision" in key.lower())
-
-
 def client_response_headers(upstream: CIMultiDictProxy[str], dispatch: Dispatch) -> CIMultiDict[str]:
     """Upstream response headers for the client, plus this hop's timing and decision headers."""
     items = list(upstream.items())
     drop = _RESPONSE_DROP | _connection_tokens(items)
     out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in items if k.lower() not in drop)
-    for key, value in dispatch.timing_headers:
+    for timing in dispatch.timing:
+        for key, value in timing.headers():
+            out[key] = value
+    for key, value in number_decisions(out.keys(), dispatch.decisions):
         out[key] = value
-    n = decision_count(out.keys())
-    for key, value in dispatch.decision_headers:
-        out[f"{key}-{n}"] = value
-        n += 1
     return out
 
 
@@ -91,26 +87,26 @@ def json_error(status: int, message: str, **details: object) -> web.Response:
 
 async def forward(
     request: web.Request,
-    entry: RequestEntry,
+    client_request: ClientRequest,
     dispatch: Dispatch,
     session: aiohttp.ClientSession,
     timeout: aiohttp.ClientTimeout,
     on_upstream_error: Callable[[], None] | None = None,
 ) -> web.StreamResponse:
-    """Proxy ``entry`` to ``dispatch.url`` and stream the answer to ``request``'s client.
+    """Proxy ``client_request`` to ``dispatch.url`` and stream the answer to ``request``'s client.
 
     ``on_upstream_error`` is called once when the upstream fails (502 or mid-stream abort);
     a client that leaves does not count.
     """
-    headers = upstream_request_headers(entry.headers, dispatch.extra_request_headers)
-    url = dispatch.url.rstrip("/") + entry.path_qs
+    headers = upstream_request_headers(client_request.headers, dispatch.extra_request_headers)
+    url = dispatch.url.rstrip("/") + client_request.path_qs
     response: web.StreamResponse | None = None
     try:
         async with session.request(
-            entry.method,
+            client_request.method,
             url,
             headers=headers,
-            data=entry.body if entry.body else None,
+            data=client_request.body if client_request.body else None,
             timeout=timeout,
             allow_redirects=False,
         ) as upstream:

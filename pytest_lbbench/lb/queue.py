@@ -1,26 +1,38 @@
 """The LB's FIFO request queue and what a queued request carries.
 
-A request handler builds a :class:`RequestEntry`, appends it to the :class:`RequestQueue` and
-awaits ``entry.outcome``; the queue processor pops entries, decides, and resolves the outcome
-with a :class:`Dispatch` (send it there) or a :class:`Failure` (answer with this error).
-Entries that cannot be placed go back to the head, so nothing is ever dropped.
+The HTTP shell turns a client request into a :class:`RequestEntry` (through
+:meth:`.core.LbCore.arrive`); the core's queue processor pops entries, decides, and settles
+``entry.outcome`` with a :class:`Dispatch` (send it there) or a :class:`Failure` (answer with
+this error). Entries that cannot be placed go back to the head, so nothing is ever dropped.
+Plain data: no event loop, no sockets, no clock.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
+from pytest_lbbench.protocol import Decision, HopTiming
+
 from .policies import RequestInfo
 
 if TYPE_CHECKING:
     from .pool import TargetPool
 
-__all__ = ["Dispatch", "Failure", "LbHop", "Outcome", "RequestEntry", "RequestQueue"]
+__all__ = ["ClientRequest", "Dispatch", "Failure", "LbHop", "Outcome", "RequestEntry", "RequestQueue"]
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """The HTTP request as the client sent it, to be proxied upstream unchanged."""
+
+    method: str
+    path_qs: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -31,10 +43,10 @@ class Dispatch:
     url: str
     to_lb: bool
     extra_request_headers: tuple[tuple[str, str], ...] = ()
-    # Timing and decision headers to add to the response; a decision header's final name gets
-    # ``-<n>`` appended, n = decision headers already present in the upstream response.
-    timing_headers: tuple[tuple[str, str], ...] = ()
-    decision_headers: tuple[tuple[str, str], ...] = ()
+    # Added to the response on its way back: timing headers as they are, decision headers
+    # numbered after those already present (:func:`pytest_lbbench.protocol.number_decisions`).
+    timing: tuple[HopTiming, ...] = ()
+    decisions: tuple[Decision, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,21 +77,19 @@ _ids = itertools.count()
 class RequestEntry:
     """One client request waiting for (or past) its scheduling decision."""
 
-    method: str
-    path_qs: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
+    request: ClientRequest
     info: RequestInfo
     from_lb: bool
     time_arrive: float
-    outcome: asyncio.Future[Outcome]
     id: int = field(default_factory=lambda: next(_ids))
+    outcome: Outcome | None = None
     time_scheduled: float | None = None
     lb_hop: LbHop | None = None
     # (pool, target) pairs whose pre hook ran for this request; released exactly once when
     # the request finishes, whatever the path (stream end, upstream error, client gone).
     holds: list[tuple[TargetPool, str]] = field(default_factory=list)
     in_queue: bool = False
+    left: bool = False  # the client went away (or the request finished) before a decision
 
     @property
     def is_user_request(self) -> bool:
@@ -87,9 +97,9 @@ class RequestEntry:
         return not self.from_lb and self.lb_hop is None
 
     @property
-    def abandoned(self) -> bool:
-        """The outcome is already settled (resolved, or cancelled because the client left)."""
-        return self.outcome.done()
+    def settled(self) -> bool:
+        """Decided, or no longer wanted: the queue processor must not place it."""
+        return self.outcome is not None or self.left
 
     def acquire(self, pool: TargetPool, name: str) -> None:
         """Run ``pool``'s pre hook for ``name`` and remember to undo it."""
@@ -134,7 +144,7 @@ class RequestQueue:
         return entry
 
     def remove(self, entry: RequestEntry) -> bool:
-        """Remove a specific entry (client disconnected; later: stolen). False if absent."""
+        """Remove a specific entry (client disconnected, or stolen). False if absent."""
         if not entry.in_queue:
             return False
         try:
