@@ -1,36 +1,12 @@
 """Plugin level of the cloud backends: options, validation, ``--lbbench-plan``/``--lbbench-cleanup``,
 and the choice of Deployment / ClientLauncher per system.
 
-Wiring (to add to the existing modules; nothing here registers itself):
-
-``options.py``
-    * in ``pytest_addoption``: **remove** the existing ``--backend`` option and call
-      ``cloud_plugin.add_options(group)`` (it registers ``--backend {local,sky}`` with
-      ``dest="backend"``, ``--lbbench-plan``, ``--keep-up``, ``--lbbench-cleanup``, ``--endpoint``,
-      ``--service-names`` and the ``--sky-*`` knobs);
-    * set ``BACKENDS = cloud_plugin.BACKEND_CHOICES`` so ``build_config`` accepts ``sky``.
-
-``plugin.py``
-    * ``@pytest.hookimpl(tryfirst=True)``
-      ``def pytest_cmdline_main(config: pytest.Config) -> int | None:``
-      ``    return cloud_plugin.cmdline_main(config)``
-      (prints the plan or cleans up and returns the exit code; ``None`` = run normally);
-    * in ``pytest_configure``, after ``config.stash[CONFIG_KEY] = build_config(config)``:
-      ``config.stash[cloud_plugin.CLOUD_KEY] = cloud_plugin.cloud_config(config, config.stash[CONFIG_KEY])``
-      (validates; runs the sky preflight; raises ``pytest.UsageError``);
-    * ``def pytest_unconfigure(config: pytest.Config) -> None: cloud_plugin.close_sessions()``
-      (releases the client clusters; also registered with ``atexit`` as a safety net).
-
-``fixtures.py``
-    * ``lbbench_deployment``: ``deployment = cloud_plugin.deployment_for(cloud_cfg, spec, cfg,
-      lbbench_ledger, progress=cloud_plugin.progress_writer(request.config))`` and fall back to
-      ``LocalDeployment`` when it returns ``None`` (``cloud_cfg = config.stash[CLOUD_KEY]``; the
-      fixture needs ``request`` for the progress writer). It calls ``pytest.skip`` for
-      ``gke_gateway`` when neither an endpoint nor the GKE backend can serve it;
-    * ``lbbench_run``: ``launcher = cloud_plugin.client_launcher_for(cloud_cfg, cfg, lbbench_ledger)
-      or LocalClientLauncher(...)``; call ``launcher.run(deployment, spec, metric_dir, on_progress=…)``
-      as now. The telemetry recorder stays local and polls ``deployment.telemetry_targets()``
-      (public LB ``/conf`` URLs for sky).
+The plugin (:mod:`pytest_lbbench.plugin`) calls :func:`add_options` from ``pytest_addoption``,
+:func:`cmdline_main` (prints the plan or cleans up; ``None`` = run normally), builds the
+:class:`CloudConfig` at configure time (validation and the sky preflight, ``pytest.UsageError``
+on bad input), and :func:`close_sessions` at unconfigure. The fixtures ask
+:func:`deployment_for` and :func:`client_launcher_for` which Deployment and ClientLauncher serve
+a system (``None`` means the local backend serves it).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_lbbench.lb.hashing import xxh64_intdigest, xxh64_python
+from pytest_lbbench.lb.hashing import xxh64_intdigest
 from pytest_lbbench.lb.policies import (
     POLICIES,
     ConsistentHashingPolicy,
@@ -321,19 +321,18 @@ def test_prefix_tree_eviction_uses_max_tree_size() -> None:
 # --------------------------------------------------------------------------- consistent hashing
 
 
-def test_pure_python_xxh64_matches_reference_vectors() -> None:
+def test_xxh64_matches_reference_vectors() -> None:
     # Reference XXH64 digests (seed 0) of the xxHash test suite.
-    assert xxh64_python(b"") == 0xEF46DB3751D8E999
-    assert xxh64_python(b"abc") == 0x44BC2CF5AD770999
+    assert xxh64_intdigest("") == 0xEF46DB3751D8E999
     assert xxh64_intdigest("abc") == 0x44BC2CF5AD770999
 
 
 def test_hashing_matches_the_xxhash_package() -> None:
-    xxhash = pytest.importorskip("xxhash")
+    import xxhash
+
     for key in ["", "r0", "http://127.0.0.1:8081" + "7", "ü" * 40, "k" * 100, "x" * 1000]:
         expected = xxhash.xxh64(key.encode(), seed=0).intdigest()
         assert xxh64_intdigest(key) == expected
-        assert xxh64_python(key.encode()) == expected
 
 
 def test_ring_has_at_least_1024_points_split_equally() -> None:
@@ -401,14 +400,3 @@ def test_consistent_hashing_with_targets_missing_from_the_ring_still_selects() -
     policy = ConsistentHashingPolicy()
     policy.set_targets(["r0"])
     assert policy.select(RequestInfo(hash_key="k"), ["new"]) == "new"
-
-
-def test_hashing_falls_back_without_the_xxhash_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    from pytest_lbbench.lb import hashing
-
-    monkeypatch.setitem(sys.modules, "xxhash", None)  # makes ``import xxhash`` fail
-    digest = hashing._load()
-    assert digest("abc") == 0x44BC2CF5AD770999
-    assert digest is hashing._python_intdigest

@@ -23,14 +23,6 @@ from typing import Any, Iterable
 from pytest_lbbench.report.results import ExperimentResult
 from pytest_lbbench.systems import SYSTEMS
 
-#: Systems of the original seven-system comparison that our catalog does not run, so that
-#: their result directories still get the right system id and a readable label.
-ORIGINAL_SYSTEM_LABELS: dict[str, str] = {
-    "sky_pull_pull": "Ours [Pull/Stealing+Pull]",
-    "sky_pull_pull_rate_limit": "Ours [Pull/RateLimit+Pull]",
-    "gke_gateway": "GKE Gateway",
-}
-
 #: The original client VMs are named ``llmc-<region>``; their result files keep that name.
 CLIENT_CLUSTER_PREFIX = "llmc-"
 
@@ -40,15 +32,14 @@ class BadResultDir(Exception):
 
 
 def known_system_ids() -> list[str]:
-    """Every system id a result directory may name: our catalog, then the original's extras."""
-    return list(SYSTEMS) + [s for s in ORIGINAL_SYSTEM_LABELS if s not in SYSTEMS]
+    """Every system id a result directory may name: our catalog (which holds every system of
+    the original comparison)."""
+    return list(SYSTEMS)
 
 
 def system_label(system: str) -> str:
     """The display label of ``system`` (catalog first), or the id itself for unknown systems."""
-    if system in SYSTEMS:
-        return SYSTEMS[system].label
-    return ORIGINAL_SYSTEM_LABELS.get(system, system)
+    return SYSTEMS[system].label if system in SYSTEMS else system
 
 
 def system_sort_key(system: str) -> tuple[int, str]:
