@@ -100,10 +100,26 @@ def test_global_holds_while_pull_finds_every_replica_busy_then_dispatches_in_ord
     t2 = clock.advance(0.01)
     assert core.tick() == [second]  # pull does not gate on our own dispatches (faithful)
     assert second.time_scheduled == t2 and core.dispatched_total == 2
-    assert core.replicas.in_flight == {"r0": 0, "r1": 2}
-    core.leave(first)
-    core.leave(second)
+    assert core.held_total == 2  # both were queued while ticks could not place the head
+    clock.advance(0.01)
+    third = arrive(core, "three")  # arrives after the holds: placed at its tick, never held
+    assert core.tick() == [third] and core.conf()["held_total"] == 2
+    assert core.replicas.in_flight == {"r0": 0, "r1": 3}
+    for entry in (first, second, third):
+        core.leave(entry)
     assert core.replicas.in_flight == {"r0": 0, "r1": 0} and core.busy() is None
+
+
+def test_push_replicas_place_every_request_at_its_tick_and_hold_none() -> None:
+    clock = FakeClock()
+    core = _core(LbMode.GLOBAL, clock, replica_mode=ReplicaMode.PUSH)
+    core.on_engine_queue("r0", 5)  # busy engines do not matter to push
+    entries = [arrive(core, f"req {i}") for i in range(4)]
+    decided = []
+    for _ in range(4):
+        clock.advance(0.001)
+        decided += core.tick()  # one pop per tick, as the original
+    assert decided == entries and core.held_total == 0
 
 
 def test_global_answers_503_without_replicas_and_waits_before_membership() -> None:

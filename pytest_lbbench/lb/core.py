@@ -221,6 +221,11 @@ class LbCore:
         self.stolen_away_total = 0  # handed to thieves
         self.failed_total = 0  # answered by the LB itself (503 "No ready replicas")
         self.upstream_errors_total = 0  # upstream failed: 502, or a stream aborted midway
+        # Decided requests that were queued while a tick could not place the head of the queue
+        # (no replica with capacity and no peer to push to, or no membership yet): the requests
+        # the policy *held*, as opposed to ones that only waited for their tick behind others.
+        self.held_total = 0
+        self._head_declines = 0  # ticks that could not place the head; entries remember it
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -294,6 +299,7 @@ class LbCore:
             "stolen_away_total": self.stolen_away_total,
             "failed_total": self.failed_total,
             "upstream_errors_total": self.upstream_errors_total,
+            "held_total": self.held_total,
             "replica_names": {url: name for name, url in self.replicas.urls.items()},
             "lb_queue": self.lbs.in_flight_by_url(),
             "lb_status": {
@@ -340,7 +346,8 @@ class LbCore:
             if self._needs_text else None,
             hash_key=hash_key,
         )
-        entry = RequestEntry(request=request, info=info, from_lb=from_lb, time_arrive=time_arrive)
+        entry = RequestEntry(request=request, info=info, from_lb=from_lb, time_arrive=time_arrive,
+                             declines_at_arrival=self._head_declines)
         self.queue.append(entry)
         return entry
 
@@ -368,6 +375,7 @@ class LbCore:
                 entry.release_all()
                 continue
             if not self._place(entry, decided):
+                self._head_declines += 1
                 self.queue.put_head(entry)
                 return decided
             if not self.config.dispatch_all_placeable:
@@ -450,6 +458,8 @@ class LbCore:
     def _settle(self, entry: RequestEntry, outcome: Dispatch | Failure, decided: list[RequestEntry]) -> None:
         entry.time_scheduled = self.clock()
         entry.outcome = outcome
+        if self._head_declines > entry.declines_at_arrival:
+            self.held_total += 1
         decided.append(entry)
 
     def _lb_dispatch(self, entry: RequestEntry, lb: str, now: float) -> Dispatch:

@@ -90,6 +90,9 @@ class RequestEntry:
     holds: list[tuple[TargetPool, str]] = field(default_factory=list)
     in_queue: bool = False
     left: bool = False  # the client went away (or the request finished) before a decision
+    # The core's count of ticks that could not place their queue head, when this arrived: if
+    # the count moved before the decision, the request was held (``LbCore.held_total``).
+    declines_at_arrival: int = 0
 
     @property
     def is_user_request(self) -> bool:
