@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 
 from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
 from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment, LocalSettings
 from pytest_lbbench.collect import NOTE_KEY
@@ -74,12 +75,11 @@ def _run(system: str, setting: str, tmp: Path) -> dict[str, Any]:
     ledger = ProcessLedger(ledger_path(tmp))
     deployment = LocalDeployment(spec_row, LocalSettings(
         replicas=4, replica_regions=DEFAULT_REPLICA_REGIONS, client_regions=REGIONS,
-        log_dir=tmp / "logs", ledger=ledger, seed=0, profile=PROFILE,
+        log_dir=tmp / "logs", ledger=ledger, replica_seed=0, profile=PROFILE,
     ))
     spec = ExperimentSpec(
         system=system, workload=WORKLOAD, exp_name=f"{WORKLOAD}_{system}_{setting}", client_regions=REGIONS,
-        duration_s=DURATION_S, num_users=USERS, seed=0, max_tokens=None, drain_timeout_s=60,
-        workload_argv=(),
+        knobs=RunKnobs(duration_s=DURATION_S, num_users=USERS, seed=0, drain_timeout_s=60),
     )
     queue_samples: list[int] = []
     stop = threading.Event()

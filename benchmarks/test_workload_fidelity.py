@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
 from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment, LocalSettings
 from pytest_lbbench.collect import NOTE_KEY
@@ -31,19 +32,20 @@ REGIONS = ("us-east-2", "ap-northeast-1")
 
 
 def _run(system: str, workload: str, tmp: Path, *, duration: float, users: int, seed: int,
-         time_scale: float, workload_argv: tuple[str, ...], max_tokens: int | None = None,
+         time_scale: float, workload_options: dict[str, Any], max_tokens: int | None = None,
          regions: tuple[str, ...] = REGIONS, replica_regions: tuple[str, ...] = DEFAULT_REPLICA_REGIONS,
          ) -> list[dict[str, Any]]:
     """Start ``system`` on the local backend, run ``workload`` once, stop; return the records."""
     ledger = ProcessLedger(ledger_path(tmp))
     deployment = LocalDeployment(SYSTEMS[system], LocalSettings(
         replicas=4, replica_regions=replica_regions, client_regions=regions, log_dir=tmp / "logs", time_scale=time_scale,
-        ledger=ledger, seed=seed,
+        ledger=ledger, replica_seed=seed,
     ))
     spec = ExperimentSpec(
         system=system, workload=workload, exp_name=f"{workload}_{system}", client_regions=regions,
-        duration_s=duration, num_users=users, seed=seed, max_tokens=max_tokens,
-        drain_timeout_s=60, workload_argv=workload_argv,
+        knobs=RunKnobs(duration_s=duration, num_users=users, seed=seed, max_tokens=max_tokens,
+                       drain_timeout_s=60),
+        workload_options=workload_options,
     )
     deployment.start()
     try:
@@ -67,7 +69,7 @@ def test_open_loop_rate_at_the_replicas(tmp_path: Path, request: pytest.FixtureR
     records = _run(
         "sky_round_robin", "arena_syn", tmp_path, duration=RATE_DURATION_S, users=50, seed=0,
         time_scale=1.0, max_tokens=32,
-        workload_argv=("--request-rate", str(RATE_PER_REGION)),
+        workload_options={"request_rate": RATE_PER_REGION},
     )
     arrivals = sorted(
         r["replica_timing"]["arrival"] for r in records if (r.get("replica_timing") or {}).get("arrival")
@@ -111,7 +113,7 @@ def test_prefix_aware_routing_on_trees(tmp_path: Path, request: pytest.FixtureRe
     for workload in ("tot", "tot_single"):
         for system in TREE_SYSTEMS:
             records = _run(system, workload, tmp_path / f"{workload}-{system}", duration=20.0,
-                           users=TREE_USERS, seed=0, time_scale=0.05, workload_argv=(),
+                           users=TREE_USERS, seed=0, time_scale=0.05, workload_options={},
                            regions=(TREE_REGION,), replica_regions=(TREE_REGION,))
             rate = cache_hit_rate(records)
             assert rate is not None

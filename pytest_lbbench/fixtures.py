@@ -73,7 +73,7 @@ def lbbench_deployment(
             client_regions=cfg.regions,
             log_dir=cfg.output_dir / "logs" / lbbench_system,
             rtt=cfg.rtt,
-            seed=cfg.seed,
+            replica_seed=cfg.knobs.seed,
             time_scale=cfg.time_scale,
             profile=cfg.engine_profile,
             engine_metrics=cfg.engine_metrics,
@@ -114,7 +114,7 @@ def lbbench_run(
         with telemetry_recorder(deployment.telemetry_targets(), queue_file, log_dir, lbbench_ledger):
             files = launcher.run(
                 deployment, spec, metric_dir,
-                on_progress=progress_printer(request.config, f"{system}-{workload}", cfg.warmup_s + cfg.duration_s),
+                on_progress=progress_printer(request.config, f"{system}-{workload}", cfg.knobs.warmup_s + cfg.knobs.duration_s),
             )
         host_lag = deployment.host_lag()
         result = ExperimentResult.load(system, workload, exp_name, files)

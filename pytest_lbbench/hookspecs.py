@@ -73,7 +73,9 @@ def pytest_lbbench_workloads(config: pytest.Config) -> list[Workload] | None:
         def pytest_lbbench_workloads(config):
             return [SupportChats()]
 
-    ``args`` carries the common options (``num_users``, ``seed``, ``duration``, ``max_tokens``,
-    ``dataset_source``, ``dataset_path``); options of your own are best read from ``config``
-    when you construct the workload. A name that is already taken is refused at start-up.
+    ``args`` is a :class:`~pytest_lbbench.workloads.base.WorkloadArgs`: ``num_users``,
+    ``seed``, ``duration_s``, ``max_tokens``, ``dataset_source``, ``dataset_path`` and the
+    shared arrival options by dest (``args.option("request_rate")``); options of your own are
+    best read from ``config`` when you construct the workload. A name that is already taken is
+    refused at start-up.
     """

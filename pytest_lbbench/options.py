@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -17,6 +16,7 @@ from typing import Any, NoReturn
 import pytest
 
 from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.runspec import RunKnobs, add_knob_options, knob_fields, knobs_from
 from pytest_lbbench.benchstore import BaselineNotFound, load_baseline
 from pytest_lbbench.gate import Threshold, parse_threshold
 from pytest_lbbench.hostlag import DEFAULT_THRESHOLD_MS as DEFAULT_HOST_LAG_THRESHOLD_MS
@@ -26,7 +26,7 @@ from pytest_lbbench.scenarios import SCENARIOS, ScenarioLayout
 from pytest_lbbench.systems import SYSTEMS, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
 from pytest_lbbench.workloads.registry import register_workload
-from pytest_lbbench.client.planning import COMMON_OPTIONS
+from pytest_lbbench.client.planning import COMMON_OPTIONS, parse_region_args
 from pytest_lbbench.workloads.base import Workload, WorkloadOption
 from pytest_lbbench.workloads.sources import DATASET_SOURCES
 
@@ -37,7 +37,6 @@ DEFAULT_REPLICAS = 4
 #: ``python -m pytest_lbbench.sim --engine-metrics`` choices (``sim.engine.ENGINE_METRICS``), stated
 #: here because importing the simulator package at plugin start-up would load aiohttp's server.
 ENGINE_METRICS_MODES = ("sglang", "live")
-DEFAULT_NUM_USERS = 50
 
 CONFIG_KEY = pytest.StashKey["LbbenchConfig"]()
 # Names of the workloads added by the hook, unregistered again at unconfigure.
@@ -54,16 +53,12 @@ class LbbenchConfig:
     replicas: int
     systems: tuple[str, ...]
     workloads: tuple[str, ...]
-    duration_s: float
-    num_users: int
-    seed: int
+    #: What every client is told (``--duration``, ``--num-users``, timeouts, ...).
+    knobs: RunKnobs
     exp_name: str | None
     output_dir: Path
-    region_to_args: dict[str, str] = field(default_factory=dict)
-    max_tokens: int | None = None
-    request_timeout_s: float = 100.0
-    drain_timeout_s: float = 100.0
-    lag_threshold_ms: float = 10.0
+    #: Client region → options set there only (``--region-to-args``, parsed once).
+    region_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     host_lag_threshold_ms: float = DEFAULT_HOST_LAG_THRESHOLD_MS
     time_scale: float = 1.0
     rtt: RttMatrix = field(default_factory=RttMatrix)
@@ -76,11 +71,9 @@ class LbbenchConfig:
     slo: dict[str, float] | None = None
     engine_profile: str = "l4-llama3.1-8b"
     engine_metrics: str = "sglang"
-    warmup_s: float = 0.0
-    # Values of every workload's own options (dest → value), and the shared arrival/dataset
-    # options as client arguments; :meth:`workload_argv` picks what one workload takes.
+    # Values of every selected workload's own options and of the shared arrival/dataset
+    # options (dest → value); :meth:`options_for` picks what one workload takes.
     workload_options: dict[str, Any] = field(default_factory=dict)
-    common_workload_argv: tuple[str, ...] = ()
     dataset_source: str = "synthetic"
     dataset_path: str | None = None
     #: The ``--scenario`` preset this run follows (``None``: none) and its scale.
@@ -89,12 +82,10 @@ class LbbenchConfig:
     #: One line saying what the preset became at this scale (for the header and the summary).
     scenario_layout: str | None = None
 
-    def workload_argv(self, workload: str) -> tuple[str, ...]:
-        """Client arguments for ``workload``: its own options (non-defaults) + the shared ones."""
-        argv: list[str] = []
-        for option in WORKLOADS[workload].options:
-            argv += option.to_argv(self.workload_options.get(option.dest, option.default))
-        return (*argv, *self.common_workload_argv)
+    def options_for(self, workload: str) -> dict[str, Any]:
+        """The values of the options ``workload`` takes (shared and its own), by dest."""
+        return {o.dest: self.workload_options.get(o.dest, o.default)
+                for o in (*COMMON_OPTIONS, *WORKLOADS[workload].options)}
 
     def experiment_spec(self, system: str, workload: str) -> ExperimentSpec:
         """The experiment ``system`` × ``workload`` as this run's options define it."""
@@ -103,16 +94,9 @@ class LbbenchConfig:
             workload=workload,
             exp_name=f"{self.exp_prefix(workload)}_{system}",
             client_regions=self.regions,
-            duration_s=self.duration_s,
-            num_users=self.num_users,
-            seed=self.seed,
-            max_tokens=self.max_tokens,
-            request_timeout_s=self.request_timeout_s,
-            drain_timeout_s=self.drain_timeout_s,
-            lag_threshold_ms=self.lag_threshold_ms,
-            warmup_s=self.warmup_s,
-            workload_argv=self.workload_argv(workload),
-            region_to_args=self.region_to_args,
+            knobs=self.knobs,
+            workload_options=self.options_for(workload),
+            region_overrides=self.region_overrides,
         )
 
     def system(self, name: str) -> SystemSpec:
@@ -158,10 +142,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "pytest_lbbench_systems hook")
     add("--workloads", nargs="+", default=None, metavar="NAME",
         help=f"workloads to run (default: arena_syn): {', '.join(WORKLOADS)}")
-    add("--duration", type=float, default=60.0, metavar="SECONDS",
-        help="seconds during which users start new turns; turns in flight then finish. Default: 60")
-    add("--num-users", type=int, default=None, metavar="N",
-        help=f"simulated users per client region. Default: {DEFAULT_NUM_USERS} (or the --scenario's)")
+    # --duration, --num-users, --seed, --max-tokens, --request-timeout, --drain-timeout,
+    # --lag-threshold-ms, --warmup: declared once, with their defaults, in runspec.RunKnobs.
+    add_knob_options(add)
     add("--scenario", default=None, metavar="NAME",
         help="run one of the paper's experiments: sets client regions and users per region, the "
         "replica layout, workloads and systems (options you give explicitly win). One of: "
@@ -169,21 +152,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--scenario-scale", type=float, default=None, metavar="F",
         help="multiply the --scenario's clients and replicas per region by F (rounded half up, at "
         "least 1). Default: the preset's own, chosen to fit a 2-core machine in real time")
-    add("--seed", type=int, default=0, metavar="INT", help="workload seed. Default: 0")
     add("--exp-name", default=None, metavar="NAME",
         help="experiment name in result paths (<exp>_<system>). Default: the workload name")
     add("--output-dir", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
         help=f"where results go. Default: {DEFAULT_OUTPUT_DIR}")
     add("--region-to-args", default=None, metavar="JSON",
         help='per-client-region client arguments, e.g. \'{"us-east-2": "--num-users 40"}\'')
-    add("--max-tokens", type=int, default=None, metavar="N",
-        help="override the workload's max_tokens (arena_syn: 512)")
-    add("--request-timeout", type=float, default=100.0, metavar="SECONDS",
-        help="per-request client timeout. Default: 100")
-    add("--drain-timeout", type=float, default=100.0, metavar="SECONDS",
-        help="how long turns in flight at the end of --duration may take. Default: 100")
-    add("--lag-threshold-ms", type=float, default=10.0, metavar="MS",
-        help="client event-loop lag p99 above which a run is flagged client-bound. Default: 10")
     add("--host-lag-threshold-ms", type=float, default=DEFAULT_HOST_LAG_THRESHOLD_MS, metavar="MS",
         help="flag an experiment host-bound when a replica, LB or delay link fell behind model "
         "time by more than MS per event on average (model time), or an engine resynced its clock. "
@@ -223,9 +197,6 @@ def add_workload_options(parser: pytest.Parser) -> None:
     """The shared arrival/dataset options and every built-in workload's own options."""
     group = parser.getgroup("lbbench-workloads", "pytest-lbbench: workloads (see README)")
     add = group.addoption
-    add("--warmup", type=float, default=0.0, metavar="SECONDS",
-        help="run each experiment this long before --duration; requests started then are "
-        "recorded (warmup=true) but left out of every metric. Default: 0")
     for option in COMMON_OPTIONS:
         add(option.flag, **option.parser_kwargs())
     seen: dict[str, tuple[str, WorkloadOption]] = {}
@@ -274,12 +245,26 @@ def _parse_region_to_args(raw: str | None, valid_regions: list[str]) -> dict[str
             'Example: \'{"us-east-2": "--num-users 40"}\'.'
         )
     _check_names("region", "--region-to-args", list(data), valid_regions)
-    for region, args in data.items():
-        try:
-            shlex.split(args)
-        except ValueError as exc:
-            _fail(f"--region-to-args: arguments for {region!r} do not parse ({exc}): {args!r}")
     return dict(data)
+
+
+def _region_overrides(region_to_args: dict[str, str], workloads: list[str]) -> dict[str, dict[str, Any]]:
+    """Each region's argument string as typed option values (parsed once, here), checked
+    against every selected workload."""
+    from pytest_lbbench.client.planning import check_overrides
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for region, args in region_to_args.items():
+        try:
+            overrides[region] = parse_region_args(args)
+            knobs_from(overrides[region])
+            for workload in workloads:
+                check_overrides(overrides[region], workload)
+        except ValueError as exc:
+            _fail(f"--region-to-args: arguments for {region!r}: {exc}. They may set any client "
+                  "option: --num-users, --duration, --max-tokens, the shared arrival options or "
+                  "the workload's own (see pytest --help).")
+    return overrides
 
 
 def _check_profile(name_or_path: str) -> str:
@@ -340,20 +325,19 @@ def _workload_values(config: pytest.Config, workloads: list[str]) -> dict[str, A
     return values
 
 
-def _common_workload_argv(opt: Any) -> tuple[str, ...]:
-    argv: list[str] = []
+def _common_option_values(opt: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
     for option in COMMON_OPTIONS:
         value = opt(option.dest)
         if option.dest == "dataset_path" and value:
             value = str(Path(value).resolve())  # the client may run in another directory
-        argv += option.to_argv(value)
-    return tuple(argv)
+        values[option.dest] = value
+    return values
 
 
 def check_workloads(cfg: LbbenchConfig) -> None:
     """Build every selected workload's plan once per client region, so a bad workload option
     or a missing dataset fails at start-up, before any system is started."""
-    from pytest_lbbench.client.planning import plan_from_argv
     from pytest_lbbench.workloads.sources.hub import DatasetUnavailable, preflight
 
     if cfg.dataset_source not in DATASET_SOURCES:
@@ -373,15 +357,11 @@ def check_workloads(cfg: LbbenchConfig) -> None:
         spec = cfg.experiment_spec("check", name)
         for region in cfg.regions:
             # The same shard index the launchers use, so the plan checked is the plan run.
-            argv = spec.client_argv(region, cfg.rtt.shard_index(region), "http://127.0.0.1:1",
-                                    Path("unused.json"))
             try:
-                plan_from_argv(argv)
-            except ValueError as exc:
-                cause = exc.__cause__
-                detail = f"{exc}" if not isinstance(cause, SystemExit) else (
-                    f"{exc} (see the message above)")
-                _fail(f"--workloads {name}: {detail}")
+                spec.client_job(region, cfg.rtt.shard_index(region), "http://127.0.0.1:1",
+                                Path("unused.json"))
+            except (ValueError, OSError) as exc:
+                _fail(f"--workloads {name}: {exc}")
 
 
 def _scenario_layout(name: str | None, scale: float | None) -> ScenarioLayout | None:
@@ -424,9 +404,13 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
     replicas = opt("replicas")
     if replicas is None:
         replicas = layout.total_replicas if layout else DEFAULT_REPLICAS
-    num_users = opt("num_users")
-    if num_users is None:
-        num_users = max(layout.clients.values()) if layout else DEFAULT_NUM_USERS
+    knob_values = {f.name: opt(f.name) for f, _ in knob_fields()}
+    if knob_values["num_users"] is None and layout is not None:
+        knob_values["num_users"] = max(layout.clients.values())
+    try:
+        knobs = knobs_from(knob_values)
+    except ValueError as exc:
+        _fail(f"{exc}.")
     region_to_args = _parse_region_to_args(opt("region_to_args"), valid_regions)
     if layout is not None and opt("num_users") is None:
         # The preset's users per region first; a user's own --region-to-args comes after it, so
@@ -436,21 +420,14 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
             region: " ".join(a for a in (preset.get(region, ""), region_to_args.get(region, "")) if a)
             for region in dict.fromkeys([*preset, *region_to_args])
         }
+    region_overrides = _region_overrides(region_to_args, workloads)
     positive = {
-        "--replicas": replicas, "--num-users": num_users,
-        "--duration": opt("duration"),
-        "--request-timeout": opt("request_timeout"), "--time-scale": opt("time_scale"),
+        "--replicas": replicas, "--time-scale": opt("time_scale"),
         "--host-lag-threshold-ms": opt("host_lag_threshold_ms"),
     }
     for name, value in positive.items():
         if value <= 0:
             _fail(f"{name} must be positive, got {value!r}.")
-    if opt("max_tokens") is not None and opt("max_tokens") < 1:
-        _fail(f"--max-tokens must be at least 1, got {opt('max_tokens')!r}.")
-    if opt("drain_timeout") < 0:
-        _fail(f"--drain-timeout must be >= 0, got {opt('drain_timeout')!r}.")
-    if opt("warmup") < 0:
-        _fail(f"--warmup must be >= 0 seconds, got {opt('warmup')!r}.")
     slo = None
     if opt("slo"):
         try:
@@ -480,16 +457,10 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         replicas=replicas,
         systems=tuple(dict.fromkeys(systems)),
         workloads=tuple(dict.fromkeys(workloads)),
-        duration_s=opt("duration"),
-        num_users=num_users,
-        seed=opt("seed"),
+        knobs=knobs,
         exp_name=opt("exp_name"),
         output_dir=Path(opt("output_dir")).resolve(),
-        region_to_args=region_to_args,
-        max_tokens=opt("max_tokens"),
-        request_timeout_s=opt("request_timeout"),
-        drain_timeout_s=opt("drain_timeout"),
-        lag_threshold_ms=opt("lag_threshold_ms"),
+        region_overrides=region_overrides,
         host_lag_threshold_ms=opt("host_lag_threshold_ms"),
         time_scale=opt("time_scale"),
         rtt=rtt,
@@ -502,9 +473,7 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         slo=slo,
         engine_profile=_check_profile(opt("engine_profile")),
         engine_metrics=opt("engine_metrics"),
-        warmup_s=opt("warmup"),
-        workload_options=_workload_values(config, workloads),
-        common_workload_argv=_common_workload_argv(opt),
+        workload_options={**_workload_values(config, workloads), **_common_option_values(opt)},
         dataset_source=opt("dataset_source"),
         dataset_path=str(Path(opt("dataset_path")).resolve()) if opt("dataset_path") else None,
         scenario=layout.scenario.name if layout else None,

@@ -66,7 +66,7 @@ def pytest_report_header(config: pytest.Config) -> str:
         f"lbbench: backend={cfg.backend} systems={','.join(cfg.systems)} "
         f"workloads={','.join(cfg.workloads)} clients={','.join(cfg.regions)} "
         f"replicas={cfg.replicas} over {','.join(cfg.replica_regions)} "
-        f"duration={cfg.duration_s:g}s users/region={cfg.num_users} seed={cfg.seed} "
+        f"duration={cfg.knobs.duration_s:g}s users/region={cfg.knobs.num_users} seed={cfg.knobs.seed} "
         f"output={cfg.output_dir}"
         + (f"\nlbbench: {cfg.scenario_layout}" if cfg.scenario_layout else "")
     )

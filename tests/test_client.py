@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import pytest
 
 from pytest_lbbench.client.records import RequestRecord, served_by
+from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.client.runner import ClientSettings, EndpointNotReady, run_client
 from pytest_lbbench.procutil import ManagedProcess, launch, python_module_argv, spawn
 from pytest_lbbench.workloads.base import Conversation, RequestSettings, UserScript, WorkloadPlan
@@ -39,7 +40,8 @@ def make_plan(turns: list[tuple[str, ...]], max_tokens: int = 8, users: int = 1)
 
 def run(plan: WorkloadPlan, url: str, **kw: Any) -> tuple[list[RequestRecord], Any]:
     records: list[RequestRecord] = []
-    settings = ClientSettings(backend_url=url, region="us-east-2", **kw)
+    knobs = {k: kw.pop(k) for k in list(kw) if k in RunKnobs.__dataclass_fields__}
+    settings = ClientSettings(backend_url=url, region="us-east-2", knobs=RunKnobs(**knobs), **kw)
     result = asyncio.run(run_client(plan, settings, records.append))
     return records, result
 

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from pytest_lbbench.client.records import RequestRecord
+from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.client.runner import ClientSettings, arrival_gaps, replay_offsets, run_client
 from pytest_lbbench.procutil import ManagedProcess, python_module_argv, spawn
 from pytest_lbbench.report.metrics import summarize
@@ -57,7 +58,8 @@ def plan(users: list[tuple[Conversation, ...]], arrival: Arrival = Arrival(),
 
 def run(p: WorkloadPlan, url: str, **kw: Any) -> tuple[list[RequestRecord], Any]:
     records: list[RequestRecord] = []
-    settings = ClientSettings(backend_url=url, region="us-east-2", drain_timeout_s=30, **kw)
+    settings = ClientSettings(backend_url=url, region="us-east-2",
+                              knobs=RunKnobs(**{"drain_timeout_s": 30, **kw}))
     result = asyncio.run(run_client(p, settings, records.append))
     return records, result
 

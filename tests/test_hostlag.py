@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
 from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment, LocalSettings
 from pytest_lbbench.hostlag import balancer_lag, judge, link_lag, replica_lag
@@ -73,8 +74,9 @@ def run_and_judge(tmp: Path, *, time_scale: float, users: int, max_tokens: int) 
         deployment.reset()
         spec = ExperimentSpec(
             system="sky_round_robin", workload="arena_syn", exp_name="lag", client_regions=("us-east-2",),
-            duration_s=2.0, num_users=users, seed=0, max_tokens=max_tokens,
-            workload_argv=("--num-conv", "40"), drain_timeout_s=30,
+            knobs=RunKnobs(duration_s=2.0, num_users=users, seed=0, max_tokens=max_tokens,
+                           drain_timeout_s=30),
+            workload_options={"num_conv": 40},
         )
         files = LocalClientLauncher(tmp / "logs", ledger).run(deployment, spec, tmp / "metric")
         assert json.loads(files["us-east-2"].read_text())["sent"] > 0

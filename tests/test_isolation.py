@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path, live_entries
 from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment, LocalSettings
 from pytest_lbbench.systems import SYSTEMS
@@ -46,8 +47,9 @@ def run_in_order(system: str, order: str, tmp: Path) -> dict[str, list[dict[str,
             deployment.reset()
             spec = ExperimentSpec(
                 system=system, workload="arena_syn", exp_name=f"iso_{name}", client_regions=("us-east-2",),
-                duration_s=2.5, num_users=1, seed=EXPERIMENTS[name], max_tokens=16,
-                workload_argv=("--num-conv", "20"), drain_timeout_s=30,
+                knobs=RunKnobs(duration_s=2.5, num_users=1, seed=EXPERIMENTS[name], max_tokens=16,
+                               drain_timeout_s=30),
+                workload_options={"num_conv": 20},
             )
             files = LocalClientLauncher(tmp / "logs", ledger).run(deployment, spec, tmp / "metric" / name)
             data = json.loads(files["us-east-2"].read_text())
@@ -90,8 +92,8 @@ def test_reset_restarts_the_router_and_it_serves_again(tmp_path: Path) -> None:
             k: v for k, v in before.items() if k != "sglang-router"}
         spec = ExperimentSpec(
             system="sgl", workload="arena_syn", exp_name="iso_router", client_regions=("us-east-2",),
-            duration_s=1.0, num_users=1, seed=0, max_tokens=8, workload_argv=("--num-conv", "5"),
-            drain_timeout_s=30,
+            knobs=RunKnobs(duration_s=1.0, num_users=1, seed=0, max_tokens=8, drain_timeout_s=30),
+            workload_options={"num_conv": 5},
         )
         files = LocalClientLauncher(tmp_path / "logs", ledger).run(deployment, spec, tmp_path / "metric")
         data = json.loads(files["us-east-2"].read_text())

@@ -446,6 +446,7 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
     import gzip
 
     from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.runspec import RunKnobs
     from pytest_lbbench.backends.sky.deployment import SkyClientLauncher, SkyDeployment, SkySession
     from pytest_lbbench.backends.sky.render import RESULT_BEGIN, RESULT_END
 
@@ -481,7 +482,8 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
     assert kinds == {"sky_lb", "replica"}
 
     spec = ExperimentSpec(system="sky_push_pull", workload="arena_syn", exp_name="arena_syn_sky_push_pull",
-                          client_regions=("us-east-2", "ap-northeast-1"), duration_s=60, num_users=2, seed=0)
+                          client_regions=("us-east-2", "ap-northeast-1"),
+                          knobs=RunKnobs(duration_s=60, num_users=2, seed=0))
     files = SkyClientLauncher(session).run(push, spec, tmp_path / "metric" / spec.exp_name)
     assert sorted(files) == ["ap-northeast-1", "us-east-2"]
     assert json.loads(files["us-east-2"].read_text()) == payload

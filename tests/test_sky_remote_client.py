@@ -19,6 +19,7 @@ import pytest
 
 import pytest_lbbench
 from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path, live_entries
 from pytest_lbbench.backends.local import LocalDeployment, LocalSettings
 from pytest_lbbench.backends.sky.deployment import decode_result
@@ -38,8 +39,9 @@ def test_the_remote_client_job_runs_against_a_local_system(tmp_path: Path) -> No
     ))
     spec = ExperimentSpec(
         system="sky_push_push", workload="arena_syn", exp_name="arena_syn_sky_push_push",
-        client_regions=(region,), duration_s=2.0, num_users=3, seed=4, max_tokens=8,
-        drain_timeout_s=20, workload_argv=("--num-conv", "30"),
+        client_regions=(region,),
+        knobs=RunKnobs(duration_s=2.0, num_users=3, seed=4, max_tokens=8, drain_timeout_s=20),
+        workload_options={"num_conv": 30},
     )
     # The VM: a home directory with the package mounted where the client cluster mounts it.
     home = tmp_path / "vm-home"

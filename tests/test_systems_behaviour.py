@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.runspec import RunKnobs
+from pytest_lbbench.client.planning import parse_region_args
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path, live_entries
 from pytest_lbbench.backends.local import (
     LocalClientLauncher,
@@ -42,9 +44,10 @@ def run_system(
     ))
     spec = ExperimentSpec(
         system=name, workload="arena_syn", exp_name=f"t_{name}", client_regions=regions,
-        duration_s=duration, num_users=users, seed=1, max_tokens=max_tokens,
-        workload_argv=("--num-conv", "50"),
-        drain_timeout_s=30, region_to_args=region_to_args or {},
+        knobs=RunKnobs(duration_s=duration, num_users=users, seed=1, max_tokens=max_tokens,
+                       drain_timeout_s=30),
+        workload_options={"num_conv": 50},
+        region_overrides={r: parse_region_args(a) for r, a in (region_to_args or {}).items()},
     )
     deployment.start()
     try:

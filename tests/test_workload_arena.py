@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
@@ -14,6 +13,8 @@ from pytest_lbbench.workloads.arena import Arena, default_user_stagger
 from pytest_lbbench.workloads.arena_syn import ArenaSyn
 from pytest_lbbench.workloads.base import WorkloadPlan
 from pytest_lbbench.workloads.sources import arena_conversations as ac
+from pytest_lbbench.workloads.base import WorkloadArgs
+from workload_support import workload_args
 
 DATA = Path(__file__).parent / "data" / "chatbot_arena_conversations.jsonl"
 ROW_KEYS = {"question_id", "model_a", "model_b", "winner", "judge", "conversation_a",
@@ -21,14 +22,14 @@ ROW_KEYS = {"question_id", "model_a", "model_b", "winner", "judge", "conversatio
             "toxic_chat_tag"}
 
 
-def args(**overrides: Any) -> argparse.Namespace:
+def args(**overrides: Any) -> WorkloadArgs:
     values: dict[str, Any] = {
         "num_users": 10, "seed": 0, "duration": 120.0, "max_tokens": None,
         "dataset_source": "synthetic", "dataset_path": None, "num_conv": 200,
         "run_seconds": None, "user_stagger": None,
     }
     values.update(overrides)
-    return argparse.Namespace(**values)
+    return workload_args(values)
 
 
 def arena_plan(**overrides: Any) -> WorkloadPlan:

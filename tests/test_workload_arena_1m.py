@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -15,18 +14,20 @@ import pytest
 from pytest_lbbench.workloads.arena_1m import Arena1M
 from pytest_lbbench.workloads.base import WorkloadPlan
 from pytest_lbbench.workloads.sources import lmsys_chat_1m as lm
+from pytest_lbbench.workloads.base import WorkloadArgs
+from workload_support import workload_args
 
 DATA = Path(__file__).parent / "data" / "lmsys_chat_1m.jsonl"
 ROW_KEYS = {"conversation_id", "model", "conversation", "turn", "language", "openai_moderation", "redacted"}
 
 
-def args(**overrides: Any) -> argparse.Namespace:
+def args(**overrides: Any) -> WorkloadArgs:
     values: dict[str, Any] = {
         "num_users": 5, "seed": 0, "duration": 120.0, "max_tokens": None,
         "dataset_source": "synthetic", "dataset_path": None, "num_conv": 100,
     }
     values.update(overrides)
-    return argparse.Namespace(**values)
+    return workload_args(values)
 
 
 def plan1m(index: int = 0, **overrides: Any) -> WorkloadPlan:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import pytest
@@ -15,14 +14,15 @@ from pytest_lbbench.workloads.arena_syn import (
     generate_dataset,
 )
 from pytest_lbbench.workloads.base import Conversation, WorkloadPlan, group_into_users
+from workload_support import workload_args
 
 
 def plan(seed: int = 0, num_users: int = 10, num_conv: int = 200, region: str = "us-east-2",
          index: int = 0, max_tokens: int | None = None) -> WorkloadPlan:
-    args = argparse.Namespace(
+    args = workload_args(dict(
         num_users=num_users, seed=seed, duration=120.0, max_tokens=max_tokens,
         dataset_source="synthetic", dataset_path=None, num_conv=num_conv,
-    )
+    ))
     return ArenaSyn().plan(args, region, index)
 
 
@@ -83,6 +83,6 @@ def test_dataset_statistics_match_the_docstring() -> None:
 
 
 def test_bad_num_conv_is_an_error() -> None:
-    args = argparse.Namespace(num_conv=0, num_users=1, seed=0, max_tokens=None)
+    args = workload_args(dict(num_conv=0, num_users=1, seed=0, max_tokens=None))
     with pytest.raises(ValueError, match="--num-conv"):
         ArenaSyn().plan(args, "us-east-2", 0)

@@ -10,11 +10,13 @@ import pytest
 
 from pytest_lbbench.workloads import WORKLOADS, get_workload
 from pytest_lbbench.workloads.base import WorkloadPlan
+from pytest_lbbench.workloads.base import WorkloadArgs
+from workload_support import workload_args
 
 ALL = ("arena", "arena_1m", "arena_syn", "mixed_tree", "tot", "tot_single", "wildchat")
 
 
-def make_args(name: str, **overrides: Any) -> argparse.Namespace:
+def make_args(name: str, **overrides: Any) -> WorkloadArgs:
     values: dict[str, Any] = {
         "num_users": 8, "seed": 0, "duration": 120.0, "max_tokens": None,
         "dataset_source": "synthetic", "dataset_path": None,
@@ -22,7 +24,7 @@ def make_args(name: str, **overrides: Any) -> argparse.Namespace:
     values.update({o.dest: o.default for o in get_workload(name).options})
     values["num_conv"] = 200
     values.update(overrides)
-    return argparse.Namespace(**values)
+    return workload_args(values)
 
 
 def plan(name: str, region: str = "us-east-2", index: int = 0, **overrides: Any) -> WorkloadPlan:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import pytest
@@ -18,16 +17,18 @@ from pytest_lbbench.workloads.mixed_tree import (
 )
 from pytest_lbbench.workloads.registry import register_workload
 from pytest_lbbench.workloads.tot import STAGE_PROMPTS, Tot
+from pytest_lbbench.workloads.base import WorkloadArgs
+from workload_support import workload_args
 
 
-def args(**overrides: Any) -> argparse.Namespace:
+def args(**overrides: Any) -> WorkloadArgs:
     values: dict[str, Any] = {
         "num_users": 2, "seed": 0, "duration": 120.0, "max_tokens": None,
         "dataset_source": "synthetic", "dataset_path": None, "data_path": None,
         "branches_by_region": DEFAULT_BRANCHES_BY_REGION, "num_branches": 2,
     }
     values.update(overrides)
-    return argparse.Namespace(**values)
+    return workload_args(values)
 
 
 def plan(region: str, index: int, **overrides: Any) -> WorkloadPlan:
@@ -91,11 +92,14 @@ def test_requests_per_tree() -> None:
 
 
 def test_plan_from_client_arguments_round_trips() -> None:
-    from pytest_lbbench.client.planning import plan_from_argv
+    from pytest_lbbench.client.job import ClientJob, job_from_args
+    from pytest_lbbench.client.planning import parse_args
 
-    p = plan_from_argv(["--workload", "mixed_tree", "--backend-url", "http://127.0.0.1:9",
-                        "--region", "us-east-2",
-                        "--num-users", "2",
-                        "--branches-by-region", "us-east-2=3,default=2"])
+    job = job_from_args(parse_args(["--workload", "mixed_tree", "--backend-url", "http://127.0.0.1:9",
+                                    "--region", "us-east-2",
+                                    "--num-users", "2",
+                                    "--branches-by-region", "us-east-2=3,default=2"]))
+    p = job.plan
     assert p.tree is not None and p.tree.num_branches == 3
     assert WorkloadPlan.from_json(p.to_json()) == p
+    assert ClientJob.from_json(job.to_json()) == job

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
@@ -14,18 +13,20 @@ from pytest_lbbench.workloads.base import WorkloadPlan
 from pytest_lbbench.workloads.sources import gsm8k
 from pytest_lbbench.workloads.tot import QUESTIONS_PER_USER, STAGE_PROMPTS, Tot
 from pytest_lbbench.workloads.tot_single import TotSingle
+from pytest_lbbench.workloads.base import WorkloadArgs
+from workload_support import workload_args
 
 DATA = Path(__file__).parent / "data" / "gsm8k_train.jsonl"
 
 
-def args(**overrides: Any) -> argparse.Namespace:
+def args(**overrides: Any) -> WorkloadArgs:
     values: dict[str, Any] = {
         "num_users": 3, "seed": 0, "duration": 120.0, "max_tokens": None,
         "dataset_source": "synthetic", "dataset_path": None, "num_branches": 2,
         "data_path": None, "disable_parallel": False,
     }
     values.update(overrides)
-    return argparse.Namespace(**values)
+    return workload_args(values)
 
 
 def tot(region: str = "us-east-2", index: int = 0, single: bool = False, **overrides: Any) -> WorkloadPlan:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections import Counter
@@ -14,6 +13,8 @@ import pytest
 from pytest_lbbench.workloads.base import WorkloadPlan
 from pytest_lbbench.workloads.sources import wildchat as wc
 from pytest_lbbench.workloads.wildchat import WildChat
+from pytest_lbbench.workloads.base import WorkloadArgs
+from workload_support import workload_args
 
 DATA = Path(__file__).parent / "data" / "wildchat_1m.jsonl"
 REGIONS = ("us-east-2", "ap-northeast-1", "eu-central-1")
@@ -22,13 +23,13 @@ ROW_KEYS = {"conversation_hash", "model", "timestamp", "conversation", "turn", "
             "hashed_ip", "header"}
 
 
-def args(**overrides: Any) -> argparse.Namespace:
+def args(**overrides: Any) -> WorkloadArgs:
     values: dict[str, Any] = {
         "num_users": 10, "seed": 0, "duration": 120.0, "max_tokens": None,
         "dataset_source": "synthetic", "dataset_path": None, "num_conv": 300, "start_index": 0,
     }
     values.update(overrides)
-    return argparse.Namespace(**values)
+    return workload_args(values)
 
 
 def wild_plan(region: str = "us-east-2", **overrides: Any) -> WorkloadPlan:

@@ -8,77 +8,91 @@ the result files it produced. No pytest import here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from pytest_lbbench.runspec import RunKnobs, knob_argv, knobs_from
 from pytest_lbbench.systems import SystemSpec
+
+if TYPE_CHECKING:
+    from pytest_lbbench.client.job import ClientJob
 
 
 @dataclass(frozen=True)
 class ExperimentSpec:
-    """One experiment: a system × workload run with its knobs."""
+    """One experiment: a system × workload run with its settings, typed.
+
+    ``knobs`` and ``workload_options`` hold for every client region; ``region_overrides``
+    (parsed once from ``--region-to-args`` by :func:`~pytest_lbbench.client.planning.parse_region_args`)
+    replace some of them in one region. :meth:`client_job` turns it into what one client runs.
+    """
 
     system: str
     workload: str
     exp_name: str  # ``<exp>_<system>``: the folder under ``metric/``
     client_regions: tuple[str, ...]
-    duration_s: float
-    num_users: int
-    seed: int
-    max_tokens: int | None = None
-    request_timeout_s: float = 100.0
-    drain_timeout_s: float = 100.0
-    lag_threshold_ms: float = 10.0
-    warmup_s: float = 0.0
-    # The workload's own options and the arrival/dataset options, as client arguments.
-    workload_argv: tuple[str, ...] = ()
-    region_to_args: dict[str, str] = field(default_factory=dict)
+    knobs: RunKnobs = field(default_factory=RunKnobs)
+    # The shared arrival/dataset options and the workload's own, by dest (left out: default).
+    workload_options: Mapping[str, Any] = field(default_factory=dict)
+    # Client region → option values (knobs by field name, options by dest) set there only.
+    region_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        """The longest ``--duration`` of any client region (what a launcher waits for)."""
+        return max(self.region_settings(r)[0].duration_s for r in self.client_regions or ("",))
+
+    @property
+    def deadline_s(self) -> float:
+        """How long the slowest client region may take: warm-up + duration + drain."""
+        return max(k.warmup_s + k.duration_s + k.drain_timeout_s
+                   for k in (self.region_settings(r)[0] for r in self.client_regions or ("",)))
+
+    def region_settings(self, region: str) -> tuple[RunKnobs, dict[str, Any]]:
+        """``(knobs, option values by dest)`` of one client region, overrides applied.
+        ``ValueError`` when an override does not fit this workload or a value is invalid."""
+        from pytest_lbbench.client.planning import check_overrides
+
+        overrides = dict(self.region_overrides.get(region, {}))
+        check_overrides(overrides, self.workload)
+        knobs = knobs_from(overrides, self.knobs)
+        knob_names = set(knobs.to_dict())
+        options = {**self.workload_options,
+                   **{k: v for k, v in overrides.items() if k not in knob_names}}
+        return knobs, options
+
+    def client_job(self, region: str, region_index: int, backend_url: str, output_file: Path) -> ClientJob:
+        """What the client of ``region`` runs (its plan built here, once). ``ValueError`` (or
+        ``OSError`` for a dataset) says what is wrong."""
+        from pytest_lbbench.client.job import build_job
+
+        knobs, options = self.region_settings(region)
+        return build_job(workload=self.workload, region=region, region_index=region_index,
+                         knobs=knobs, options=options, backend_url=backend_url,
+                         exp_name=self.exp_name, output_file=str(output_file))
 
     def client_argv(self, region: str, region_index: int, backend_url: str, output_file: Path) -> list[str]:
-        """Arguments of ``python -m pytest_lbbench.client`` for one client region.
+        """Arguments of ``python -m pytest_lbbench.client`` that build the same job on a machine
+        without a job file (a cloud VM builds its plan itself): every knob stated, then the
+        options that differ from their defaults."""
+        from pytest_lbbench.client.planning import COMMON_OPTIONS
+        from pytest_lbbench.workloads import get_workload
 
-        Region-specific arguments (``--region-to-args``) come last so they win, exactly as the
-        original gen_cmd appended them to the bench command.
-        """
-        import shlex
-
+        knobs, options = self.region_settings(region)
         argv = [
             "--backend-url", backend_url,
             "--workload", self.workload,
             "--region", region,
             "--region-index", str(region_index),
-            "--num-users", str(self.num_users),
-            "--seed", str(self.seed),
-            "--duration", str(self.duration_s),
-            "--request-timeout", str(self.request_timeout_s),
-            "--drain-timeout", str(self.drain_timeout_s),
-            "--lag-threshold-ms", str(self.lag_threshold_ms),
+            *knob_argv(knobs),
             "--exp-name", self.exp_name,
             "--output-file", str(output_file),
         ]
-        if self.max_tokens is not None:
-            argv += ["--max-tokens", str(self.max_tokens)]
-        if self.warmup_s:
-            argv += ["--warmup", str(self.warmup_s)]
-        argv += list(self.workload_argv)
-        argv += shlex.split(self.region_to_args.get(region, ""))
+        for option in (*COMMON_OPTIONS, *get_workload(self.workload).options):
+            argv += option.to_argv(options.get(option.dest, option.default))
         return argv
-
-    def write_plan(self, argv: list[str], plan_file: Path) -> list[str]:
-        """Build the plan the client would build from ``argv``, write it to ``plan_file`` and
-        return ``argv`` with ``--plan-file``: the client then runs exactly that plan.
-
-        Building it here, once, lets a workload from a ``conftest.py`` run in a client process
-        that cannot import it, and loads a dataset once instead of once per client.
-        ``ValueError`` says which argument is wrong.
-        """
-        from pytest_lbbench.client.planning import plan_from_argv
-
-        plan = plan_from_argv(argv)
-        plan_file.parent.mkdir(parents=True, exist_ok=True)
-        plan_file.write_text(plan.to_json())
-        return [*argv, "--plan-file", str(plan_file)]
 
 
 class Deployment(Protocol):

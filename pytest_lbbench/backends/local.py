@@ -56,7 +56,7 @@ class LocalSettings:
     client_regions: tuple[str, ...]
     log_dir: Path
     rtt: RttMatrix = field(default_factory=RttMatrix)
-    seed: int = 0
+    replica_seed: int = 0  # seeds the simulated replicas (the plugin passes --seed)
     time_scale: float = 1.0
     model: str = DEFAULT_MODEL
     profile: str = "l4-llama3.1-8b"  # a registered engine profile or a JSON file (see pytest_lbbench.sim)
@@ -292,7 +292,7 @@ class LocalDeployment(Deployment):
                 python_module_argv(
                     "pytest_lbbench.sim", "--host", "127.0.0.1", "--port", "0",
                     "--name", name, "--model", self.settings.model, "--profile", self.settings.profile,
-                    "--seed", str(self.settings.seed), "--time-scale", str(self.settings.time_scale),
+                    "--seed", str(self.settings.replica_seed), "--time-scale", str(self.settings.time_scale),
                     "--engine-metrics", self.settings.engine_metrics,
                 ),
             )
@@ -510,25 +510,23 @@ class LocalClientLauncher:
                 out.unlink(missing_ok=True)
                 outputs[region] = out
                 index = self.rtt.shard_index(region)
-                client_args = spec.client_argv(region, index, deployment.endpoint_for(region), out)
-                # Plans live next to metric/ (not in it: the original readers glob metric/*/*.json).
-                plan_file = metric_dir.parent.parent / "plans" / spec.exp_name / f"{region}.json"
-                argv = python_module_argv(
-                    "pytest_lbbench.client", *spec.write_plan(client_args, plan_file)
-                )
+                # Jobs live next to metric/ (not in it: the original readers glob metric/*/*.json).
+                job_file = metric_dir.parent.parent / "plans" / spec.exp_name / f"{region}.json"
+                spec.client_job(region, index, deployment.endpoint_for(region), out).write(job_file)
+                argv = python_module_argv("pytest_lbbench.client", "--job-file", str(job_file))
                 name = f"client-{spec.exp_name}-{region}"
                 proc = launch(name, argv, log_path=self.log_dir / f"{name}.log", wait_ready_line=False)
                 procs[region] = proc
                 if self.ledger is not None:
                     self.ledger.started(name, proc.pid)
-            limit = spec.warmup_s + spec.duration_s + spec.drain_timeout_s + 90.0
+            limit = spec.deadline_s + 90.0
             started = time.monotonic()
             while any(p.alive() for p in procs.values()):
                 elapsed = time.monotonic() - started
                 if elapsed > limit:
                     raise TimeoutError(
                         f"clients of {spec.exp_name} still running after {limit:.0f} s "
-                        f"(duration {spec.duration_s:.0f} s + drain {spec.drain_timeout_s:.0f} s + 90 s); "
+                        f"(warm-up + duration + drain {spec.deadline_s:.0f} s + 90 s); "
                         "they were killed. Partial records are in the .partial.jsonl files."
                     )
                 if on_progress is not None:

@@ -3,7 +3,8 @@
 This is the same program the local backend starts per client region and that cloud backends
 run on client VMs. It writes, in the original ``sky.lbbench`` layout:
 
-* ``<output-file>`` (default ``<output-dir>/metric/<exp-name>.json``): one JSON object
+* the job's output file (``--output-file``, default ``<output-dir>/metric/<exp-name>.json``;
+  in a ``--job-file``, its ``output_file``): one JSON object
   ``{"workload", "latency", "metrics": [records], "backend_url", "workload_args", ...}``;
 * ``<output-file>.partial.jsonl`` while running: one record per line, flushed as each request
   completes, so a crash keeps every finished request (removed once the final file exists).
@@ -14,7 +15,6 @@ Exit status: 0 on a completed run (failed requests are data, not errors), 2 on b
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -23,21 +23,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from pytest_lbbench import __version__
+from pytest_lbbench.client.job import job_from_args
+from pytest_lbbench.client.planning import parse_args
 from pytest_lbbench.client.records import RequestRecord
-from pytest_lbbench.client.planning import build_plan, parse_args
-from pytest_lbbench.client.runner import ClientSettings, EndpointNotReady, run_client
+from pytest_lbbench.client.runner import EndpointNotReady, run_client
 from pytest_lbbench.procutil import new_event_loop, watch_parent
 from pytest_lbbench.workloads.base import WorkloadPlan
 
 __all__ = ["main", "parse_args"]
 
 SCHEMA_VERSION = 1
-
-
-def _output_path(args: argparse.Namespace) -> Path:
-    if args.output_file:
-        return Path(args.output_file)
-    return Path(args.output_dir) / "metric" / f"{args.exp_name}.json"
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -65,21 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     watch_parent(args.parent_pid)
     try:
-        plan = build_plan(args)
+        job = job_from_args(args)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    settings = ClientSettings(
-        backend_url=args.backend_url.rstrip("/"),
-        region=args.region,
-        duration_s=args.duration,
-        request_timeout_s=args.request_timeout,
-        drain_timeout_s=args.drain_timeout,
-        lag_threshold_ms=args.lag_threshold_ms,
-        warmup_s=args.warmup,
-        seed=args.seed,
-    )
-    out = _output_path(args)
+    plan, knobs, settings = job.plan, job.knobs, job.settings()
+    out = Path(job.output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial_path = out.with_name(out.name + ".partial.jsonl")
     records: list[dict[str, Any]] = []
@@ -100,29 +86,29 @@ def main(argv: list[str] | None = None) -> int:
         partial.close()
         loop.close()
     workload_args = {
-        "workload": args.workload,
-        "region": args.region,
-        "num_users": args.num_users,
-        "seed": args.seed,
-        "duration": args.duration,
-        "warmup": args.warmup,
+        "workload": job.workload,
+        "region": job.region,
+        "num_users": knobs.num_users,
+        "seed": knobs.seed,
+        "duration": knobs.duration_s,
+        "warmup": knobs.warmup_s,
         "max_tokens": plan.settings.max_tokens,
         "temperature": plan.settings.temperature,
         **_arrival_knobs(plan),
         **plan.args,
     }
     payload = {
-        "workload": args.workload,
+        "workload": job.workload,
         "latency": round(run.latency_s, 3),
         "metrics": records,
         "backend_url": settings.backend_url,
         "workload_args": workload_args,
         # Additions beyond the original layout (its readers ignore unknown keys).
         "schema_version": SCHEMA_VERSION,
-        "region": args.region,
+        "region": job.region,
         "model": run.model,
         "sent": run.sent,
-        "warmup_s": args.warmup,
+        "warmup_s": knobs.warmup_s,
         "recorded": run.recorded,
         "client": {
             "loop_lag": run.loop_lag,

@@ -1,21 +1,24 @@
-"""The client's options and how they become a :class:`~pytest_lbbench.workloads.base.WorkloadPlan`.
+"""The client's command line, and the per-region overrides (``--region-to-args``) it shares.
 
-One parser serves the ``python -m pytest_lbbench.client`` command and the pytest plugin: the
-plugin builds each client region's plan in-process from the very argument list the client
-would get (so a workload added in a ``conftest.py`` works, and a dataset is loaded once) and
-hands the client the plan as a file (``--plan-file``). No pytest import here.
+The knobs (:mod:`pytest_lbbench.runspec`), the shared arrival/dataset options
+(:data:`COMMON_OPTIONS`) and every workload's own options are declared once and registered
+here for ``python -m pytest_lbbench.client`` run by hand (or on a cloud VM), and parsed from
+``--region-to-args`` strings by :func:`parse_region_args`. Runs started by pytest skip this
+parser: the plugin writes a job file (:mod:`pytest_lbbench.client.job`) and the client reads
+only that. No pytest import here.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
+import shlex
+from typing import Any
 
-from pytest_lbbench.client.runner import DEFAULT_LAG_THRESHOLD_MS, DEFAULT_REQUEST_TIMEOUT_S
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
+from pytest_lbbench.runspec import add_knob_options, knob_fields
 from pytest_lbbench.workloads import WORKLOADS, get_workload
-from pytest_lbbench.workloads.base import Arrival, WorkloadOption, WorkloadPlan
+from pytest_lbbench.workloads.base import Arrival, WorkloadArgs, WorkloadOption, WorkloadPlan
 from pytest_lbbench.workloads.sources import DATASET_SOURCES
 
 # The options every workload shares, declared once for this CLI and for the pytest plugin
@@ -53,40 +56,25 @@ def build_parser(workload_name: str | None) -> argparse.ArgumentParser:
     """The client's options; a workload's own options are added once it is known."""
     parser = argparse.ArgumentParser(
         prog="python -m pytest_lbbench.client",
-        description="Simulated chat users against one LLM endpoint; one record per request.",
+        description="Simulated chat users against one LLM endpoint; one record per request. "
+        "Give either --job-file (written by pytest-lbbench) or --backend-url and --workload.",
     )
-    parser.add_argument("--backend-url", required=True, help="endpoint base URL, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--workload", required=True, help=f"one of: {', '.join(sorted(WORKLOADS))}")
+    parser.add_argument("--job-file", default=None,
+                        help="run this job (JSON written by pytest-lbbench); every other option is ignored")
+    parser.add_argument("--backend-url", help="endpoint base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--workload", help=f"one of: {', '.join(sorted(WORKLOADS))}")
     parser.add_argument("--region", default="us-east-2", help="client region name (default: %(default)s)")
     parser.add_argument(
         "--region-index", type=int, default=None,
         help="shard index of this region in the workload data (default: position in "
         f"{', '.join(DEFAULT_REPLICA_REGIONS)}, else 0)",
     )
-    parser.add_argument("--num-users", type=int, default=1, help="simulated users (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="workload seed (default: %(default)s)")
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds to start new requests (default: %(default)s)")
-    parser.add_argument(
-        "--warmup", type=float, default=0.0, metavar="SECONDS",
-        help="run this long before --duration starts; requests started then are recorded with "
-        "warmup=true and left out of every metric (default: %(default)s)",
-    )
-    parser.add_argument("--max-tokens", type=int, default=None, help="override the workload's max_tokens")
+    add_knob_options(parser.add_argument)
     for option in COMMON_OPTIONS:
         option.add_to(parser)
-    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S)
-    parser.add_argument(
-        "--drain-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
-        help="after --duration, how long requests in flight may take to finish (default: %(default)s)",
-    )
-    parser.add_argument("--lag-threshold-ms", type=float, default=DEFAULT_LAG_THRESHOLD_MS)
     parser.add_argument("--exp-name", default="sky-exp")
     parser.add_argument("--output-dir", default="lbbench-results")
     parser.add_argument("--output-file", default=None, help="write the result JSON here instead")
-    parser.add_argument(
-        "--plan-file", default=None,
-        help="run this plan (JSON written by pytest-lbbench) instead of building one from the workload",
-    )
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     if workload_name in WORKLOADS:
         for option in get_workload(workload_name).options:
@@ -98,15 +86,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse client arguments, including the options of the chosen workload."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--workload")
-    pre.add_argument("--plan-file")
     known, _ = pre.parse_known_args(argv)
     parser = build_parser(known.workload)
     args = parser.parse_args(argv)
-    if args.plan_file is None and args.workload not in WORKLOADS:
-        parser.error(
-            f"argument --workload: unknown workload {args.workload!r}; valid workloads: "
-            f"{', '.join(sorted(WORKLOADS))} (others need --plan-file)"
-        )
+    if args.job_file is None:
+        missing = [flag for flag, value in (("--backend-url", args.backend_url),
+                                            ("--workload", args.workload)) if value is None]
+        if missing:
+            parser.error(f"the following arguments are required without --job-file: {', '.join(missing)}")
+        if args.workload not in WORKLOADS:
+            parser.error(
+                f"argument --workload: unknown workload {args.workload!r}; valid workloads: "
+                f"{', '.join(sorted(WORKLOADS))} (others run from a --job-file)"
+            )
     return args
 
 
@@ -116,50 +108,78 @@ def region_index_of(args: argparse.Namespace) -> int:
     return RttMatrix().shard_index(args.region)
 
 
-def apply_arrival_options(plan: WorkloadPlan, args: argparse.Namespace) -> WorkloadPlan:
+def workload_option_values(args: argparse.Namespace, workload: str) -> dict[str, Any]:
+    """The shared and ``workload``'s own option values from parsed client arguments, by dest."""
+    return {o.dest: getattr(args, o.dest) for o in (*COMMON_OPTIONS, *get_workload(workload).options)}
+
+
+def option_defaults(workload: str) -> dict[str, Any]:
+    """Every option ``workload`` takes (shared and its own) at its default, by dest."""
+    return {o.dest: o.default for o in (*COMMON_OPTIONS, *get_workload(workload).options)}
+
+
+def parse_region_args(text: str) -> dict[str, Any]:
+    """The options a ``--region-to-args`` string sets, by dest (knobs by field name): only
+    what it names, typed. It may name a knob, a shared option or any workload's own option;
+    :func:`check_overrides` tells whether one workload takes them. ``ValueError`` when the
+    string does not parse (quoting) or names an unknown option or a bad value."""
+    parser = argparse.ArgumentParser(prog="--region-to-args", add_help=False,
+                                     argument_default=argparse.SUPPRESS, exit_on_error=False)
+    add_knob_options(lambda *a, **k: parser.add_argument(*a, **{**k, "default": argparse.SUPPRESS}))
+    seen: set[str] = set()
+    for option in (*COMMON_OPTIONS, *(o for w in WORKLOADS.values() for o in w.options)):
+        if option.flag not in seen:
+            seen.add(option.flag)
+            kwargs = {**option.parser_kwargs(), "default": argparse.SUPPRESS}
+            if option.type != "bool":
+                kwargs["choices"] = option.choices
+            parser.add_argument(option.flag, **kwargs)
+    try:
+        namespace, extra = parser.parse_known_args(shlex.split(text))
+    except (argparse.ArgumentError, ValueError) as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+    if extra:
+        raise ValueError(f"{text!r}: unknown client arguments {' '.join(extra)}")
+    return vars(namespace)
+
+
+def check_overrides(overrides: dict[str, Any], workload: str) -> None:
+    """``ValueError`` if ``overrides`` (from :func:`parse_region_args`) names an option that
+    ``workload`` does not take."""
+    valid = {f.name for f, _ in knob_fields()} | set(option_defaults(workload))
+    foreign = sorted(set(overrides) - valid)
+    if foreign:
+        raise ValueError(f"workload {workload} takes no option {', '.join(foreign)} (from --region-to-args)")
+
+
+def apply_arrival_options(plan: WorkloadPlan, args: WorkloadArgs) -> WorkloadPlan:
     """The workload's plan with ``--request-rate`` / ``--open-loop-threshold`` applied.
 
     ``ValueError`` says what does not fit (an open-loop rate on a tree workload, bad values).
     """
     arrival = plan.arrival
-    if args.request_rate is not None:
-        if args.request_rate <= 0:
-            raise ValueError(f"--request-rate must be > 0 requests/s, got {args.request_rate!r}")
-        if args.burstiness <= 0:
-            raise ValueError(f"--burstiness must be > 0, got {args.burstiness!r}")
+    request_rate = args.options.get("request_rate")
+    burstiness = args.options.get("burstiness", 1.0)
+    open_loop_threshold = args.options.get("open_loop_threshold")
+    if request_rate is not None:
+        if request_rate <= 0:
+            raise ValueError(f"--request-rate must be > 0 requests/s, got {request_rate!r}")
+        if burstiness <= 0:
+            raise ValueError(f"--burstiness must be > 0, got {burstiness!r}")
         if plan.tree is not None:
             raise ValueError(
                 f"--request-rate drives chat workloads; {plan.name} sends trees of requests whose "
                 "later stages depend on earlier answers. Drop --request-rate, or use a chat "
                 "workload (arena, arena_syn, arena_1m, wildchat)."
             )
-        arrival = Arrival(kind="rate", request_rate=args.request_rate, burstiness=args.burstiness)
-    if args.open_loop_threshold is not None:
-        if args.open_loop_threshold < 0:
-            raise ValueError(f"--open-loop-threshold must be >= 0 s, got {args.open_loop_threshold!r}")
+        arrival = Arrival(kind="rate", request_rate=request_rate, burstiness=burstiness)
+    if open_loop_threshold is not None:
+        if open_loop_threshold < 0:
+            raise ValueError(f"--open-loop-threshold must be >= 0 s, got {open_loop_threshold!r}")
         if arrival.kind != "closed":
             raise ValueError(
                 "--open-loop-threshold is a think-time floor for closed-loop users; it does not "
                 f"combine with {arrival.kind} arrivals (drop it or --request-rate)."
             )
-        arrival = dataclasses.replace(arrival, think_time_floor_s=args.open_loop_threshold)
+        arrival = dataclasses.replace(arrival, think_time_floor_s=open_loop_threshold)
     return dataclasses.replace(plan, arrival=arrival)
-
-
-def build_plan(args: argparse.Namespace) -> WorkloadPlan:
-    """The plan of one client region: from ``--plan-file``, or built by the workload."""
-    if args.plan_file:
-        return WorkloadPlan.from_json(Path(args.plan_file).read_text())
-    if args.num_users < 1:
-        raise ValueError(f"--num-users must be >= 1, got {args.num_users}")
-    plan = get_workload(args.workload).plan(args, args.region, region_index_of(args))
-    return apply_arrival_options(plan, args)
-
-
-def plan_from_argv(argv: list[str]) -> WorkloadPlan:
-    """What ``python -m pytest_lbbench.client <argv>`` would run (``ValueError`` if invalid)."""
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:  # argparse reports on stderr and exits; surface it as an error
-        raise ValueError(f"invalid client arguments {argv!r}") from exc
-    return build_plan(args)

@@ -34,10 +34,9 @@ import aiohttp
 from pytest_lbbench.client.loop_monitor import LoopLagMonitor
 from pytest_lbbench.client.records import RequestRecord
 from pytest_lbbench.protocol import HASH_KEY_HEADER, served_by
+from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.workloads.base import Conversation, UserScript, WorkloadPlan
 
-DEFAULT_REQUEST_TIMEOUT_S = 100.0  # the original client's timeout
-DEFAULT_LAG_THRESHOLD_MS = 10.0
 # After a failed turn a user pauses briefly, so a dead endpoint is not hammered in a hot loop.
 FAILURE_BACKOFF_S = 0.1
 # Large read buffer: aiohttp's 64 KiB default throttles long SSE streams (vllm-project/vllm#39963).
@@ -48,18 +47,39 @@ RecordSink = Callable[[RequestRecord], None]
 
 @dataclass(frozen=True)
 class ClientSettings:
-    """How one client process drives one endpoint."""
+    """How one client process drives one endpoint: the experiment's knobs (one place for
+    their defaults: :class:`~pytest_lbbench.runspec.RunKnobs`) and where to send."""
 
     backend_url: str
     region: str
-    duration_s: float
-    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
-    drain_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
-    lag_threshold_ms: float = DEFAULT_LAG_THRESHOLD_MS
+    knobs: RunKnobs = field(default_factory=RunKnobs)
     model: str | None = None
     ready_timeout_s: float = 30.0
-    warmup_s: float = 0.0
-    seed: int = 0  # seeds the open-loop arrival times (with the region)
+
+    @property
+    def duration_s(self) -> float:
+        return self.knobs.duration_s
+
+    @property
+    def warmup_s(self) -> float:
+        return self.knobs.warmup_s
+
+    @property
+    def request_timeout_s(self) -> float:
+        return self.knobs.request_timeout_s
+
+    @property
+    def drain_timeout_s(self) -> float:
+        return self.knobs.drain_timeout_s
+
+    @property
+    def lag_threshold_ms(self) -> float:
+        return self.knobs.lag_threshold_ms
+
+    @property
+    def seed(self) -> int:
+        """Seeds the open-loop arrival times (with the region)."""
+        return self.knobs.seed
 
 
 @dataclass

@@ -25,10 +25,10 @@ disjoint shards (the original took the same first ``--num-conv`` battles in ever
 
 from __future__ import annotations
 
-import argparse
 
 from pytest_lbbench.workloads.arena_syn import NUM_CONV
 from pytest_lbbench.workloads.base import (
+    WorkloadArgs,
     Arrival,
     RequestSettings,
     WorkloadOption,
@@ -65,9 +65,9 @@ class Arena:
     options: tuple[WorkloadOption, ...] = (NUM_CONV, RUN_SECONDS, USER_STAGGER)
     hf_dataset: str | None = arena_conversations.DATASET_ID
 
-    def plan(self, args: argparse.Namespace, region: str, region_index: int) -> WorkloadPlan:
+    def plan(self, args: WorkloadArgs, region: str, region_index: int) -> WorkloadPlan:
         """Timestamp-replay users over this region's shard of multi-turn Arena battles."""
-        duration = float(args.duration)
+        duration = float(args.duration_s)
         run_seconds = getattr(args, "run_seconds", None)
         run_seconds = duration if run_seconds is None else float(run_seconds)
         if run_seconds <= 0:

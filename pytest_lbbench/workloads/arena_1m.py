@@ -22,11 +22,11 @@ original downloaded the dataset when the module was imported).
 
 from __future__ import annotations
 
-import argparse
 import random
 
 from pytest_lbbench.workloads.arena_syn import NUM_CONV
 from pytest_lbbench.workloads.base import (
+    WorkloadArgs,
     RequestSettings,
     WorkloadOption,
     WorkloadPlan,
@@ -46,7 +46,7 @@ class Arena1M:
     options: tuple[WorkloadOption, ...] = (NUM_CONV,)
     hf_dataset: str | None = lmsys_chat_1m.DATASET_ID
 
-    def plan(self, args: argparse.Namespace, region: str, region_index: int) -> WorkloadPlan:
+    def plan(self, args: WorkloadArgs, region: str, region_index: int) -> WorkloadPlan:
         """Closed-loop users over this region's shard of shuffled multi-turn chats."""
         num_conv = int(args.num_conv)
         if num_conv < 1:

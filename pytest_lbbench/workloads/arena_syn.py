@@ -23,9 +23,9 @@ raised ``ValueError``). The same seed gives the same conversations, users and or
 
 from __future__ import annotations
 
-import argparse
 
 from pytest_lbbench.workloads.base import (
+    WorkloadArgs,
     Conversation,
     RequestSettings,
     WorkloadOption,
@@ -64,7 +64,7 @@ class ArenaSyn:
     options: tuple[WorkloadOption, ...] = (NUM_CONV,)
     hf_dataset: str | None = arena_conversations.DATASET_ID
 
-    def plan(self, args: argparse.Namespace, region: str, region_index: int) -> WorkloadPlan:
+    def plan(self, args: WorkloadArgs, region: str, region_index: int) -> WorkloadPlan:
         """Closed-loop users over this region's shard of multi-turn Arena battles."""
         shard = region_conversations(args, region_index)
         max_tokens = args.max_tokens if args.max_tokens is not None else 512

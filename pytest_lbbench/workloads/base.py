@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -115,7 +116,7 @@ class WorkloadPlan:
     args: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        """The plan as JSON (the file a client runs with ``--plan-file``)."""
+        """The plan as JSON (inside the job file a client runs, :mod:`pytest_lbbench.client.job`)."""
         return json.dumps({"schema_version": PLAN_SCHEMA_VERSION, **asdict(self)})
 
     @classmethod
@@ -210,13 +211,57 @@ class WorkloadOption:
         return [self.flag, str(value)]
 
 
+@dataclass(frozen=True)
+class WorkloadArgs:
+    """What a workload's ``plan`` is given: one client region's settings, typed.
+
+    ``options`` holds the values of the shared arrival/dataset options and of the workload's
+    own :class:`WorkloadOption` s, by ``dest`` (defaults filled in). They read as attributes
+    too (``args.num_conv``), so a workload written against the client's parsed options keeps
+    working; an unknown name raises ``AttributeError`` listing the known ones.
+    """
+
+    num_users: int
+    seed: int
+    duration_s: float
+    max_tokens: int | None  # None: the workload's own default
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def option(self, dest: str) -> Any:
+        """The value of option ``dest`` (``KeyError`` names what is known)."""
+        try:
+            return self.options[dest]
+        except KeyError:
+            raise KeyError(f"no workload option {dest!r}; known: {', '.join(sorted(self.options))}") from None
+
+    @property
+    def dataset_source(self) -> str:
+        """``"synthetic"`` or ``"hf"`` (``--dataset-source``)."""
+        return str(self.options.get("dataset_source") or "synthetic")
+
+    @property
+    def dataset_path(self) -> str | None:
+        """A local file or directory in the dataset's own row format (``--dataset-path``)."""
+        path = self.options.get("dataset_path")
+        return str(path) if path else None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not fields: the options, by dest.
+        options = self.__dict__.get("options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(
+            f"WorkloadArgs has no {name!r}: fields num_users, seed, duration_s, max_tokens; "
+            f"options {', '.join(sorted(options)) or '(none)'}")
+
+
 class Workload(Protocol):
     """A workload module's contract (see :mod:`pytest_lbbench.workloads.arena_syn`).
 
-    ``plan`` reads the client's common options from ``args`` — ``num_users``, ``seed``,
-    ``duration``, ``max_tokens`` (``None``: the workload's default), ``dataset_source``
+    ``plan`` gets one client region's :class:`WorkloadArgs`: ``num_users``, ``seed``,
+    ``duration_s``, ``max_tokens`` (``None``: the workload's default), ``dataset_source``
     (``"synthetic"`` or ``"hf"``), ``dataset_path`` (a local file or directory in the dataset's
-    own row format, or ``None``) — plus its own ``options``. It must be deterministic in them.
+    own row format, or ``None``) and its own ``options`` by dest. It must be deterministic in them.
     """
 
     name: str
@@ -224,8 +269,8 @@ class Workload(Protocol):
     # The Hugging Face dataset behind ``--dataset-source hf`` (None: synthetic only).
     hf_dataset: str | None
 
-    def plan(self, args: argparse.Namespace, region: str, region_index: int) -> WorkloadPlan:
-        """Build the users of one client region from parsed options."""
+    def plan(self, args: WorkloadArgs, region: str, region_index: int) -> WorkloadPlan:
+        """Build the users of one client region."""
 
 
 def group_into_users(

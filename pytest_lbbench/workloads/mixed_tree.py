@@ -30,9 +30,9 @@ closed-loop users, ``x-hash-key`` = ``<region>-<user index>``.
 
 from __future__ import annotations
 
-import argparse
 
 from pytest_lbbench.workloads.base import (
+    WorkloadArgs,
     RequestSettings,
     TreeShape,
     WorkloadOption,
@@ -111,11 +111,11 @@ class MixedTree:
     hf_dataset: str | None = gsm8k.DATASET_ID
     default_max_tokens = 256
 
-    def tree(self, args: argparse.Namespace, region: str) -> TreeShape:
+    def tree(self, args: WorkloadArgs, region: str) -> TreeShape:
         spec = getattr(args, "branches_by_region", None) or DEFAULT_BRANCHES_BY_REGION
         return TreeShape(num_branches=branches_for(str(spec), region))
 
-    def plan(self, args: argparse.Namespace, region: str, region_index: int) -> WorkloadPlan:
+    def plan(self, args: WorkloadArgs, region: str, region_index: int) -> WorkloadPlan:
         """Closed-loop users solving GSM8K questions as trees of this region's branch factor."""
         tree = self.tree(args, region)
         users = tot_users(args, region, region_index)

@@ -27,9 +27,9 @@ defaulted to 10 s).
 
 from __future__ import annotations
 
-import argparse
 
 from pytest_lbbench.workloads.base import (
+    WorkloadArgs,
     Conversation,
     RequestSettings,
     TreeShape,
@@ -69,7 +69,7 @@ def stage_prompts(question: str) -> tuple[str, ...]:
     return (STAGE_PROMPTS[0].format(question=question.strip()), *STAGE_PROMPTS[1:])
 
 
-def tot_users(args: argparse.Namespace, region: str, region_index: int) -> tuple[UserScript, ...]:
+def tot_users(args: WorkloadArgs, region: str, region_index: int) -> tuple[UserScript, ...]:
     """This region's questions, dealt round-robin to ``--num-users`` users (tot and tot_single)."""
     num_users = int(args.num_users)
     if num_users < 1:
@@ -108,10 +108,10 @@ class Tot:
     hf_dataset: str | None = gsm8k.DATASET_ID
     default_max_tokens = 256
 
-    def tree(self, args: argparse.Namespace) -> TreeShape:
+    def tree(self, args: WorkloadArgs) -> TreeShape:
         return TreeShape(num_branches=int(getattr(args, "num_branches", NUM_BRANCHES.default)))
 
-    def plan(self, args: argparse.Namespace, region: str, region_index: int) -> WorkloadPlan:
+    def plan(self, args: WorkloadArgs, region: str, region_index: int) -> WorkloadPlan:
         """Closed-loop users, each working through its questions as trees of thought."""
         tree = self.tree(args)
         users = tot_users(args, region, region_index)

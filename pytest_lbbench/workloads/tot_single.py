@@ -10,9 +10,8 @@ original's ``f'{seed}-{uid}'`` (its seed was the region name). Temperature 0.001
 
 from __future__ import annotations
 
-import argparse
 
-from pytest_lbbench.workloads.base import TreeShape, WorkloadOption
+from pytest_lbbench.workloads.base import TreeShape, WorkloadArgs, WorkloadOption
 from pytest_lbbench.workloads.tot import DATA_PATH, NUM_BRANCHES, Tot
 
 NAME = "tot_single"
@@ -29,7 +28,7 @@ class TotSingle(Tot):
     options: tuple[WorkloadOption, ...] = (NUM_BRANCHES, DATA_PATH, DISABLE_PARALLEL)
     default_max_tokens = 512
 
-    def tree(self, args: argparse.Namespace) -> TreeShape:
+    def tree(self, args: WorkloadArgs) -> TreeShape:
         return TreeShape(
             num_branches=int(getattr(args, "num_branches", NUM_BRANCHES.default)),
             parallel=not bool(getattr(args, "disable_parallel", False)),

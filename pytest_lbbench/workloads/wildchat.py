@@ -22,9 +22,9 @@ The original's think-time floor ``--open-loop-threshold`` is a common client opt
 
 from __future__ import annotations
 
-import argparse
 
 from pytest_lbbench.workloads.base import (
+    WorkloadArgs,
     RequestSettings,
     WorkloadOption,
     WorkloadPlan,
@@ -53,7 +53,7 @@ class WildChat:
     options: tuple[WorkloadOption, ...] = (NUM_CONV, START_INDEX)
     hf_dataset: str | None = source.DATASET_ID
 
-    def plan(self, args: argparse.Namespace, region: str, region_index: int) -> WorkloadPlan:
+    def plan(self, args: WorkloadArgs, region: str, region_index: int) -> WorkloadPlan:
         """Closed-loop users over this region's WildChat conversations."""
         num_conv = int(getattr(args, "num_conv", NUM_CONV.default))
         if num_conv < 0:

@@ -339,7 +339,7 @@ class SkyClientLauncher:
             ops.append(Op(region, f"sky exec {cluster} ({spec.exp_name})",
                           _exec_submit(prov, cluster, yaml_text)))
         jobs = prov.runner.run(ops, prov.timeouts.launch_s, f"client jobs of {spec.exp_name}").results
-        limit = spec.duration_s + spec.drain_timeout_s + self.setup_margin_s
+        limit = spec.deadline_s + self.setup_margin_s
         outputs: dict[str, Path] = {}
         failures: list[str] = []
         for region, cluster in clusters.items():

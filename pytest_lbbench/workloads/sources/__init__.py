@@ -18,7 +18,6 @@ options ``--dataset-source`` and ``--dataset-path``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import operator
 import os
@@ -26,6 +25,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
+from pytest_lbbench.workloads.base import WorkloadArgs
 
 Row = dict[str, Any]
 
@@ -169,7 +169,7 @@ def take_shard(items: Iterable[Any], region_index: int, limit: int | None) -> li
     return out
 
 
-def dataset_choice(args: argparse.Namespace) -> tuple[str, str | None]:
+def dataset_choice(args: WorkloadArgs) -> tuple[str, str | None]:
     """``(source, local path)`` from the common options; the client may predate them."""
     source = getattr(args, "dataset_source", None) or "synthetic"
     if source not in DATASET_SOURCES:
@@ -180,14 +180,14 @@ def dataset_choice(args: argparse.Namespace) -> tuple[str, str | None]:
     return source, (str(path) if path else None)
 
 
-def uses_real_rows(args: argparse.Namespace, path: str | None = None) -> bool:
+def uses_real_rows(args: WorkloadArgs, path: str | None = None) -> bool:
     """True when rows come through ``datasets``: ``--dataset-source hf`` or a local path."""
     source, dataset_path = dataset_choice(args)
     return source == "hf" or bool(path or dataset_path)
 
 
 def rows_for(
-    args: argparse.Namespace,
+    args: WorkloadArgs,
     dataset_id: str,
     synthetic: Callable[[], Iterable[Row]],
     *,

@@ -26,12 +26,11 @@ the dump — short questions with a long tail, a few very active judges — not 
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
 
-from pytest_lbbench.workloads.base import Conversation
+from pytest_lbbench.workloads.base import Conversation, WorkloadArgs
 from pytest_lbbench.workloads.sources import (
     Row,
     TextSynth,
@@ -151,7 +150,7 @@ def multi_turn_conversations(rows: Iterable[Row]) -> Iterator[Conversation]:
                 yield conv
 
 
-def region_conversations(args: argparse.Namespace, region_index: int) -> list[Conversation]:
+def region_conversations(args: WorkloadArgs, region_index: int) -> list[Conversation]:
     """One client region's ``--num-conv`` multi-turn battles (arena and arena_syn share this).
 
     Multi-turn battles are numbered in row order and battle ``i`` goes to the region with
