@@ -61,6 +61,9 @@ class RunKnobs:
     lag_threshold_ms: float = _knob(
         10.0, "--lag-threshold-ms", "client event-loop lag p99 above which a run is flagged "
         "client-bound", "MS")
+    ready_timeout_s: float = _knob(
+        30.0, "--ready-timeout", "how long a client waits for its endpoint to answer /v1/models "
+        "before it gives up (exit 3)", "SECONDS", "positive")
     warmup_s: float = _knob(
         0.0, "--warmup", "run each experiment this long before --duration; requests started then "
         "are recorded (warmup=true) but left out of every metric", "SECONDS", "non_negative")

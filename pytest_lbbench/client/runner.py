@@ -54,7 +54,6 @@ class ClientSettings:
     region: str
     knobs: RunKnobs = field(default_factory=RunKnobs)
     model: str | None = None
-    ready_timeout_s: float = 30.0
 
     @property
     def duration_s(self) -> float:
@@ -462,7 +461,7 @@ async def run_client(plan: WorkloadPlan, settings: ClientSettings, sink: RecordS
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
     async with aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE) as session:
         model = settings.model or await discover_model(
-            session, settings.backend_url, settings.ready_timeout_s
+            session, settings.backend_url, settings.knobs.ready_timeout_s
         )
         monitor = LoopLagMonitor()
         monitor.start()
