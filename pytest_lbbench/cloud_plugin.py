@@ -1,17 +1,19 @@
-"""Plugin level of the cloud backends: options, validation, ``--lbbench-plan``/``--lbbench-cleanup``,
-and the choice of Deployment / ClientLauncher per system.
+"""Plugin level of the cloud backends: their options and validation, the ``sky`` and ``gke``
+backends (:class:`SkyBackend`, :class:`GkeBackend`), and which backend or existing endpoint
+serves a system.
 
-The plugin (:mod:`pytest_lbbench.plugin`) calls :func:`add_options` from ``pytest_addoption``,
-:func:`cmdline_main` (prints the plan or cleans up; ``None`` = run normally), builds the
-:class:`CloudConfig` at configure time (validation and the sky preflight, ``pytest.UsageError``
-on bad input), and :func:`close_sessions` at unconfigure. The fixtures ask
-:func:`deployment_for` and :func:`client_launcher_for` which Deployment and ClientLauncher serve
-a system (``None`` means the local backend serves it).
+:mod:`pytest_lbbench.options` registers :func:`add_options` and builds the :class:`CloudConfig`
+(validation and the sky preflight, ``pytest.UsageError`` on bad input) into the run's config,
+whose backend registry holds one instance of each backend for the run. The fixtures ask
+:func:`deployment_for` and :func:`client_launcher_for`: an existing endpoint (``--endpoint``,
+``--service-names``, ``--gke-endpoint``) wins, the gateway goes to GKE with
+``--gke-contexts``, everything else to ``--backend``. This module never imports
+:mod:`pytest_lbbench.options` (no import cycle).
 """
 
 from __future__ import annotations
 
-import atexit
+import os
 import re
 import sys
 import threading
@@ -49,17 +51,15 @@ from pytest_lbbench.backends.sky.render import (
     remote_result_path,
     write_yamls,
 )
+from pytest_lbbench.backends.registry import BackendContext, BackendUnavailable
 from pytest_lbbench.systems import BalancerKind, SystemSpec
 
 if TYPE_CHECKING:
     from pytest_lbbench.backends.base import ClientLauncher, Deployment
-    from pytest_lbbench.backends.ledger import ProcessLedger
     from pytest_lbbench.backends.sky.deployment import SkySession
     from pytest_lbbench.options import LbbenchConfig
 
-BACKEND_CHOICES = ("local", "sky")
 CLOUDS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius", "oci")
-CLOUD_KEY = pytest.StashKey["CloudConfig"]()
 
 _ACCELERATOR = re.compile(r"[A-Za-z0-9\-]+:[1-9][0-9]*")
 _PREFIX = re.compile(r"[a-z][a-z0-9-]{0,11}")
@@ -68,9 +68,10 @@ _PREFIX = re.compile(r"[a-z][a-z0-9-]{0,11}")
 def add_options(group: Any) -> None:
     """Register the cloud options on the ``lbbench`` option group."""
     add = group.addoption
-    add("--backend", dest="backend", default="local", choices=BACKEND_CHOICES, metavar="NAME",
-        help="where systems run: local (this machine, simulated replicas) or sky (real clouds "
-        "through SkyPilot; needs pytest-lbbench[sky]). Default: local")
+    add("--backend", dest="backend", default="local", metavar="NAME",
+        help="where systems run: local (this machine, simulated replicas), sky (real clouds "
+        "through SkyPilot; needs pytest-lbbench[sky]), gke (the GKE gateway on --gke-contexts), "
+        "or one added by the pytest_lbbench_backends hook. Default: local")
     add("--lbbench-plan", dest="lbbench_plan", action="store_true", default=False,
         help="print what a --backend sky run would create (clusters, regions, instance types, "
         "commands) and its estimated hourly cost, then exit; provisions nothing")
@@ -159,10 +160,8 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
     """
     o = _cloud_options(pytest_config)
     cfg = lbbench_config
-    backend = o["backend"]
-    if backend not in BACKEND_CHOICES:
-        _fail(f"--backend: unknown backend {backend!r}. Valid backends: {', '.join(BACKEND_CHOICES)}.")
-    if o["lbbench_plan"] and backend != "sky":
+    backend = o["backend"]  # a registered name (options.build_config checked it)
+    if o["lbbench_plan"] and backend not in ("sky", "gke"):
         _fail("--lbbench-plan describes a cloud run, but --backend is 'local', which provisions "
               "nothing. Add --backend sky to see what a SkyPilot run would create.")
     if o["keep_up"] and backend != "sky":
@@ -239,7 +238,7 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
         except GkePreflightError as exc:
             _fail(f"--gke-contexts: {exc}")
     if backend == "sky":
-        _check_sky_workloads(pytest_config, cfg)
+        _check_sky_workloads(cfg)
     if run_preflight is None:
         run_preflight = backend == "sky" and not result.plan and not result.cleanup
     needs_sky = bool(service_names) or (backend == "sky")
@@ -255,14 +254,11 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
     return result
 
 
-def _check_sky_workloads(pytest_config: pytest.Config, cfg: LbbenchConfig) -> None:
+def _check_sky_workloads(cfg: LbbenchConfig) -> None:
     """What the remote clients cannot do yet: they build their plan on the client VM from the
     command line, so a workload that lives in a ``conftest.py`` or data on this machine's disk
     would not be there."""
-    from pytest_lbbench.options import HOOK_WORKLOADS_KEY
-
-    stash = getattr(pytest_config, "stash", None)
-    hooked = [w for w in (stash.get(HOOK_WORKLOADS_KEY, []) if stash is not None else []) if w in cfg.workloads]
+    hooked = [w for w in cfg.hook_workloads if w in cfg.workloads]
     if hooked:
         _fail(f"--backend sky runs the built-in workloads only; {', '.join(hooked)} comes from the "
               "pytest_lbbench_workloads hook, whose code the client VMs do not have. Run it with the "
@@ -319,149 +315,178 @@ def gke_plan_note(cloud_cfg: CloudConfig) -> str:
     return prefix + "\n    ".join(lines) + "\n    (GPU nodes billed by GKE, not in the total)"
 
 
-def cmdline_main(config: pytest.Config) -> int | None:
-    """Handle ``--lbbench-plan`` and ``--lbbench-cleanup``: print, return the exit code.
-
-    ``None`` means "run the tests normally". Call it from a ``tryfirst`` ``pytest_cmdline_main``.
-    """
-    if not (config.getoption("lbbench_plan") or config.getoption("lbbench_cleanup")):
-        return None
-    from pytest_lbbench.options import HOOK_WORKLOADS_KEY, build_config
-    from pytest_lbbench.workloads.registry import unregister_workload
-
-    try:
-        return _plan_or_cleanup(config, build_config(config))
-    finally:
-        # pytest_configure/unconfigure never run on this path: undo the hook's registrations.
-        for name in config.stash.get(HOOK_WORKLOADS_KEY, []):
-            unregister_workload(name)
+def sky_plan_text(cloud_cfg: CloudConfig, cfg: LbbenchConfig) -> str:
+    """``--lbbench-plan`` for ``--backend sky``: the plan, with its task YAMLs written."""
+    yaml_dir = cfg.output_dir / ".lbbench" / "sky-plan"
+    plan = make_plan(cloud_cfg, cfg, yaml_dir)
+    write_yamls(plan.components, yaml_dir)
+    return plan.render() + f"\n\nTask YAMLs (no secrets inside) written to {yaml_dir}"
 
 
-def _plan_or_cleanup(config: pytest.Config, cfg: LbbenchConfig) -> int:
-    cloud_cfg = cloud_config(config, cfg, run_preflight=False)
-    if cloud_cfg.plan:
-        yaml_dir = cfg.output_dir / ".lbbench" / "sky-plan"
-        plan = make_plan(cloud_cfg, cfg, yaml_dir)
-        write_yamls(plan.components, yaml_dir)
-        print(plan.render())
-        print(f"\nTask YAMLs (no secrets inside) written to {yaml_dir}")
-        return 0
-    return _cleanup(cloud_cfg, cfg)
-
-
-def _cleanup(cloud_cfg: CloudConfig, cfg: LbbenchConfig) -> int:
-    from pytest_lbbench.backends.ledger import kill_leftovers, ledger_path
-
-    killed = kill_leftovers(ledger_path(cfg.output_dir))
-    print(f"local: stopped {len(killed)} leftover process(es)"
-          + (": " + ", ".join(str(e.get("name")) for e in killed) if killed else ""))
-    gke_failed = _cleanup_gke(cfg)
-    ledger = CloudLedger(cloud_ledger_path(cfg.output_dir))
+def _cleanup_sky(cloud_cfg: CloudConfig, output_dir: Path) -> tuple[list[str], bool]:
+    ledger = CloudLedger(cloud_ledger_path(output_dir))
     live = ledger.live()
     if not live:
-        print(f"sky: nothing recorded as running in {ledger.path}")
-        return 1 if gke_failed else 0
+        return [f"sky: nothing recorded as running in {ledger.path}"], False
     check = preflight(cloud_cfg.settings.cloud, cloud_cfg.settings.model,
                       timeout_s=cloud_cfg.preflight_timeout_s, need_hf_token=False)
     if not check.ok:
-        raise pytest.UsageError(
-            f"--lbbench-cleanup: {len(live)} cloud component(s) are recorded as running "
+        raise BackendUnavailable(
+            f"{len(live)} cloud component(s) are recorded as running "
             f"({', '.join(sorted(live))}) but SkyPilot cannot be used here: " + " ".join(check.problems))
     from pytest_lbbench.backends.sky.sdk import RealSkySdk
 
     prov = Provisioner(RealSkySdk(), ledger, max_parallel=cloud_cfg.max_parallel, timeouts=cloud_cfg.timeouts,
                        progress=lambda line: print(f"sky: {line}", flush=True))
     removed, errors = cleanup(prov)
-    print(f"sky: removed {len(removed)} component(s)" + (": " + ", ".join(removed) if removed else ""))
-    for error in errors:
-        print(f"sky: NOT removed: {error}")
-    return 1 if errors or gke_failed else 0
+    lines = [f"sky: removed {len(removed)} component(s)" + (": " + ", ".join(removed) if removed else "")]
+    lines += [f"sky: NOT removed: {error}" for error in errors]
+    return lines, bool(errors)
 
 
-def _cleanup_gke(cfg: LbbenchConfig) -> bool:
-    """Scale the GKE Deployments a crashed run left up back to zero; ``True`` if any failed."""
+def _cleanup_gke(output_dir: Path) -> tuple[list[str], bool]:
+    """Scale the GKE Deployments a crashed run left up back to zero; lines, and whether any failed."""
     from pytest_lbbench.backends.gke.deployment import (
         gke_ledger_path,
         leftover_deployments,
         scale_leftovers_to_zero,
     )
 
-    path = gke_ledger_path(cfg.output_dir)
+    path = gke_ledger_path(output_dir)
     leftovers = leftover_deployments(path)
     if not leftovers:
-        print(f"gke: nothing recorded as scaled up in {path}")
-        return False
+        return [f"gke: nothing recorded as scaled up in {path}"], False
     try:
         from pytest_lbbench.backends.gke.kube import KubernetesClientApi
 
         kube = KubernetesClientApi()
     except ImportError as exc:
-        raise pytest.UsageError(
-            f"--lbbench-cleanup: {len(leftovers)} GKE Deployment(s) are recorded as scaled up in "
-            f"{path}, but {exc}") from None
+        raise BackendUnavailable(
+            f"{len(leftovers)} GKE Deployment(s) are recorded as scaled up in {path}, but {exc}") from None
     report = scale_leftovers_to_zero(path, kube)
-    print(f"gke: scaled {len(report.scaled)} Deployment(s) to zero")
-    for item, error in report.failed:
-        print(f"gke: NOT scaled to zero: {item.context}/{item.namespace}/{item.name}: {error}")
-    return bool(report.failed)
+    lines = [f"gke: scaled {len(report.scaled)} Deployment(s) to zero"]
+    lines += [f"gke: NOT scaled to zero: {item.context}/{item.namespace}/{item.name}: {error}"
+              for item, error in report.failed]
+    return lines, bool(report.failed)
 
 
-# ---- deployments -------------------------------------------------------------------------------
+# ---- the sky and gke backends ------------------------------------------------------------------
 
-_SESSIONS: dict[tuple[str, str], SkySession] = {}
-_SESSIONS_LOCK = threading.Lock()
-
-
-def _session(cloud_cfg: CloudConfig, cfg: LbbenchConfig, progress: Callable[[str], None] | None) -> SkySession:
-    from pytest_lbbench.backends.sky.deployment import SkySession, worker_id
-    from pytest_lbbench.backends.sky.sdk import RealSkySdk
-
-    key = (str(cfg.output_dir), cloud_cfg.settings.prefix)
-    with _SESSIONS_LOCK:
-        if key not in _SESSIONS:
-            secrets = {name: value for name in ("HF_TOKEN",) if (value := _env(name))}
-            prov = Provisioner(RealSkySdk(), CloudLedger(cloud_ledger_path(cfg.output_dir)),
-                               max_parallel=cloud_cfg.max_parallel, timeouts=cloud_cfg.timeouts,
-                               progress=progress, keep_up=cloud_cfg.keep_up, secrets=secrets)
-            worker = worker_id()
-            # Without xdist this process runs every selected system: provision them all in one
-            # parallel wave. Under xdist each worker provisions only the systems it is given.
-            names = [s for s in cfg.systems if s not in cloud_cfg.endpoints and s not in cloud_cfg.service_names]
-            systems = [cfg.system(s) for s in names] if not worker else []
-            _SESSIONS[key] = SkySession(prov, cloud_cfg.settings, systems=systems, replicas=cfg.replicas,
-                                        replica_regions=cfg.replica_regions, client_regions=cfg.regions,
-                                        rtt=cfg.rtt, worker=worker)
-        return _SESSIONS[key]
+def _cloud(ctx: BackendContext) -> CloudConfig:
+    cloud_cfg = ctx.config.cloud_options
+    if cloud_cfg is None:
+        raise RuntimeError("the cloud options of this run were not validated (build_config does it)")
+    return cloud_cfg
 
 
-def _env(name: str) -> str | None:
-    import os
+class SkyBackend:
+    """``--backend sky``: replicas, balancers and clients on SkyPilot clusters. One session
+    (provisioner, client clusters) per run, held here and released by :meth:`close`."""
 
-    return os.environ.get(name) or None
+    name = "sky"
+    summary = "real clouds through SkyPilot (needs pytest-lbbench[sky])"
+    scales_time = False  # real engines on real clocks
+
+    def __init__(self) -> None:
+        self._session: SkySession | None = None
+        self._lock = threading.Lock()
+
+    def session(self, ctx: BackendContext) -> SkySession:
+        """The run's SkyPilot session, created on first use."""
+        from pytest_lbbench.backends.sky.deployment import SkySession, worker_id
+        from pytest_lbbench.backends.sky.sdk import RealSkySdk
+
+        cloud_cfg, cfg = _cloud(ctx), ctx.config
+        with self._lock:
+            if self._session is None:
+                secrets = {name: value for name in ("HF_TOKEN",) if (value := os.environ.get(name))}
+                prov = Provisioner(RealSkySdk(), CloudLedger(cloud_ledger_path(cfg.output_dir)),
+                                   max_parallel=cloud_cfg.max_parallel, timeouts=cloud_cfg.timeouts,
+                                   progress=ctx.progress, keep_up=cloud_cfg.keep_up, secrets=secrets)
+                worker = worker_id()
+                # Without xdist this process runs every selected system: provision them all in
+                # one parallel wave. Under xdist each worker provisions only the systems it is given.
+                names = [s for s in cfg.systems
+                         if s not in cloud_cfg.endpoints and s not in cloud_cfg.service_names]
+                systems = [cfg.system(s) for s in names] if not worker else []
+                self._session = SkySession(prov, cloud_cfg.settings, systems=systems, replicas=cfg.replicas,
+                                           replica_regions=cfg.replica_regions, client_regions=cfg.regions,
+                                           rtt=cfg.rtt, worker=worker)
+            return self._session
+
+    def deployment(self, system: SystemSpec, ctx: BackendContext) -> Deployment:
+        from pytest_lbbench.backends.sky.deployment import SkyDeployment
+
+        try:
+            return SkyDeployment(system, self.session(ctx))
+        except UnsupportedSystem as exc:
+            raise BackendUnavailable(f"{system.name}: {exc}" if GKE_HINT in str(exc) else str(exc)) from None
+
+    def client_launcher(self, system: SystemSpec, ctx: BackendContext) -> ClientLauncher:
+        from pytest_lbbench.backends.sky.deployment import SkyClientLauncher
+
+        return SkyClientLauncher(self.session(ctx))
+
+    def plan(self, ctx: BackendContext) -> str | None:
+        return sky_plan_text(_cloud(ctx), ctx.config)
+
+    def cleanup(self, ctx: BackendContext) -> tuple[list[str], bool]:
+        return _cleanup_sky(_cloud(ctx), ctx.config.output_dir)
+
+    def close(self) -> list[str]:
+        with self._lock:
+            session, self._session = self._session, None
+        return session.close() if session is not None else []
 
 
-def close_sessions() -> list[str]:
-    """Release every sky session's client clusters (and anything still up); returns errors."""
-    errors: list[str] = []
-    with _SESSIONS_LOCK:
-        sessions = list(_SESSIONS.values())
-        _SESSIONS.clear()
-    for session in sessions:
-        errors += session.close()
-    return errors
+class GkeBackend:
+    """The GKE gateway (``gke_gateway``) on real GKE clusters (``--gke-contexts``), scaled to
+    zero at the end; its clients run on this machine. Other systems it refuses."""
+
+    name = "gke"
+    summary = "the GKE gateway on real GKE clusters (--gke-contexts; needs pytest-lbbench[gke])"
+    scales_time = False  # real engines on real clocks
+
+    def deployment(self, system: SystemSpec, ctx: BackendContext) -> Deployment:
+        cloud_cfg = _cloud(ctx)
+        if system.kind is not BalancerKind.GATEWAY:
+            raise BackendUnavailable(f"{system.name}: the gke backend runs the GKE gateway only; "
+                                     "run this system with --backend local or sky")
+        if not cloud_cfg.gke_contexts:
+            raise BackendUnavailable(f"{system.name}: the gke backend needs --gke-contexts CTX1,CTX2 "
+                                     "(or use an existing gateway with --gke-endpoint HOST:PORT)")
+        from pytest_lbbench.backends.gke.deployment import GkeDeployment, GkeSettings
+
+        return GkeDeployment(
+            system,
+            GkeSettings(contexts=cloud_cfg.gke_contexts, output_dir=ctx.config.output_dir,
+                        hf_token=os.environ.get("HF_TOKEN") or None),
+            on_progress=ctx.progress,
+        )
+
+    def client_launcher(self, system: SystemSpec, ctx: BackendContext) -> ClientLauncher:
+        from pytest_lbbench.backends.local import LocalBackend
+
+        return LocalBackend().client_launcher(system, ctx)
+
+    def plan(self, ctx: BackendContext) -> str | None:
+        return "pytest-lbbench plan (--backend gke, nothing provisioned):\n  gke_gateway: " + gke_plan_note(_cloud(ctx))
+
+    def cleanup(self, ctx: BackendContext) -> tuple[list[str], bool]:
+        return _cleanup_gke(ctx.config.output_dir)
+
+    def close(self) -> list[str]:
+        return []  # each GkeDeployment scales itself to zero when stopped
 
 
-atexit.register(close_sessions)
+def deployment_for(ctx: BackendContext, system_spec: SystemSpec) -> Deployment:
+    """The Deployment of ``system_spec`` for this run.
 
-
-def deployment_for(cloud_cfg: CloudConfig, system_spec: SystemSpec, lbbench_config: LbbenchConfig,
-                   ledger: ProcessLedger | None = None, *,
-                   progress: Callable[[str], None] | None = None) -> Deployment | None:
-    """The Deployment of ``system_spec`` for this run, or ``None`` for the local backend.
-
-    Existing endpoints (``--endpoint``, ``--service-names``) win over any backend. For
-    ``--backend sky`` the GKE gateway is skipped with the reason unless an endpoint is given.
+    Existing endpoints (``--endpoint``, ``--gke-endpoint``, ``--service-names``) win over any
+    backend; the gateway goes to the gke backend with ``--gke-contexts``; everything else to
+    ``--backend``. :class:`BackendUnavailable` when the backend cannot run the system.
     """
+    cloud_cfg, cfg = _cloud(ctx), ctx.config
     name = system_spec.name
     if name in cloud_cfg.endpoints:
         return EndpointDeployment(system_spec, cloud_cfg.endpoints[name], source="--endpoint")
@@ -470,16 +495,7 @@ def deployment_for(cloud_cfg: CloudConfig, system_spec: SystemSpec, lbbench_conf
 
         return GkeEndpointDeployment(system_spec, cloud_cfg.gke_endpoint)
     if system_spec.kind is BalancerKind.GATEWAY and cloud_cfg.gke_contexts:
-        import os
-
-        from pytest_lbbench.backends.gke.deployment import GkeDeployment, GkeSettings
-
-        return GkeDeployment(
-            system_spec,
-            GkeSettings(contexts=cloud_cfg.gke_contexts, output_dir=lbbench_config.output_dir,
-                        hf_token=os.environ.get("HF_TOKEN") or None),
-            on_progress=progress,
-        )
+        return cfg.backends.get("gke").deployment(system_spec, ctx)
     if name in cloud_cfg.service_names:
         from pytest_lbbench.backends.sky.sdk import RealSkySdk
 
@@ -489,25 +505,13 @@ def deployment_for(cloud_cfg: CloudConfig, system_spec: SystemSpec, lbbench_conf
         except ValueError as exc:
             pytest.fail(str(exc), pytrace=False)
         return EndpointDeployment(system_spec, {ANY_REGION: url}, source=f"--service-names {service}")
-    if cloud_cfg.backend != "sky":
-        return None
-    from pytest_lbbench.backends.sky.deployment import SkyDeployment
-
-    try:
-        return SkyDeployment(system_spec, _session(cloud_cfg, lbbench_config, progress))
-    except UnsupportedSystem as exc:
-        pytest.skip(f"{name}: {exc}" if GKE_HINT in str(exc) else str(exc))
+    return cfg.backends.get(cfg.backend).deployment(system_spec, ctx)
 
 
-def client_launcher_for(cloud_cfg: CloudConfig, lbbench_config: LbbenchConfig,
-                        ledger: ProcessLedger | None = None, *,
-                        progress: Callable[[str], None] | None = None) -> ClientLauncher | None:
-    """``SkyClientLauncher`` for ``--backend sky`` (clients on client clusters), else ``None``."""
-    if cloud_cfg.backend != "sky":
-        return None
-    from pytest_lbbench.backends.sky.deployment import SkyClientLauncher
-
-    return SkyClientLauncher(_session(cloud_cfg, lbbench_config, progress))
+def client_launcher_for(ctx: BackendContext, system_spec: SystemSpec) -> ClientLauncher:
+    """What runs the clients of an experiment on ``system_spec``: ``--backend``'s launcher
+    (sky: on client clusters, whoever serves the system; otherwise on this machine)."""
+    return ctx.config.backends.get(ctx.config.backend).client_launcher(system_spec, ctx)
 
 
 def progress_writer(config: pytest.Config) -> Callable[[str], None]:

@@ -17,12 +17,8 @@ import pytest
 from pytest_lbbench import cloud_plugin
 from pytest_lbbench.backends.base import Deployment
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
-from pytest_lbbench.backends.local import (
-    LocalClientLauncher,
-    LocalDeployment,
-    LocalSettings,
-    telemetry_recorder,
-)
+from pytest_lbbench.backends.local import telemetry_recorder
+from pytest_lbbench.backends.registry import BackendContext, BackendUnavailable
 from pytest_lbbench.gate import check
 from pytest_lbbench.hostlag import judge as judge_host_lag
 from pytest_lbbench.options import LbbenchConfig, get_config
@@ -35,6 +31,10 @@ BAR_WIDTH = 24
 
 class RunExperiment(Protocol):
     def __call__(self, deployment: Deployment, workload: str) -> ExperimentResult: ...
+
+
+def _context(config: pytest.Config, cfg: LbbenchConfig, ledger: ProcessLedger) -> BackendContext:
+    return BackendContext(cfg, ledger, progress=cloud_plugin.progress_writer(config))
 
 
 @pytest.fixture(scope="session")
@@ -56,30 +56,16 @@ def lbbench_deployment(
 ) -> Iterator[Deployment]:
     """The system ``lbbench_system``, started once per process and always stopped.
 
-    Local processes by default; with ``--backend sky``, ``--endpoint``, ``--service-names``,
-    ``--gke-contexts`` or ``--gke-endpoint`` the cloud layer supplies it (see
-    :mod:`pytest_lbbench.cloud_plugin`).
+    ``--backend`` supplies it (local processes by default), unless an existing endpoint
+    (``--endpoint``, ``--service-names``, ``--gke-endpoint``) or ``--gke-contexts`` does (see
+    :func:`pytest_lbbench.cloud_plugin.deployment_for`). A backend that cannot run the system
+    skips its tests with the reason.
     """
-    cfg = lbbench_config
-    spec = cfg.system(lbbench_system)
-    deployment = cloud_plugin.deployment_for(
-        request.config.stash[cloud_plugin.CLOUD_KEY], spec, cfg, lbbench_ledger,
-        progress=cloud_plugin.progress_writer(request.config),
-    ) or LocalDeployment(
-        spec,
-        LocalSettings(
-            replicas=cfg.replicas,
-            replica_regions=cfg.replica_regions,
-            client_regions=cfg.regions,
-            log_dir=cfg.output_dir / "logs" / lbbench_system,
-            rtt=cfg.rtt,
-            replica_seed=cfg.knobs.seed,
-            time_scale=cfg.time_scale,
-            profile=cfg.engine_profile,
-            engine_metrics=cfg.engine_metrics,
-            ledger=lbbench_ledger,
-        ),
-    )
+    ctx = _context(request.config, lbbench_config, lbbench_ledger)
+    try:
+        deployment = cloud_plugin.deployment_for(ctx, lbbench_config.system(lbbench_system))
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
     try:
         deployment.start()
         yield deployment
@@ -106,8 +92,7 @@ def lbbench_run(
         metric_dir: Path = cfg.output_dir / "metric" / exp_name
         log_dir = cfg.output_dir / "logs" / system
         launcher = cloud_plugin.client_launcher_for(
-            request.config.stash[cloud_plugin.CLOUD_KEY], cfg, lbbench_ledger,
-        ) or LocalClientLauncher(log_dir, lbbench_ledger, cfg.rtt)
+            _context(request.config, cfg, lbbench_ledger), deployment.system)
         queue_file = cfg.output_dir / "queue_size" / f"{exp_name}.txt"
         # Every experiment starts from the state of a fresh system, so test order never matters.
         isolation = deployment.reset()

@@ -8,6 +8,7 @@ import pluggy
 import pytest
 
 if TYPE_CHECKING:
+    from pytest_lbbench.backends.registry import Backend
     from pytest_lbbench.systems import SystemSpec
 
 hookspec = pluggy.HookspecMarker("pytest")
@@ -78,4 +79,32 @@ def pytest_lbbench_workloads(config: pytest.Config) -> list[Workload] | None:
     shared arrival options by dest (``args.option("request_rate")``); options of your own are
     best read from ``config`` when you construct the workload. A name that is already taken is
     refused at start-up.
+    """
+
+
+@hookspec
+def pytest_lbbench_backends(config: pytest.Config) -> list[Backend] | None:
+    """Return extra backends, next to ``local``, ``sky`` and ``gke``; select one with
+    ``--backend NAME``.
+
+    A backend is any object with the attributes and methods of
+    :class:`~pytest_lbbench.backends.registry.Backend`: ``name``, ``summary``,
+    ``scales_time`` (whether it honours ``--time-scale``; if not, a scaled run is refused),
+    ``deployment(system, ctx)`` returning a :class:`~pytest_lbbench.backends.base.Deployment`
+    (raise :class:`~pytest_lbbench.backends.registry.BackendUnavailable` to skip a system with
+    a reason), ``client_launcher(system, ctx)``, ``plan(ctx)`` (text for ``--lbbench-plan``, or
+    ``None``), ``cleanup(ctx)`` (``--lbbench-cleanup``: lines, failed) and ``close()`` (at the
+    end of the run). One instance serves the whole run, so it may keep state. Example
+    ``conftest.py``: a backend that reuses the local one on a different layout::
+
+        from pytest_lbbench.backends.local import LocalBackend
+
+        class Shared(LocalBackend):
+            name = "shared"
+            summary = "the local backend, one log directory for every system"
+
+        def pytest_lbbench_backends(config):
+            return [Shared()]
+
+    A name that is already taken is refused at start-up.
     """

@@ -7,6 +7,7 @@ Every mistake a user can make on the command line is caught here, at start-up, w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,10 @@ from typing import Any, NoReturn
 
 import pytest
 
+from pytest_lbbench import cloud_plugin
 from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.backends.local import LocalBackend
+from pytest_lbbench.backends.registry import BackendRegistry
 from pytest_lbbench.runspec import RunKnobs, add_knob_options, knob_fields, knobs_from
 from pytest_lbbench.benchstore import BaselineNotFound, load_baseline
 from pytest_lbbench.gate import Threshold, parse_threshold
@@ -23,14 +27,13 @@ from pytest_lbbench.hostlag import DEFAULT_THRESHOLD_MS as DEFAULT_HOST_LAG_THRE
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
 from pytest_lbbench.report.__main__ import parse_slo
 from pytest_lbbench.scenarios import SCENARIOS, ScenarioLayout
-from pytest_lbbench.systems import SYSTEMS, SystemSpec
+from pytest_lbbench.systems import SYSTEMS, BalancerKind, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
 from pytest_lbbench.workloads.registry import register_workload
 from pytest_lbbench.client.planning import COMMON_OPTIONS, parse_region_args
 from pytest_lbbench.workloads.base import Workload, WorkloadOption
 from pytest_lbbench.workloads.sources import DATASET_SOURCES
 
-BACKENDS = ("local", "sky")  # cloud_plugin.BACKEND_CHOICES; checked there too
 DEFAULT_CLIENT_REGIONS = ("us-east-2", "ap-northeast-1")
 DEFAULT_OUTPUT_DIR = "lbbench-results"
 DEFAULT_REPLICAS = 4
@@ -81,6 +84,13 @@ class LbbenchConfig:
     scenario_scale: float | None = None
     #: One line saying what the preset became at this scale (for the header and the summary).
     scenario_layout: str | None = None
+    #: Workloads added by the ``pytest_lbbench_workloads`` hook (their code is only here).
+    hook_workloads: tuple[str, ...] = ()
+    #: This run's backends (built-in and from the ``pytest_lbbench_backends`` hook).
+    backends: BackendRegistry = field(default_factory=BackendRegistry)
+    #: The validated cloud options (``--endpoint``, ``--sky-*``, ``--gke-*``); set by
+    #: :func:`build_config` once the rest is valid.
+    cloud_options: cloud_plugin.CloudConfig | None = None
 
     def options_for(self, workload: str) -> dict[str, Any]:
         """The values of the options ``workload`` takes (shared and its own), by dest."""
@@ -108,10 +118,15 @@ class LbbenchConfig:
         return self.exp_name or workload
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Not asdict(self): the registry holds live backend state (sessions, locks).
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("rtt", "baseline", "backends", "cloud_options", "catalog"):
+                continue
+            value = getattr(self, f.name)
+            data[f.name] = asdict(value) if isinstance(value, RunKnobs) else value
+        data["backends"] = self.backends.names()
         data["output_dir"] = str(self.output_dir)
-        data.pop("rtt")
-        data.pop("baseline")
         data["storage"] = str(self.storage)
         data["thresholds"] = [f"{t.metric}:{t.max_worse_pct:g}%" for t in self.thresholds]
         data["catalog"] = {name: spec.to_dict() for name, spec in self.catalog.items()}
@@ -187,8 +202,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "value at every scrape. Default: sglang")
     add("--time-scale", type=float, default=1.0, metavar="FACTOR",
         help="multiply every simulated engine time by FACTOR (tests use < 1). Default: 1")
-    from pytest_lbbench import cloud_plugin
-
     cloud_plugin.add_options(group)
     add_workload_options(parser)
 
@@ -293,6 +306,19 @@ def build_catalog(config: pytest.Config) -> dict[str, SystemSpec]:
     return catalog
 
 
+def build_backends(config: pytest.Config) -> BackendRegistry:
+    """The built-in backends (local, sky, gke) plus those returned by
+    ``pytest_lbbench_backends`` implementations; one instance each for this run."""
+    registry = BackendRegistry([LocalBackend(), cloud_plugin.SkyBackend(), cloud_plugin.GkeBackend()])
+    for extra in config.hook.pytest_lbbench_backends(config=config):
+        for backend in extra or []:
+            try:
+                registry.add(backend)
+            except ValueError as exc:
+                _fail(f"pytest_lbbench_backends: {exc}.")
+    return registry
+
+
 def register_hook_workloads(config: pytest.Config) -> list[str]:
     """Add the workloads returned by ``pytest_lbbench_workloads``; return their names."""
     added: list[str] = []
@@ -378,16 +404,23 @@ def _scenario_layout(name: str | None, scale: float | None) -> ScenarioLayout | 
         _fail(str(exc) + ".")
 
 
-def build_config(config: pytest.Config) -> LbbenchConfig:
-    """Validate the options and freeze them (raises ``pytest.UsageError`` on bad input)."""
+def build_config(config: pytest.Config, *, run_preflight: bool | None = None) -> LbbenchConfig:
+    """Validate the options and freeze them (raises ``pytest.UsageError`` on bad input).
+
+    ``run_preflight``: passed to :func:`~pytest_lbbench.cloud_plugin.cloud_config` (``None``:
+    the sky preflight runs when ``--backend sky`` will provision)."""
     opt = config.getoption
     catalog = build_catalog(config)
-    config.stash[HOOK_WORKLOADS_KEY] = register_hook_workloads(config)
+    hook_workloads = register_hook_workloads(config)
+    config.stash[HOOK_WORKLOADS_KEY] = hook_workloads
+    backends = build_backends(config)
     rtt = RttMatrix()
     valid_regions = list(rtt.regions)
     backend = opt("backend")
-    if backend not in BACKENDS:
-        _fail(f"--backend: unknown backend {backend!r}. Valid backends: {', '.join(BACKENDS)}.")
+    try:
+        backends.get(backend)
+    except ValueError as exc:
+        _fail(f"--backend: {exc}.")
     layout = _scenario_layout(opt("scenario"), opt("scenario_scale"))
     regions = _split_names(opt("regions")) or list(
         layout.client_regions if layout else DEFAULT_CLIENT_REGIONS)
@@ -479,9 +512,28 @@ def build_config(config: pytest.Config) -> LbbenchConfig:
         scenario=layout.scenario.name if layout else None,
         scenario_scale=layout.scale if layout else None,
         scenario_layout=layout.describe() if layout else None,
+        hook_workloads=tuple(hook_workloads),
+        backends=backends,
     )
     check_workloads(cfg)
-    return cfg
+    _check_time_scale(cfg, gke_contexts_given=bool(opt("gke_contexts")))
+    cloud_cfg = cloud_plugin.cloud_config(config, cfg, run_preflight=run_preflight)
+    return dataclasses.replace(cfg, cloud_options=cloud_cfg)
+
+
+def _check_time_scale(cfg: LbbenchConfig, *, gke_contexts_given: bool) -> None:
+    """``--time-scale`` means one thing: every component scales its own clocks by it. A
+    backend whose engines run on real clocks cannot, so the run is refused, not silently run
+    at another speed than the one asked for."""
+    if cfg.time_scale == 1.0:
+        return
+    serving = [cfg.backend]
+    if gke_contexts_given and any(cfg.system(s).kind is BalancerKind.GATEWAY for s in cfg.systems):
+        serving.append("gke")
+    for name in dict.fromkeys(serving):
+        if not cfg.backends.get(name).scales_time:
+            _fail(f"--time-scale {cfg.time_scale:g}: the {name} backend runs real engines on real "
+                  "clocks and cannot scale time. Drop --time-scale (or give 1), or run the local backend.")
 
 
 def get_config(config: pytest.Config) -> LbbenchConfig:

@@ -6,9 +6,12 @@ controller-side aggregation in :mod:`.collect`.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from pytest_lbbench import cloud_plugin
+from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
+from pytest_lbbench.backends.registry import BackendContext, BackendUnavailable
 from pytest_lbbench.collect import LbbenchCollector
 from pytest_lbbench.fixtures import (  # noqa: F401 - fixtures are registered by import
     lbbench_config,
@@ -34,13 +37,35 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    # --lbbench-plan / --lbbench-cleanup print or clean up and end the run here.
-    return cloud_plugin.cmdline_main(config)
+    """``--lbbench-plan`` / ``--lbbench-cleanup``: print or clean up and end the run here
+    (``None``: run the tests)."""
+    if not (config.getoption("lbbench_plan") or config.getoption("lbbench_cleanup")):
+        return None
+    try:
+        cfg = build_config(config, run_preflight=False)
+        ctx = BackendContext(cfg, ProcessLedger(ledger_path(cfg.output_dir)))
+        if config.getoption("lbbench_plan"):
+            text = cfg.backends.get(cfg.backend).plan(ctx)
+            print(text if text is not None else f"--backend {cfg.backend} provisions nothing.")
+            return 0
+        failed = False
+        for backend in cfg.backends:
+            try:
+                lines, backend_failed = backend.cleanup(ctx)
+            except BackendUnavailable as exc:
+                raise pytest.UsageError(f"--lbbench-cleanup: {exc}") from None
+            for line in lines:
+                print(line)
+            failed = failed or backend_failed
+        return 1 if failed else 0
+    finally:
+        # pytest_configure/unconfigure never run on this path: undo the hook's registrations.
+        for name in config.stash.get(HOOK_WORKLOADS_KEY, []):
+            unregister_workload(name)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONFIG_KEY] = build_config(config)
-    config.stash[cloud_plugin.CLOUD_KEY] = cloud_plugin.cloud_config(config, config.stash[CONFIG_KEY])
     config.addinivalue_line(
         "markers", "xdist_group(name): pytest-lbbench groups each system's tests on one worker"
     )
@@ -57,7 +82,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # leave them behind for the next session.
     for name in config.stash.get(HOOK_WORKLOADS_KEY, []):
         unregister_workload(name)
-    cloud_plugin.close_sessions()  # releases sky client clusters (no-op for the local backend)
+    if CONFIG_KEY in config.stash:
+        # Backends release what they hold for the run (sky: its client clusters).
+        for error in config.stash[CONFIG_KEY].backends.close_all():
+            print(f"pytest-lbbench: {error}", file=sys.stderr)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

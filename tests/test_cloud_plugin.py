@@ -6,6 +6,7 @@ The ``test_cli_*`` tests run pytest end to end and need the wiring described in 
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from typing import Any
 import pytest
 
 from pytest_lbbench import cloud_plugin
+from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
+from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment
+from pytest_lbbench.backends.registry import BackendContext
 from pytest_lbbench.backends.sky.endpoints import EndpointDeployment, parse_endpoint
 from pytest_lbbench.backends.sky.provision import CloudLedger, cloud_ledger_path
 from pytest_lbbench.options import LbbenchConfig, get_config
@@ -49,6 +53,16 @@ def cloud(lbbench_cfg: LbbenchConfig, **options: Any) -> cloud_plugin.CloudConfi
     return cloud_plugin.cloud_config(StubConfig(**options), lbbench_cfg, run_preflight=False)  # type: ignore[arg-type]
 
 
+def context(lbbench_cfg: LbbenchConfig, cloud_cfg: cloud_plugin.CloudConfig) -> BackendContext:
+    """What the fixtures hand the backends: the run's config with these cloud options."""
+    cfg = dataclasses.replace(lbbench_cfg, cloud_options=cloud_cfg, backend=cloud_cfg.backend)
+    return BackendContext(cfg, ProcessLedger(ledger_path(cfg.output_dir)))
+
+
+def deployment_for(lbbench_cfg: LbbenchConfig, cloud_cfg: cloud_plugin.CloudConfig, system: str) -> Any:
+    return cloud_plugin.deployment_for(context(lbbench_cfg, cloud_cfg), SYSTEMS[system])
+
+
 def test_defaults(lbbench_cfg: LbbenchConfig) -> None:
     cfg = cloud(lbbench_cfg)
     assert cfg.backend == "local" and cfg.endpoints == {} and cfg.service_names == {}
@@ -60,9 +74,9 @@ def test_gke_endpoint_serves_only_the_gateway_system(lbbench_cfg: LbbenchConfig)
 
     cfg = cloud(lbbench_cfg, gke_endpoint="34.117.239.237:80")
     assert cfg.gke_endpoint == "http://34.117.239.237:80"
-    gateway = cloud_plugin.deployment_for(cfg, SYSTEMS["gke_gateway"], lbbench_cfg)
+    gateway = deployment_for(lbbench_cfg, cfg, "gke_gateway")
     assert isinstance(gateway, GkeEndpointDeployment)
-    assert cloud_plugin.deployment_for(cfg, SYSTEMS["sky_push_pull"], lbbench_cfg) is None  # local
+    assert isinstance(deployment_for(lbbench_cfg, cfg, "sky_push_pull"), LocalDeployment)
 
 
 def test_gke_contexts_give_a_gke_deployment(lbbench_cfg: LbbenchConfig) -> None:
@@ -70,7 +84,7 @@ def test_gke_contexts_give_a_gke_deployment(lbbench_cfg: LbbenchConfig) -> None:
 
     cfg = cloud(lbbench_cfg, gke_contexts="gke_p_us-east4_a,gke_p_asia-northeast1_b")
     assert cfg.gke_contexts == ("gke_p_us-east4_a", "gke_p_asia-northeast1_b")
-    assert isinstance(cloud_plugin.deployment_for(cfg, SYSTEMS["gke_gateway"], lbbench_cfg), GkeDeployment)
+    assert isinstance(deployment_for(lbbench_cfg, cfg, "gke_gateway"), GkeDeployment)
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -99,13 +113,14 @@ def test_endpoints_and_service_names(lbbench_cfg: LbbenchConfig) -> None:
     cfg = cloud(lbbench_cfg, lbbench_endpoints=["sgl=1.2.3.4:9001"], service_names=["svc4"])
     assert cfg.endpoints == {"sgl": {"*": "http://1.2.3.4:9001"}}
     assert cfg.service_names == {"sky_push_pull": "svc4"}  # positional, GKE and --endpoint excluded
-    deployment = cloud_plugin.deployment_for(cfg, SYSTEMS["sgl"], lbbench_cfg)
+    deployment = deployment_for(lbbench_cfg, cfg, "sgl")
     assert isinstance(deployment, EndpointDeployment)
     assert deployment.endpoint_for("ap-northeast-1") == "http://1.2.3.4:9001"
     assert deployment.telemetry_targets() == [{"name": "sgl-0", "url": "http://1.2.3.4:9001",
                                                "kind": "sglang_router"}]
-    assert cloud_plugin.deployment_for(cloud(lbbench_cfg), SYSTEMS["sgl"], lbbench_cfg) is None
-    assert cloud_plugin.client_launcher_for(cloud(lbbench_cfg), lbbench_cfg) is None
+    local = context(lbbench_cfg, cloud(lbbench_cfg))
+    assert isinstance(cloud_plugin.deployment_for(local, SYSTEMS["sgl"]), LocalDeployment)
+    assert isinstance(cloud_plugin.client_launcher_for(local, SYSTEMS["sgl"]), LocalClientLauncher)
 
 
 def test_parse_endpoint() -> None:
@@ -181,7 +196,8 @@ def test_cli_sky_without_credentials_fails_fast(pytester: pytest.Pytester, monke
 def test_cli_cleanup_with_an_empty_ledger(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--lbbench-cleanup", "--output-dir", str(pytester.path / "out"))
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*gke: nothing recorded as scaled up*", "*sky: nothing recorded as running*"])
+    result.stdout.fnmatch_lines(["*local: stopped 0 leftover process(es)*", "*sky: nothing recorded as running*",
+                                 "*gke: nothing recorded as scaled up*"])
 
 
 def test_cli_cleanup_refuses_without_sky_when_something_is_recorded(

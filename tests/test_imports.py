@@ -1,10 +1,10 @@
-"""The package's import structure: no module-level import cycle, and every module imports alone.
+"""The package's import structure: no import cycle, and every module imports alone.
 
-The graph is read from the source with :mod:`ast`: module-level ``import`` / ``from … import``
-statements (also inside module-level ``try``/``if``), excluding ``if TYPE_CHECKING:`` blocks and
-imports inside functions (those run later, when every module is loaded, and are how optional or
-heavy parts stay lazy). ``from pkg import name`` counts as an edge to ``pkg.name`` when that is a
-module, else to ``pkg``.
+The graph is read from the source with :mod:`ast`: every ``import`` / ``from … import``
+statement, at module level or inside a function (a lazy import keeps an optional or heavy
+part out of start-up, but a cycle through it is still a cycle), excluding ``if TYPE_CHECKING:``
+blocks, which never run. ``from pkg import name`` counts as an edge to ``pkg.name`` when that
+is a module, else to ``pkg``.
 """
 
 from __future__ import annotations
@@ -32,38 +32,39 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of a module, at any depth (functions included: a lazy import
+    inside a function is still an edge, and a cycle through it is still a cycle), except those
+    under ``if TYPE_CHECKING:`` (never run)."""
     out: list[ast.Import | ast.ImportFrom] = []
 
-    def visit(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                out.append(node)
-            elif isinstance(node, ast.If):
-                test = ast.unparse(node.test)
-                if "TYPE_CHECKING" not in test:
-                    visit(node.body)
-                    visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-                for handler in node.handlers:
-                    visit(handler.body)
-                visit(node.orelse)
-                visit(node.finalbody)
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if "TYPE_CHECKING" in ast.unparse(node.test):
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
 
-    visit(tree.body)
+        def visit_Import(self, node: ast.Import) -> None:
+            out.append(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            out.append(node)
+
+    Visitor().visit(tree)
     return out
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module → package modules it imports at module level."""
+    """Module → package modules it imports (anywhere but under ``TYPE_CHECKING``)."""
     modules = _modules()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
         here = name if is_package else name.rpartition(".")[0]
         edges: set[str] = set()
-        for node in _module_level_imports(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -116,7 +117,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_the_package_has_no_module_level_import_cycle() -> None:
+def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph()
     assert "pytest_lbbench.lb.core" in graph and "pytest_lbbench.protocol" in graph["pytest_lbbench.lb.core"]
     cycle = find_cycle(graph)

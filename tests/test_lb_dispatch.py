@@ -16,7 +16,7 @@ import pytest
 from lbcore_support import FakeClock, apply, arrive, chat_info, make_core
 from pytest_lbbench.lb.config import LbConfig, LbMode, ReplicaMode
 from pytest_lbbench.lb.core import LbCore
-from pytest_lbbench.lb.queue import Dispatch, Failure, RequestEntry
+from pytest_lbbench.lb.queue import Dispatch, Failure
 from pytest_lbbench.protocol import FROM_LB_HEADER, QUEUE_SIZE_HEADER, HopTiming, LbDecision, ReplicaDecision
 
 REPLICAS = {"replica-0": "http://127.0.0.1:9000", "replica-1": "http://127.0.0.1:9001"}

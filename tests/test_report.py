@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_lbbench.report import plots
+from pytest_lbbench.report import plots, queuelog
 from pytest_lbbench.report.__main__ import main
 from pytest_lbbench.report.build import build_report
 from pytest_lbbench.report.metrics import goodput, meets_slo, validate_slo
@@ -433,12 +433,12 @@ def test_git_commit_never_fails_without_git(monkeypatch: pytest.MonkeyPatch, tmp
 
 def test_read_queue_log_both_formats(tmp_path: Path) -> None:
     root = build_our_dir(tmp_path / "run")
-    log = plots.read_queue_log(root / "queue_size/arena_syn_sky_push_push.txt")
+    log = queuelog.read_queue_log(root / "queue_size/arena_syn_sky_push_push.txt")
     assert log.lbs == {"lb-us-east-2": [(0.0, 0.0), (1.0, 3.0)]}  # truncated last line skipped
     assert log.replica_running == {"replica-0-us-east-2": [(0.0, 1.0)]}  # failed poll: a gap
     path = tmp_path / "orig.txt"
     path.write_text(json.dumps({"time": 5.0, "http://lb:8000": {"queue_size": 2, "raw_queue_size": 2},
                                 "http://router:9001": {"kind": "sglang_router", "name": "router",
                                                        "workers": {"workers": [{"load": 1}, {"load": 2}]}}}))
-    log = plots.read_queue_log(path)
+    log = queuelog.read_queue_log(path)
     assert log.lbs == {"http://lb:8000": [(0.0, 2.0)], "router (in flight)": [(0.0, 3.0)]}

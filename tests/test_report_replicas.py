@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_lbbench.report.build import build_report
-from pytest_lbbench.report.plots import QueueLog
+from pytest_lbbench.report.queuelog import QueueLog
 from pytest_lbbench.report.replicas import (
     format_shares,
     format_spread,

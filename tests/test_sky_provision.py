@@ -446,7 +446,7 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
     import gzip
 
     from pytest_lbbench.backends.base import ExperimentSpec
-from pytest_lbbench.runspec import RunKnobs
+    from pytest_lbbench.runspec import RunKnobs
     from pytest_lbbench.backends.sky.deployment import SkyClientLauncher, SkyDeployment, SkySession
     from pytest_lbbench.backends.sky.render import RESULT_BEGIN, RESULT_END
 

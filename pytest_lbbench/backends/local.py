@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterator
 
 from pytest_lbbench import __version__
 from pytest_lbbench.backends.base import Deployment, ExperimentSpec
-from pytest_lbbench.backends.ledger import ProcessLedger
+from pytest_lbbench.backends.ledger import ProcessLedger, kill_leftovers, ledger_path
+from pytest_lbbench.backends.registry import BackendContext
 from pytest_lbbench.hostlag import read_component
 from pytest_lbbench.procutil import (
     ManagedProcess,
@@ -63,6 +64,8 @@ class LocalSettings:
     engine_metrics: str = "sglang"  # gauges set at SGLang's logging points, or "live" every scrape
     startup_timeout_s: float = 60.0
     ledger: ProcessLedger | None = None
+    #: The backend name written into results (a hook backend built on this one gives its own).
+    backend_name: str = "local"
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,7 @@ class LocalDeployment(Deployment):
         if self.system.kind is BalancerKind.SGLANG_ROUTER:
             versions["sglang_router"] = package_version("sglang-router")
         return {
-            "backend": "local",
+            "backend": self.settings.backend_name,
             "system": self.system.to_dict(),
             "replicas": [{"name": c.name, "region": c.region} for c in self.replicas],
             "balancers": [{"name": c.name, "region": c.region} for c in self.lbs + self.gateways]
@@ -579,3 +582,42 @@ def telemetry_recorder(
         proc.stop()
         if ledger is not None:
             ledger.stopped(name, proc.pid)
+
+
+class LocalBackend:
+    """The ``local`` backend: every system on this machine (simulated replicas, our balancers,
+    the real ``sglang-router``, emulated WAN links); clients run here too."""
+
+    name = "local"
+    summary = "this machine: simulated replicas, real balancers and router, emulated WAN"
+    scales_time = True
+
+    def deployment(self, system: SystemSpec, ctx: BackendContext) -> Deployment:
+        cfg = ctx.config
+        return LocalDeployment(system, LocalSettings(
+            replicas=cfg.replicas,
+            replica_regions=cfg.replica_regions,
+            client_regions=cfg.regions,
+            log_dir=cfg.output_dir / "logs" / system.name,
+            rtt=cfg.rtt,
+            replica_seed=cfg.knobs.seed,
+            time_scale=cfg.time_scale,
+            profile=cfg.engine_profile,
+            engine_metrics=cfg.engine_metrics,
+            ledger=ctx.ledger,
+            backend_name=self.name,
+        ))
+
+    def client_launcher(self, system: SystemSpec, ctx: BackendContext) -> LocalClientLauncher:
+        return LocalClientLauncher(ctx.config.output_dir / "logs" / system.name, ctx.ledger, ctx.config.rtt)
+
+    def plan(self, ctx: BackendContext) -> str | None:
+        return None  # processes on this machine: nothing to provision
+
+    def cleanup(self, ctx: BackendContext) -> tuple[list[str], bool]:
+        killed = kill_leftovers(ledger_path(ctx.config.output_dir))
+        return [f"local: stopped {len(killed)} leftover process(es)"
+                + (": " + ", ".join(str(e.get("name")) for e in killed) if killed else "")], False
+
+    def close(self) -> list[str]:
+        return []  # every deployment stops its own processes

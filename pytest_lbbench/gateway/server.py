@@ -20,7 +20,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -182,7 +182,6 @@ class Gateway:
         return self.has_membership
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
-        arrive = time.time()
         self.requests_total += 1
         body = await request.read()
         if not await self._wait_for_membership():

@@ -24,8 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
-from pytest_lbbench.protocol import HASH_KEY_HEADER
-
 from .hashing import xxh64_intdigest
 from .prefix_tree import PrefixTree
 

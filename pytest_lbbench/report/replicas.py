@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pytest_lbbench.report.metrics import measured
+from pytest_lbbench.report.queuelog import QueueLog, read_queue_log
 
 #: Replica names start with this in every backend; the tables leave it out to stay narrow.
 NAME_PREFIX = "replica-"
@@ -45,12 +46,11 @@ def replica_shares(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     return {name: n / total for name, n in counts.items()} if total else {}
 
 
-def mean_outstanding(log: Any) -> dict[str, float]:
+def mean_outstanding(log: QueueLog) -> dict[str, float]:
     """Each replica's mean running + queued requests over the ticks its running count was read.
 
-    ``log`` is a :class:`~pytest_lbbench.report.plots.QueueLog`. A tick whose queue gauge is
-    missing counts the running requests alone (the gauge is absent, not zero, on a failed read
-    of one sample; a failed poll drops the whole tick).
+    A tick whose queue gauge is missing counts the running requests alone (the gauge is
+    absent, not zero, on a failed read of one sample; a failed poll drops the whole tick).
     """
     out: dict[str, float] = {}
     for name, running in sorted(log.replica_running.items()):
@@ -76,8 +76,6 @@ def telemetry_spread(queue_log: Path | None) -> tuple[dict[str, float], float | 
     """``(mean outstanding per replica, spread)`` from one telemetry file; empty without one."""
     if queue_log is None or not Path(queue_log).is_file():
         return {}, None
-    from pytest_lbbench.report.plots import read_queue_log  # the one parser of the format
-
     means = mean_outstanding(read_queue_log(Path(queue_log)))
     return means, spread(means)
 

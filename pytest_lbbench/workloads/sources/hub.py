@@ -15,9 +15,11 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_lbbench.workloads.sources import Row
+if TYPE_CHECKING:
+    # Only a type: the package imports this module lazily, so a runtime import would be a cycle.
+    from pytest_lbbench.workloads.sources import Row
 
 # Datasets whose files are behind "accept the terms" on the Hub: a token is required.
 GATED_DATASETS = frozenset({"lmsys/chatbot_arena_conversations", "lmsys/lmsys-chat-1m"})
