@@ -8,7 +8,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from pytest_lbbench.lb.__main__ import build_parser, config_from_args
-from pytest_lbbench.lb.config import LbConfig, LbMode, ReplicaMode
+from pytest_lbbench.lb.config import LOOP_FLOORS_S, LbConfig, LbMode, ReplicaMode
 from pytest_lbbench.lb.probe import parse_queue_length
 from pytest_lbbench.lb.proxy import client_response_headers, upstream_request_headers
 from pytest_lbbench.lb.queue import Dispatch
@@ -47,6 +47,23 @@ def test_config_accepts_strings_and_is_frozen() -> None:
         LbConfig(lb_mode="nope")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tick_s must be > 0"):
         LbConfig(tick_s=0)
+
+
+def test_the_lb_scales_its_own_loop_periods_from_the_time_scale() -> None:
+    # The periods are model seconds (the original's constants); --time-scale runs them faster,
+    # down to a floor, and leaves the timeouts alone (they bound hung peers, they model nothing).
+    assert LbConfig().loop_interval_s("tick_s") == 0.01
+    scaled = LbConfig(time_scale=0.5)
+    assert scaled.loop_interval_s("tick_s") == pytest.approx(0.005)
+    assert scaled.loop_interval_s("lb_probe_interval_s") == pytest.approx(0.05)
+    assert scaled.probe_timeout_s == LbConfig().probe_timeout_s
+    tiny = LbConfig(time_scale=0.001)
+    assert {name: tiny.loop_interval_s(name) for name in LOOP_FLOORS_S} == LOOP_FLOORS_S
+    args = build_parser().parse_args(["--time-scale", "0.05"])
+    assert config_from_args(args).time_scale == 0.05
+    assert config_from_args(build_parser().parse_args(scaled.to_argv())) == scaled
+    with pytest.raises(ValueError, match="time_scale must be > 0"):
+        LbConfig(time_scale=0)
 
 
 def test_mode_properties() -> None:

@@ -701,6 +701,26 @@ def test_cli_serves_links_and_stops_on_sigterm(tmp_path: Path) -> None:
     run(main())
 
 
+def test_cli_runs_model_delays_at_the_time_scale(tmp_path: Path) -> None:
+    # A spec states model time; the process runs it at --time-scale (as engines and LBs do):
+    # 80 ms one way (160 ms RTT) at 0.25 is a 40 ms RTT.
+    async def main() -> None:
+        async with serve(Echo) as port_echo:
+            specs = [LinkSpec("rtt-160-model", "127.0.0.1", port_echo, 80.0)]
+            argv = procutil.python_module_argv("pytest_lbbench.netem", "--links-json", specs_to_json(specs),
+                                               "--time-scale", "0.25")
+            proc = await asyncio.to_thread(
+                procutil.spawn, "netem", argv, log_path=tmp_path / "netem.log", env=_child_env()
+            )
+            try:
+                _, rtts = await pingpong(proc.info["links"]["rtt-160-model"], rounds=5)
+                assert 40.0 - 2 * EARLY_MS <= statistics.median(rtts) <= 70.0, rtts
+            finally:
+                proc.stop()
+
+    run(main())
+
+
 def test_cli_rejects_bad_links_json_with_exit_2(tmp_path: Path) -> None:
     base = [sys.executable, "-m", "pytest_lbbench.netem"]
     bad = '[{"name": "a", "target_host": "127.0.0.1", "target_port": 0, "one_way_ms": 5}]'

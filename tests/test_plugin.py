@@ -186,8 +186,10 @@ def test_ctrl_c_leaves_nothing_running(bench: pytest.Pytester) -> None:
     out = bench.path / "results"
     cmd = [sys.executable, "-m", "pytest", "-k", "push_push", "--regions", "us-east-2",
            "--output-dir", str(out), *FAST, "--duration", "120", "-s"]
+    # faulthandler: if the run does not end after Ctrl-C, SIGABRT makes it print every thread's
+    # stack, so a failure says where it hung.
     proc = subprocess.Popen(cmd, cwd=bench.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     ledger = ledger_path(out)
     deadline = time.monotonic() + 120
     try:
@@ -203,7 +205,14 @@ def test_ctrl_c_leaves_nothing_running(bench: pytest.Pytester) -> None:
         started = live_entries(ledger)
         assert len(started) >= 5  # replicas, LBs, links, client
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        sent = time.monotonic()
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            output, _ = proc.communicate(timeout=30)
+            pytest.fail(f"the run did not exit within 60 s of Ctrl-C; its output and stacks:\n{output[-12000:]}")
+        print(f"exited {time.monotonic() - sent:.1f} s after Ctrl-C")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -189,6 +189,9 @@ def test_push_push_holds_nothing_in_lb_queues_while_pull_does(tmp_path: Path) ->
     # the head of the queue and could not place it. Push places every request at its tick (the
     # replica policy always returns a replica); pull holds until a probe finds an empty engine
     # queue. Counted by the LB, not timed, so a loaded machine cannot blur it.
+    # Each LB runs its own clocks at the run's time scale (it was given the factor, not periods).
+    assert {conf["time_scale"] for sample in push_conf + pull_conf for conf in sample.values()
+            if isinstance(conf, dict) and conf.get("kind") == "sky_lb"} == {SCALE}
     push_held, pull_held = lb_counter(push_conf, "held_total"), lb_counter(pull_conf, "held_total")
     assert push_held == 0, push_held
     assert pull_held > 0.25 * len(pull), (pull_held, len(pull))

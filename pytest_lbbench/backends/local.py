@@ -324,7 +324,7 @@ class LocalDeployment(Deployment):
                     "pytest_lbbench.lb", "--host", "127.0.0.1", "--port", "0", "--name", name,
                     "--region", region, "--lb-mode", str(spec.lb_mode),
                     "--replica-mode", str(spec.replica_mode), "--policy", str(spec.policy),
-                    "--meta-policy", str(spec.meta_policy), *self._lb_interval_args(),
+                    "--meta-policy", str(spec.meta_policy), "--time-scale", str(self.settings.time_scale),
                     *spec.balancer_args,
                 ),
             )
@@ -334,19 +334,6 @@ class LocalDeployment(Deployment):
             Component(name, region, int(proc.info["port"]))
             for name, region, proc in zip(names, regions, procs)
         ]
-
-    def _lb_interval_args(self) -> list[str]:
-        """The LB's clocks (tick, probes, steal loop) shrunk with the engine and WAN times, so a
-        scaled run is the same model in less time (floors keep the LB from spinning)."""
-        scale = self.settings.time_scale
-        if scale == 1.0:
-            return []
-        intervals = {"--tick-s": (0.01, 0.001), "--steal-interval-s": (0.01, 0.001),
-                     "--probe-interval-s": (0.1, 0.01), "--lb-probe-interval-s": (0.1, 0.01)}
-        args: list[str] = []
-        for flag, (original, floor) in intervals.items():
-            args += [flag, f"{max(floor, original * scale):.4f}"]
-        return args
 
     def _choose_entries(self, entries: list[Component]) -> None:
         by_region = {c.region: c for c in entries}
@@ -359,7 +346,8 @@ class LocalDeployment(Deployment):
         return f"client@{client_region}>entry"
 
     def _add_link(self, name: str, src_region: str, target: Component) -> None:
-        one_way = self.settings.rtt.one_way_ms(src_region, target.region) * self.settings.time_scale
+        # Model time: the delay process runs it at --time-scale (as the LBs and engines do).
+        one_way = self.settings.rtt.one_way_ms(src_region, target.region)
         self._links[name] = {
             "name": name, "target_host": "127.0.0.1", "target_port": target.port,
             "one_way_ms": round(one_way, 4), "src_region": src_region, "target": target.name,
@@ -388,7 +376,7 @@ class LocalDeployment(Deployment):
         (proc,) = self._launch_all(
             [("netem", python_module_argv(
                 "pytest_lbbench.netem", "--links-json", json.dumps(specs), "--nice", "-10",
-                "--control"))]
+                "--time-scale", str(self.settings.time_scale), "--control"))]
         )
         self._netem_control = f"http://127.0.0.1:{int(proc.info['control_port'])}"
         for name, port in proc.info["links"].items():

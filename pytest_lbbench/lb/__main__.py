@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     prefix.add_argument("--no-least-load-fallback", dest="least_load_fallback",
                         action="store_false",
                         help="always take the best prefix match (DISABLE_LEAST_LOAD_IN_PREFIX)")
+    p.add_argument("--time-scale", type=_positive_float, default=defaults.time_scale, metavar="FACTOR",
+                   help="run the loop periods (tick, steal, probes) at FACTOR x their model value "
+                        "(the benchmark's --time-scale). Default: %(default)s")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="Default: %(default)s")

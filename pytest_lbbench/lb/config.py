@@ -118,8 +118,15 @@ class ReplicaMode(str, enum.Enum):
 
 _POSITIVE_FLOATS = (
     "tick_s", "steal_interval_s", "probe_interval_s", "probe_timeout_s", "lb_probe_interval_s", "lb_rpc_timeout_s",
-    "stream_timeout_s", "connect_timeout_s", "eviction_interval_s",
+    "stream_timeout_s", "connect_timeout_s", "eviction_interval_s", "time_scale",
 )
+LOOP_FLOORS_S: dict[str, float] = {
+    "tick_s": 0.001, "steal_interval_s": 0.001, "probe_interval_s": 0.01, "lb_probe_interval_s": 0.01,
+}
+"""The LB's loop periods (model seconds, the original's constants) and the shortest wall period
+each runs at under ``time_scale``: a 1 ms tick is what asyncio's timers resolve on this machine
+(local-runtime-notes.md), and a probe more often than every 10 ms would spend a 2-core machine
+on polling rather than on the benchmark."""
 _POSITIVE_INTS = ("latency_check_attempts", "max_concurrent_requests", "max_tree_size")
 RATE_LIMIT_AVAILABILITY = ("probe", "dispatch")
 """Values of :attr:`LbConfig.rate_limit_availability` (the original's first)."""
@@ -208,6 +215,13 @@ class LbConfig:
     """Prefix tree: fall back to least load when the match is too short. False = the later
     ``DISABLE_LEAST_LOAD_IN_PREFIX=true`` (CLI ``--no-least-load-fallback``)."""
 
+    time_scale: float = 1.0
+    """The run's ``--time-scale``. The loop periods above (:data:`LOOP_FLOORS_S`) are model
+    seconds; the LB runs them at ``model × time_scale`` wall seconds (see
+    :meth:`loop_interval_s`), as the simulated engines and links scale their own times, so a
+    scaled run is the same model in less time. Timeouts are not scaled: they bound a hung peer
+    or replica, they do not model anything."""
+
     def __post_init__(self) -> None:
         # Accept plain strings (CLI, JSON) and normalise them to the enums.
         object.__setattr__(self, "lb_mode", LbMode(self.lb_mode))
@@ -223,6 +237,13 @@ class LbConfig:
         for name in _NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ValueError(f"LbConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def loop_interval_s(self, name: str) -> float:
+        """Wall seconds between two runs of the loop whose model period is the field ``name``
+        (one of :data:`LOOP_FLOORS_S`): the period times :attr:`time_scale`, at least the floor."""
+        if self.time_scale == 1.0:
+            return float(getattr(self, name))
+        return max(LOOP_FLOORS_S[name], float(getattr(self, name)) * self.time_scale)
 
     def prefix_tree_kwargs(self) -> dict[str, Any]:
         """Keyword configuration of a ``prefix_tree`` policy built for this LB."""

@@ -291,6 +291,7 @@ class LbCore:
             "region": self.region,
             "lb_mode": self.config.lb_mode.value,
             "replica_mode": self.config.replica_mode.value,
+            "time_scale": self.config.time_scale,
             "dispatched_total": self.dispatched_total,
             "forwarded_total": self.forwarded_total,
             "pushed_total": self.pushed_total,

@@ -218,7 +218,7 @@ class LoadBalancer:
             self._spawn(
                 probe_engine_queues(
                     self._session, self.core.engine_probe_targets, self.core.on_engine_queue,
-                    self.config.probe_interval_s, self.config.probe_timeout_s, self.lag,
+                    self.config.loop_interval_s("probe_interval_s"), self.config.probe_timeout_s, self.lag,
                 ),
                 "engine-queue-probe",
             )
@@ -246,7 +246,7 @@ class LoadBalancer:
 
     async def _queue_loop(self) -> None:
         while True:
-            await self.lag.sleep("queue_tick", self.config.tick_s)
+            await self.lag.sleep("queue_tick", self.config.loop_interval_s("tick_s"))
             try:
                 self._deliver(self.core.tick())
             except Exception:  # pragma: no cover - keep serving; the bug shows in the log
@@ -271,7 +271,7 @@ class LoadBalancer:
 
     async def _steal_loop(self) -> None:
         while True:
-            await self.lag.sleep("steal_loop", self.config.steal_interval_s)
+            await self.lag.sleep("steal_loop", self.config.loop_interval_s("steal_interval_s"))
             try:
                 await self.steal_round()
             except Exception:  # pragma: no cover - keep stealing; the bug shows in the log
@@ -290,7 +290,7 @@ class LoadBalancer:
             except Exception:  # pragma: no cover
                 log.exception("peer status probe failed")
             await self.lag.sleep(
-                "lb_status_probe", max(0.0, self.config.lb_probe_interval_s - (loop.time() - start))
+                "lb_status_probe", max(0.0, self.config.loop_interval_s("lb_probe_interval_s") - (loop.time() - start))
             )
 
     async def _eviction_loop(self, kind: str, interval_s: float) -> None:

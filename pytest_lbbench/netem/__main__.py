@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -73,8 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve GET /stats and POST /reset on a control port of 127.0.0.1 (announced as "
         "control_port in the ready line)",
     )
+    parser.add_argument(
+        "--time-scale", type=_positive_float, default=1.0, metavar="FACTOR",
+        help="run every link's one_way_ms (model time) at FACTOR x (the benchmark's --time-scale; "
+        "default: %(default)s)",
+    )
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 def load_specs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[LinkSpec]:
@@ -153,7 +169,7 @@ def set_nice(value: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    specs = load_specs(args, parser)
+    specs = [spec.at_scale(args.time_scale) for spec in load_specs(args, parser)]
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s netem %(levelname)s %(message)s")
     if args.nice is not None:
         set_nice(args.nice)

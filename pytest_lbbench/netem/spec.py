@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 from pytest_lbbench.regions import RttMatrix
@@ -53,6 +53,11 @@ class LinkSpec:
     def one_way_s(self) -> float:
         return self.one_way_ms / 1000.0
 
+    def at_scale(self, time_scale: float) -> LinkSpec:
+        """This link with its delay multiplied by ``time_scale`` (the run's ``--time-scale``: a
+        spec states model time, the delay process runs it at this scale)."""
+        return replace(self, one_way_ms=self.one_way_ms * time_scale)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object form accepted by :func:`parse_link_specs`."""
         return asdict(self)
@@ -67,16 +72,11 @@ class LinkSpec:
         target_port: int,
         matrix: RttMatrix | None = None,
         *,
-        time_scale: float = 1.0,
         emulate_handshake: bool = True,
     ) -> LinkSpec:
-        """A link whose one-way delay is half the RTT between two regions.
-
-        ``time_scale`` multiplies the delay (the benchmark's time-scale knob shrinks every
-        model time by the same factor).
-        """
+        """A link whose one-way delay (model time) is half the RTT between two regions."""
         rtt = (matrix or RttMatrix()).one_way_ms(source_region, target_region)
-        return cls(name, target_host, target_port, rtt * time_scale, emulate_handshake)
+        return cls(name, target_host, target_port, rtt, emulate_handshake)
 
 
 def _check_spec(name: Any, host: Any, port: Any, one_way_ms: Any, handshake: Any) -> None:
