@@ -29,7 +29,7 @@ from pytest_lbbench.report.__main__ import parse_slo
 from pytest_lbbench.scenarios import SCENARIOS, ScenarioLayout
 from pytest_lbbench.systems import SYSTEMS, BalancerKind, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
-from pytest_lbbench.workloads.registry import register_workload
+from pytest_lbbench.workloads.registry import workload_catalog
 from pytest_lbbench.client.planning import COMMON_OPTIONS, parse_region_args
 from pytest_lbbench.workloads.base import Workload, WorkloadOption
 from pytest_lbbench.workloads.sources import DATASET_SOURCES
@@ -43,7 +43,6 @@ ENGINE_METRICS_MODES = ("sglang", "live")
 
 CONFIG_KEY = pytest.StashKey["LbbenchConfig"]()
 # Names of the workloads added by the hook, unregistered again at unconfigure.
-HOOK_WORKLOADS_KEY = pytest.StashKey[list[str]]()
 
 
 @dataclass(frozen=True)
@@ -84,24 +83,31 @@ class LbbenchConfig:
     scenario_scale: float | None = None
     #: One line saying what the preset became at this scale (for the header and the summary).
     scenario_layout: str | None = None
-    #: Workloads added by the ``pytest_lbbench_workloads`` hook (their code is only here).
-    hook_workloads: tuple[str, ...] = ()
+    #: This run's workloads by name: the built-ins and those of the ``pytest_lbbench_workloads``
+    #: hook (whose code exists only in this process).
+    workload_catalog: dict[str, Workload] = field(default_factory=workload_catalog)
     #: This run's backends (built-in and from the ``pytest_lbbench_backends`` hook).
     backends: BackendRegistry = field(default_factory=BackendRegistry)
     #: The validated cloud options (``--endpoint``, ``--sky-*``, ``--gke-*``); set by
     #: :func:`build_config` once the rest is valid.
     cloud_options: cloud_plugin.CloudConfig | None = None
 
+    @property
+    def hook_workloads(self) -> tuple[str, ...]:
+        """The names of the workloads the hook added."""
+        return tuple(name for name in self.workload_catalog if name not in WORKLOADS)
+
     def options_for(self, workload: str) -> dict[str, Any]:
         """The values of the options ``workload`` takes (shared and its own), by dest."""
         return {o.dest: self.workload_options.get(o.dest, o.default)
-                for o in (*COMMON_OPTIONS, *WORKLOADS[workload].options)}
+                for o in (*COMMON_OPTIONS, *self.workload_catalog[workload].options)}
 
     def experiment_spec(self, system: str, workload: str) -> ExperimentSpec:
         """The experiment ``system`` × ``workload`` as this run's options define it."""
         return ExperimentSpec(
             system=system,
             workload=workload,
+            definition=self.workload_catalog[workload],
             exp_name=f"{self.exp_prefix(workload)}_{system}",
             client_regions=self.regions,
             knobs=self.knobs,
@@ -121,11 +127,12 @@ class LbbenchConfig:
         # Not asdict(self): the registry holds live backend state (sessions, locks).
         data: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name in ("rtt", "baseline", "backends", "cloud_options", "catalog"):
+            if f.name in ("rtt", "baseline", "backends", "cloud_options", "catalog", "workload_catalog"):
                 continue
             value = getattr(self, f.name)
             data[f.name] = asdict(value) if isinstance(value, RunKnobs) else value
         data["backends"] = self.backends.names()
+        data["hook_workloads"] = list(self.hook_workloads)
         data["output_dir"] = str(self.output_dir)
         data["storage"] = str(self.storage)
         data["thresholds"] = [f"{t.metric}:{t.max_worse_pct:g}%" for t in self.thresholds]
@@ -261,7 +268,8 @@ def _parse_region_to_args(raw: str | None, valid_regions: list[str]) -> dict[str
     return dict(data)
 
 
-def _region_overrides(region_to_args: dict[str, str], workloads: list[str]) -> dict[str, dict[str, Any]]:
+def _region_overrides(region_to_args: dict[str, str], workloads: list[str],
+                      catalog: dict[str, Workload]) -> dict[str, dict[str, Any]]:
     """Each region's argument string as typed option values (parsed once, here), checked
     against every selected workload."""
     from pytest_lbbench.client.planning import check_overrides
@@ -269,10 +277,10 @@ def _region_overrides(region_to_args: dict[str, str], workloads: list[str]) -> d
     overrides: dict[str, dict[str, Any]] = {}
     for region, args in region_to_args.items():
         try:
-            overrides[region] = parse_region_args(args)
+            overrides[region] = parse_region_args(args, catalog.values())
             knobs_from(overrides[region])
             for workload in workloads:
-                check_overrides(overrides[region], workload)
+                check_overrides(overrides[region], catalog[workload])
         except ValueError as exc:
             _fail(f"--region-to-args: arguments for {region!r}: {exc}. They may set any client "
                   "option: --num-users, --duration, --max-tokens, the shared arrival options or "
@@ -319,30 +327,20 @@ def build_backends(config: pytest.Config) -> BackendRegistry:
     return registry
 
 
-def register_hook_workloads(config: pytest.Config) -> list[str]:
-    """Add the workloads returned by ``pytest_lbbench_workloads``; return their names."""
-    added: list[str] = []
-    for extra in config.hook.pytest_lbbench_workloads(config=config):
-        for workload in extra or []:
-            missing = [a for a in ("name", "options", "hf_dataset", "plan") if not hasattr(workload, a)]
-            if missing:
-                _fail(
-                    f"pytest_lbbench_workloads returned {workload!r}, which lacks "
-                    f"{', '.join(missing)}; return objects with name, options, hf_dataset and "
-                    "plan(args, region, region_index) (see pytest_lbbench.workloads.base.Workload)."
-                )
-            try:
-                register_workload(workload)
-            except ValueError as exc:
-                _fail(f"pytest_lbbench_workloads: {exc}")
-            added.append(workload.name)
-    return added
+def build_workload_catalog(config: pytest.Config) -> dict[str, Workload]:
+    """The built-in workloads plus those returned by ``pytest_lbbench_workloads``."""
+    extra = [w for returned in config.hook.pytest_lbbench_workloads(config=config) for w in returned or []]
+    try:
+        return workload_catalog(extra)
+    except ValueError as exc:
+        _fail(f"pytest_lbbench_workloads: {exc}.")
 
 
-def _workload_values(config: pytest.Config, workloads: list[str]) -> dict[str, Any]:
+def _workload_values(config: pytest.Config, workloads: list[str],
+                     catalog: dict[str, Workload]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in workloads:
-        for option in WORKLOADS[name].options:
+        for option in catalog[name].options:
             try:
                 value = config.getoption(option.dest)
             except ValueError:  # a hook workload's option that pytest does not know
@@ -370,7 +368,7 @@ def check_workloads(cfg: LbbenchConfig) -> None:
         _fail(f"--dataset-source: unknown source {cfg.dataset_source!r}. Valid sources: "
               f"{', '.join(DATASET_SOURCES)}.")
     for name in cfg.workloads:
-        workload: Workload = WORKLOADS[name]
+        workload = cfg.workload_catalog[name]
         if cfg.dataset_source == "hf":
             if workload.hf_dataset is None:
                 _fail(f"--dataset-source hf: workload {name!r} has no real dataset (it is "
@@ -411,8 +409,7 @@ def build_config(config: pytest.Config, *, run_preflight: bool | None = None) ->
     the sky preflight runs when ``--backend sky`` will provision)."""
     opt = config.getoption
     catalog = build_catalog(config)
-    hook_workloads = register_hook_workloads(config)
-    config.stash[HOOK_WORKLOADS_KEY] = hook_workloads
+    workloads_known = build_workload_catalog(config)
     backends = build_backends(config)
     rtt = RttMatrix()
     valid_regions = list(rtt.regions)
@@ -433,7 +430,7 @@ def build_config(config: pytest.Config, *, run_preflight: bool | None = None) ->
     _check_names("system", "--systems", systems, list(catalog))
     workloads = _split_names(opt("workloads")) or list(
         layout.scenario.workloads if layout else ["arena_syn"])
-    _check_names("workload", "--workloads", workloads, sorted(WORKLOADS))
+    _check_names("workload", "--workloads", workloads, sorted(workloads_known))
     replicas = opt("replicas")
     if replicas is None:
         replicas = layout.total_replicas if layout else DEFAULT_REPLICAS
@@ -453,7 +450,7 @@ def build_config(config: pytest.Config, *, run_preflight: bool | None = None) ->
             region: " ".join(a for a in (preset.get(region, ""), region_to_args.get(region, "")) if a)
             for region in dict.fromkeys([*preset, *region_to_args])
         }
-    region_overrides = _region_overrides(region_to_args, workloads)
+    region_overrides = _region_overrides(region_to_args, workloads, workloads_known)
     positive = {
         "--replicas": replicas, "--time-scale": opt("time_scale"),
         "--host-lag-threshold-ms": opt("host_lag_threshold_ms"),
@@ -506,13 +503,13 @@ def build_config(config: pytest.Config, *, run_preflight: bool | None = None) ->
         slo=slo,
         engine_profile=_check_profile(opt("engine_profile")),
         engine_metrics=opt("engine_metrics"),
-        workload_options={**_workload_values(config, workloads), **_common_option_values(opt)},
+        workload_options={**_workload_values(config, workloads, workloads_known), **_common_option_values(opt)},
         dataset_source=opt("dataset_source"),
         dataset_path=str(Path(opt("dataset_path")).resolve()) if opt("dataset_path") else None,
         scenario=layout.scenario.name if layout else None,
         scenario_scale=layout.scale if layout else None,
         scenario_layout=layout.describe() if layout else None,
-        hook_workloads=tuple(hook_workloads),
+        workload_catalog=workloads_known,
         backends=backends,
     )
     check_workloads(cfg)

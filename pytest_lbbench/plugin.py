@@ -24,8 +24,7 @@ from pytest_lbbench.matrix import (  # noqa: F401 - hooks
     pytest_collection_modifyitems,
     pytest_generate_tests,
 )
-from pytest_lbbench.options import CONFIG_KEY, HOOK_WORKLOADS_KEY, build_config, get_config
-from pytest_lbbench.workloads.registry import unregister_workload
+from pytest_lbbench.options import CONFIG_KEY, LbbenchConfig, build_config, get_config
 from pytest_lbbench.options import pytest_addoption  # noqa: F401 - hook
 
 
@@ -41,27 +40,30 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     (``None``: run the tests)."""
     if not (config.getoption("lbbench_plan") or config.getoption("lbbench_cleanup")):
         return None
+    cfg = build_config(config, run_preflight=False)
     try:
-        cfg = build_config(config, run_preflight=False)
-        ctx = BackendContext(cfg, ProcessLedger(ledger_path(cfg.output_dir)))
-        if config.getoption("lbbench_plan"):
-            text = cfg.backends.get(cfg.backend).plan(ctx)
-            print(text if text is not None else f"--backend {cfg.backend} provisions nothing.")
-            return 0
-        failed = False
-        for backend in cfg.backends:
-            try:
-                lines, backend_failed = backend.cleanup(ctx)
-            except BackendUnavailable as exc:
-                raise pytest.UsageError(f"--lbbench-cleanup: {exc}") from None
-            for line in lines:
-                print(line)
-            failed = failed or backend_failed
-        return 1 if failed else 0
+        return _plan_or_cleanup(config, cfg)
     finally:
-        # pytest_configure/unconfigure never run on this path: undo the hook's registrations.
-        for name in config.stash.get(HOOK_WORKLOADS_KEY, []):
-            unregister_workload(name)
+        for error in cfg.backends.close_all():
+            print(f"pytest-lbbench: {error}", file=sys.stderr)
+
+
+def _plan_or_cleanup(config: pytest.Config, cfg: LbbenchConfig) -> int:
+    ctx = BackendContext(cfg, ProcessLedger(ledger_path(cfg.output_dir)))
+    if config.getoption("lbbench_plan"):
+        text = cfg.backends.get(cfg.backend).plan(ctx)
+        print(text if text is not None else f"--backend {cfg.backend} provisions nothing.")
+        return 0
+    failed = False
+    for backend in cfg.backends:
+        try:
+            lines, backend_failed = backend.cleanup(ctx)
+        except BackendUnavailable as exc:
+            raise pytest.UsageError(f"--lbbench-cleanup: {exc}") from None
+        for line in lines:
+            print(line)
+        failed = failed or backend_failed
+    return 1 if failed else 0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -78,10 +80,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    # Hook workloads live in a module-level registry; an in-process pytester run must not
-    # leave them behind for the next session.
-    for name in config.stash.get(HOOK_WORKLOADS_KEY, []):
-        unregister_workload(name)
     if CONFIG_KEY in config.stash:
         # Backends release what they hold for the run (sky: its client clusters).
         for error in config.stash[CONFIG_KEY].backends.close_all():

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from pytest_lbbench.workloads import WORKLOADS
+
 
 FAST = ("--time-scale", "0.05", "--max-tokens", "8", "--num-users", "2", "--replicas", "2",
         "--duration", "2", "--drain-timeout", "20", "--regions", "us-east-2",
@@ -64,6 +66,26 @@ def test_a_conftest_adds_a_workload_through_the_hook(bench: pytest.Pytester) -> 
     assert data["metrics"] and {r["hash_key"] for r in data["metrics"]} <= {f"customer{i}" for i in range(7)}
     # The client ran the plan built in the pytest process: it cannot import the conftest.
     assert (out / "plans" / "support_sky_push_push" / "us-east-2.json").exists()
+
+
+CUSTOMERS_CONFTEST = SUPPORT_CONFTEST.replace(
+    "    options = ()\n",
+    "    options = (WorkloadOption('--customers', 'int', 7, 'distinct customers'),)\n",
+).replace("from pytest_lbbench.workloads.base import (", "from pytest_lbbench.workloads.base import (WorkloadOption, ")
+
+
+def test_a_hook_workload_lives_in_the_run_and_takes_region_options(bench: pytest.Pytester) -> None:
+    # Its options are known to --region-to-args of this run (typed: a bad value is refused at
+    # start-up), and the built-in registry is never changed, so nothing outlives the run.
+    bench.makeconftest(CUSTOMERS_CONFTEST)
+    ok = bench.runpytest("--collect-only", "-q", "--workloads", "support", "--systems", "sgl",
+                         "--region-to-args", json.dumps({"us-east-2": "--customers 3"}))
+    assert ok.ret == 0, ok.stderr.str()
+    bad = bench.runpytest("--collect-only", "--workloads", "support",
+                          "--region-to-args", json.dumps({"us-east-2": "--customers many"}))
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--region-to-args*--customers*"])
+    assert "support" not in WORKLOADS
 
 
 def test_the_workload_hook_refuses_a_taken_name(bench: pytest.Pytester) -> None:

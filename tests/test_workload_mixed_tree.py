@@ -15,7 +15,7 @@ from pytest_lbbench.workloads.mixed_tree import (
     parse_branches_by_region,
     requests_per_tree,
 )
-from pytest_lbbench.workloads.registry import register_workload
+from pytest_lbbench.workloads.registry import workload_catalog
 from pytest_lbbench.workloads.tot import STAGE_PROMPTS, Tot
 from pytest_lbbench.workloads.base import WorkloadArgs
 from workload_support import workload_args
@@ -41,7 +41,7 @@ def test_registered_with_its_options() -> None:
     assert [o.flag for o in w.options] == ["--branches-by-region", "--data-path"]
     assert w.options[0].default == "us-east-2=4,default=2"
     with pytest.raises(ValueError, match="already exists"):
-        register_workload(MixedTree())
+        workload_catalog([MixedTree()])
 
 
 def test_paper_defaults_four_branches_in_the_us_two_elsewhere() -> None:

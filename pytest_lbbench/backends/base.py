@@ -18,6 +18,7 @@ from pytest_lbbench.systems import SystemSpec
 
 if TYPE_CHECKING:
     from pytest_lbbench.client.job import ClientJob
+    from pytest_lbbench.workloads.base import Workload
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,18 @@ class ExperimentSpec:
     workload_options: Mapping[str, Any] = field(default_factory=dict)
     # Client region → option values (knobs by field name, options by dest) set there only.
     region_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The workload's code: the run's catalog entry (a hook workload exists only there); None:
+    # the built-in workload named ``workload``.
+    definition: Workload | None = field(default=None, compare=False)
+
+    @property
+    def workload_definition(self) -> Workload:
+        """What builds this experiment's plans (``ValueError`` for an unknown built-in name)."""
+        if self.definition is not None:
+            return self.definition
+        from pytest_lbbench.workloads import get_workload
+
+        return get_workload(self.workload)
 
     @property
     def duration_s(self) -> float:
@@ -56,7 +69,7 @@ class ExperimentSpec:
         from pytest_lbbench.client.planning import check_overrides
 
         overrides = dict(self.region_overrides.get(region, {}))
-        check_overrides(overrides, self.workload)
+        check_overrides(overrides, self.workload_definition)
         knobs = knobs_from(overrides, self.knobs)
         knob_names = set(knobs.to_dict())
         options = {**self.workload_options,
@@ -69,7 +82,7 @@ class ExperimentSpec:
         from pytest_lbbench.client.job import build_job
 
         knobs, options = self.region_settings(region)
-        return build_job(workload=self.workload, region=region, region_index=region_index,
+        return build_job(workload=self.workload_definition, region=region, region_index=region_index,
                          knobs=knobs, options=options, backend_url=backend_url,
                          exp_name=self.exp_name, output_file=str(output_file))
 
@@ -78,7 +91,6 @@ class ExperimentSpec:
         without a job file (a cloud VM builds its plan itself): every knob stated, then the
         options that differ from their defaults."""
         from pytest_lbbench.client.planning import COMMON_OPTIONS
-        from pytest_lbbench.workloads import get_workload
 
         knobs, options = self.region_settings(region)
         argv = [
@@ -90,7 +102,7 @@ class ExperimentSpec:
             "--exp-name", self.exp_name,
             "--output-file", str(output_file),
         ]
-        for option in (*COMMON_OPTIONS, *get_workload(self.workload).options):
+        for option in (*COMMON_OPTIONS, *self.workload_definition.options):
             argv += option.to_argv(options.get(option.dest, option.default))
         return argv
 

@@ -26,7 +26,7 @@ from pytest_lbbench.client.planning import (
 from pytest_lbbench.client.runner import ClientSettings
 from pytest_lbbench.runspec import RunKnobs, knobs_from
 from pytest_lbbench.workloads import get_workload
-from pytest_lbbench.workloads.base import WorkloadArgs, WorkloadPlan
+from pytest_lbbench.workloads.base import Workload, WorkloadArgs, WorkloadPlan
 
 JOB_SCHEMA_VERSION = 1
 
@@ -86,7 +86,7 @@ class ClientJob:
         return path
 
 
-def build_job(*, workload: str, region: str, region_index: int, knobs: RunKnobs,
+def build_job(*, workload: Workload, region: str, region_index: int, knobs: RunKnobs,
               options: Mapping[str, Any], backend_url: str, exp_name: str,
               output_file: str) -> ClientJob:
     """Build the plan of ``workload`` for one client region and wrap it as a job.
@@ -97,9 +97,9 @@ def build_job(*, workload: str, region: str, region_index: int, knobs: RunKnobs,
     values = {**option_defaults(workload), **options}
     args = WorkloadArgs(num_users=knobs.num_users, seed=knobs.seed, duration_s=knobs.duration_s,
                         max_tokens=knobs.max_tokens, options=values)
-    plan = apply_arrival_options(get_workload(workload).plan(args, region, region_index), args)
+    plan = apply_arrival_options(workload.plan(args, region, region_index), args)
     return ClientJob(backend_url=backend_url, region=region, region_index=region_index,
-                     workload=workload, exp_name=exp_name, output_file=output_file,
+                     workload=workload.name, exp_name=exp_name, output_file=output_file,
                      knobs=knobs, plan=plan)
 
 
@@ -109,8 +109,9 @@ def job_from_args(args: argparse.Namespace) -> ClientJob:
     if args.job_file:
         return ClientJob.from_json(Path(args.job_file).read_text())
     output = args.output_file or str(Path(args.output_dir) / "metric" / f"{args.exp_name}.json")
+    workload = get_workload(args.workload)
     return build_job(
-        workload=args.workload, region=args.region, region_index=region_index_of(args),
-        knobs=knobs_from(vars(args)), options=workload_option_values(args, args.workload),
+        workload=workload, region=args.region, region_index=region_index_of(args),
+        knobs=knobs_from(vars(args)), options=workload_option_values(args, workload),
         backend_url=args.backend_url, exp_name=args.exp_name, output_file=output,
     )

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+from collections.abc import Iterable
 from typing import Any
 
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
 from pytest_lbbench.runspec import add_knob_options, knob_fields
 from pytest_lbbench.workloads import WORKLOADS, get_workload
-from pytest_lbbench.workloads.base import Arrival, WorkloadArgs, WorkloadOption, WorkloadPlan
+from pytest_lbbench.workloads.base import Arrival, Workload, WorkloadArgs, WorkloadOption, WorkloadPlan
 from pytest_lbbench.workloads.sources import DATASET_SOURCES
 
 # The options every workload shares, declared once for this CLI and for the pytest plugin
@@ -108,26 +109,28 @@ def region_index_of(args: argparse.Namespace) -> int:
     return RttMatrix().shard_index(args.region)
 
 
-def workload_option_values(args: argparse.Namespace, workload: str) -> dict[str, Any]:
+def workload_option_values(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
     """The shared and ``workload``'s own option values from parsed client arguments, by dest."""
-    return {o.dest: getattr(args, o.dest) for o in (*COMMON_OPTIONS, *get_workload(workload).options)}
+    return {o.dest: getattr(args, o.dest) for o in (*COMMON_OPTIONS, *workload.options)}
 
 
-def option_defaults(workload: str) -> dict[str, Any]:
+def option_defaults(workload: Workload) -> dict[str, Any]:
     """Every option ``workload`` takes (shared and its own) at its default, by dest."""
-    return {o.dest: o.default for o in (*COMMON_OPTIONS, *get_workload(workload).options)}
+    return {o.dest: o.default for o in (*COMMON_OPTIONS, *workload.options)}
 
 
-def parse_region_args(text: str) -> dict[str, Any]:
+def parse_region_args(text: str, workloads: Iterable[Workload] | None = None) -> dict[str, Any]:
     """The options a ``--region-to-args`` string sets, by dest (knobs by field name): only
     what it names, typed. It may name a knob, a shared option or any workload's own option;
     :func:`check_overrides` tells whether one workload takes them. ``ValueError`` when the
-    string does not parse (quoting) or names an unknown option or a bad value."""
+    string does not parse (quoting) or names an unknown option or a bad value. ``workloads``:
+    whose own options it may name (default: the built-in ones)."""
     parser = argparse.ArgumentParser(prog="--region-to-args", add_help=False,
                                      argument_default=argparse.SUPPRESS, exit_on_error=False)
     add_knob_options(lambda *a, **k: parser.add_argument(*a, **{**k, "default": argparse.SUPPRESS}))
     seen: set[str] = set()
-    for option in (*COMMON_OPTIONS, *(o for w in WORKLOADS.values() for o in w.options)):
+    known = list(WORKLOADS.values() if workloads is None else workloads)
+    for option in (*COMMON_OPTIONS, *(o for w in known for o in w.options)):
         if option.flag not in seen:
             seen.add(option.flag)
             kwargs = {**option.parser_kwargs(), "default": argparse.SUPPRESS}
@@ -143,13 +146,13 @@ def parse_region_args(text: str) -> dict[str, Any]:
     return vars(namespace)
 
 
-def check_overrides(overrides: dict[str, Any], workload: str) -> None:
+def check_overrides(overrides: dict[str, Any], workload: Workload) -> None:
     """``ValueError`` if ``overrides`` (from :func:`parse_region_args`) names an option that
     ``workload`` does not take."""
     valid = {f.name for f, _ in knob_fields()} | set(option_defaults(workload))
     foreign = sorted(set(overrides) - valid)
     if foreign:
-        raise ValueError(f"workload {workload} takes no option {', '.join(foreign)} (from --region-to-args)")
+        raise ValueError(f"workload {workload.name} takes no option {', '.join(foreign)} (from --region-to-args)")
 
 
 def apply_arrival_options(plan: WorkloadPlan, args: WorkloadArgs) -> WorkloadPlan:
