@@ -161,9 +161,6 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
     o = _cloud_options(pytest_config)
     cfg = lbbench_config
     backend = o["backend"]  # a registered name (options.build_config checked it)
-    if o["lbbench_plan"] and backend not in ("sky", "gke"):
-        _fail("--lbbench-plan describes a cloud run, but --backend is 'local', which provisions "
-              "nothing. Add --backend sky to see what a SkyPilot run would create.")
     if o["keep_up"] and backend != "sky":
         _fail("--keep-up keeps cloud clusters running between runs and only applies to --backend sky; "
               "the local backend always stops its processes. Drop --keep-up or add --backend sky.")
@@ -465,9 +462,7 @@ class GkeBackend:
         )
 
     def client_launcher(self, system: SystemSpec, ctx: BackendContext) -> ClientLauncher:
-        from pytest_lbbench.backends.local import LocalBackend
-
-        return LocalBackend().client_launcher(system, ctx)
+        return ctx.config.backends.get("local").client_launcher(system, ctx)  # clients run here
 
     def plan(self, ctx: BackendContext) -> str | None:
         return "pytest-lbbench plan (--backend gke, nothing provisioned):\n  gke_gateway: " + gke_plan_note(_cloud(ctx))

@@ -42,7 +42,6 @@ DEFAULT_REPLICAS = 4
 ENGINE_METRICS_MODES = ("sglang", "live")
 
 CONFIG_KEY = pytest.StashKey["LbbenchConfig"]()
-# Names of the workloads added by the hook, unregistered again at unconfigure.
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,11 @@ def _plan_or_cleanup(config: pytest.Config, cfg: LbbenchConfig) -> int:
     ctx = BackendContext(cfg, ProcessLedger(ledger_path(cfg.output_dir)))
     if config.getoption("lbbench_plan"):
         text = cfg.backends.get(cfg.backend).plan(ctx)
-        print(text if text is not None else f"--backend {cfg.backend} provisions nothing.")
+        if text is None:  # the backend's own answer: nothing to provision
+            raise pytest.UsageError(
+                f"--lbbench-plan describes a cloud run, but --backend is {cfg.backend!r}, which "
+                "provisions nothing. Add --backend sky to see what a SkyPilot run would create.")
+        print(text)
         return 0
     failed = False
     for backend in cfg.backends:

@@ -15,10 +15,12 @@ No pytest import here: this module is used by the layers below the plugin.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ctypes
 import json
+import math
 import os
 import signal
 import socket
@@ -34,6 +36,18 @@ READY_PREFIX = "LBBENCH_READY "
 
 # Linux prctl option: deliver a signal to the child when the thread that forked it dies.
 _PR_SET_PDEATHSIG = 1
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type of the components' CLIs for seconds and factors: a finite number > 0
+    (``nan`` and ``inf`` are refused: a wait must end, a scale must be a scale)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
+    return value
 
 
 def announce_ready(info: dict[str, Any]) -> None:

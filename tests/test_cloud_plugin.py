@@ -90,7 +90,6 @@ def test_gke_contexts_give_a_gke_deployment(lbbench_cfg: LbbenchConfig) -> None:
 @pytest.mark.parametrize(("options", "message"), [
     ({"gke_contexts": "a,b", "gke_endpoint": "1.2.3.4:80"}, "give one of them"),
     ({"gke_endpoint": "no-port"}, "HOST:PORT"),
-    ({"lbbench_plan": True}, "Add --backend sky"),
     ({"keep_up": True}, "only applies to --backend sky"),
     ({"lbbench_endpoints": ["sgl"]}, "is not SYSTEM=URL"),
     ({"lbbench_endpoints": ["nope=http://x"]}, "unknown system 'nope'. Valid systems: sgl"),
@@ -183,6 +182,14 @@ def test_cli_plan_without_credentials(pytester: pytest.Pytester, monkeypatch: py
     result.stdout.fnmatch_lines(["*pytest-lbbench plan*", "*[sky_push_pull]*", "*g6.4xlarge (L4:1)*",
                                  "*needs --gke-contexts CTX1,CTX2 (or --gke-endpoint HOST:PORT)*", "Total: * VMs, estimated $*/h*"])
     assert list((pytester.path / "out" / ".lbbench" / "sky-plan").glob("*.yaml"))
+
+
+def test_cli_plan_of_a_backend_that_provisions_nothing_is_refused(pytester: pytest.Pytester) -> None:
+    # The backend answers (LocalBackend.plan is None), not a list of cloud backend names.
+    pytester.makepyfile(test_x="def test_x():\n    raise AssertionError('must not run')\n")
+    result = pytester.runpytest("--lbbench-plan", "--output-dir", str(pytester.path / "out"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--backend is 'local', which provisions nothing. Add --backend sky*"])
 
 
 def test_cli_sky_without_credentials_fails_fast(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

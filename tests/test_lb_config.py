@@ -64,6 +64,9 @@ def test_the_lb_scales_its_own_loop_periods_from_the_time_scale() -> None:
     assert config_from_args(build_parser().parse_args(scaled.to_argv())) == scaled
     with pytest.raises(ValueError, match="time_scale must be > 0"):
         LbConfig(time_scale=0)
+    for bad in ("0", "-1", "nan", "inf", "fast"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--time-scale", bad])
 
 
 def test_mode_properties() -> None:

@@ -25,16 +25,6 @@ from .policies import POLICIES
 from .server import LoadBalancer, serve
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -92,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Default: %(default)s")
     for field_name in ("tick_s", "steal_interval_s", "probe_interval_s", "probe_timeout_s", "lb_probe_interval_s",
                        "lb_rpc_timeout_s", "stream_timeout_s", "connect_timeout_s"):
-        p.add_argument("--" + field_name.replace("_", "-"), type=_positive_float,
+        p.add_argument("--" + field_name.replace("_", "-"), type=procutil.positive_float,
                        default=getattr(defaults, field_name), help="Default: %(default)s")
     p.add_argument("--latency-check-attempts", type=_int_at_least(1),
                    default=defaults.latency_check_attempts,
@@ -129,14 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     prefix.add_argument("--balance-rel-threshold", type=_non_negative_float,
                         default=defaults.balance_rel_threshold,
                         help="... and max above this x min. Default: %(default)s")
-    prefix.add_argument("--eviction-interval-s", type=_positive_float,
+    prefix.add_argument("--eviction-interval-s", type=procutil.positive_float,
                         default=defaults.eviction_interval_s, help="Default: %(default)s")
     prefix.add_argument("--max-tree-size", type=_int_at_least(1), default=defaults.max_tree_size,
                         help="characters kept per target. Default: %(default)s")
     prefix.add_argument("--no-least-load-fallback", dest="least_load_fallback",
                         action="store_false",
                         help="always take the best prefix match (DISABLE_LEAST_LOAD_IN_PREFIX)")
-    p.add_argument("--time-scale", type=_positive_float, default=defaults.time_scale, metavar="FACTOR",
+    p.add_argument("--time-scale", type=procutil.positive_float, default=defaults.time_scale, metavar="FACTOR",
                    help="run the loop periods (tick, steal, probes) at FACTOR x their model value "
                         "(the benchmark's --time-scale). Default: %(default)s")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")

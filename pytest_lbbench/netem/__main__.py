@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from pytest_lbbench.procutil import (
     bind_socket,
     install_stop_signals,
     new_event_loop,
+    positive_float,
     watch_parent,
 )
 
@@ -75,22 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "control_port in the ready line)",
     )
     parser.add_argument(
-        "--time-scale", type=_positive_float, default=1.0, metavar="FACTOR",
+        "--time-scale", type=positive_float, default=1.0, metavar="FACTOR",
         help="run every link's one_way_ms (model time) at FACTOR x (the benchmark's --time-scale; "
         "default: %(default)s)",
     )
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     return parser
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
 
 
 def load_specs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[LinkSpec]:

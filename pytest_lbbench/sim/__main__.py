@@ -18,16 +18,6 @@ from .profile import DEFAULT_PROFILE, PROFILES, load_profile
 from .server import DEFAULT_MODEL, ReplicaConfig, SimReplica, quiet_router_probes, run_server
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -58,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--time-scale",
-        type=_positive_float,
+        type=procutil.positive_float,
         default=None,
         metavar="FACTOR",
         help="multiply every engine duration by FACTOR (0.1 = ten times faster; default: the profile's, 1.0)",
