@@ -124,9 +124,10 @@ LOOP_FLOORS_S: dict[str, float] = {
     "tick_s": 0.001, "steal_interval_s": 0.001, "probe_interval_s": 0.01, "lb_probe_interval_s": 0.01,
 }
 """The LB's loop periods (model seconds, the original's constants) and the shortest wall period
-each runs at under ``time_scale``: a 1 ms tick is what asyncio's timers resolve on this machine
-(local-runtime-notes.md), and a probe more often than every 10 ms would spend a 2-core machine
-on polling rather than on the benchmark."""
+each runs at under ``time_scale``. 1 ms: uvloop's ``loop.time()`` has 1 ms resolution
+(local-runtime-notes.md, event-loop table), so a shorter sleep is not a shorter period. 10 ms for
+the probes: our choice, not measured (the floors the launcher applied before the LB scaled
+itself), so that polling does not take the 2-core machine from the benchmark."""
 _POSITIVE_INTS = ("latency_check_attempts", "max_concurrent_requests", "max_tree_size")
 RATE_LIMIT_AVAILABILITY = ("probe", "dispatch")
 """Values of :attr:`LbConfig.rate_limit_availability` (the original's first)."""
