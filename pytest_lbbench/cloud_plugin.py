@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from pytest_lbbench.backends.sky.render import (
     write_yamls,
 )
 from pytest_lbbench.backends.registry import BackendContext, BackendUnavailable
+from pytest_lbbench.protocol import CONTROL_TOKEN_ENV
 from pytest_lbbench.systems import BalancerKind, SystemSpec
 
 if TYPE_CHECKING:
@@ -387,6 +389,7 @@ class SkyBackend:
     def __init__(self) -> None:
         self._session: SkySession | None = None
         self._lock = threading.Lock()
+        self._control_token = secrets.token_urlsafe(32)
 
     def session(self, ctx: BackendContext) -> SkySession:
         """The run's SkyPilot session, created on first use."""
@@ -396,10 +399,12 @@ class SkyBackend:
         cloud_cfg, cfg = _cloud(ctx), ctx.config
         with self._lock:
             if self._session is None:
-                secrets = {name: value for name in ("HF_TOKEN",) if (value := os.environ.get(name))}
+                launch_secrets = {name: value for name in ("HF_TOKEN",) if (value := os.environ.get(name))}
+                # The LB VMs' control secret, made for this run (never in a YAML or a log).
+                launch_secrets[CONTROL_TOKEN_ENV] = self._control_token
                 prov = Provisioner(RealSkySdk(), CloudLedger(cloud_ledger_path(cfg.output_dir)),
                                    max_parallel=cloud_cfg.max_parallel, timeouts=cloud_cfg.timeouts,
-                                   progress=ctx.progress, keep_up=cloud_cfg.keep_up, secrets=secrets)
+                                   progress=ctx.progress, keep_up=cloud_cfg.keep_up, secrets=launch_secrets)
                 worker = worker_id()
                 # Without xdist this process runs every selected system: provision them all in
                 # one parallel wave. Under xdist each worker provisions only the systems it is given.
@@ -408,7 +413,7 @@ class SkyBackend:
                 systems = [cfg.system(s) for s in names] if not worker else []
                 self._session = SkySession(prov, cloud_cfg.settings, systems=systems, replicas=cfg.replicas,
                                            replica_regions=cfg.replica_regions, client_regions=cfg.regions,
-                                           rtt=cfg.rtt, worker=worker)
+                                           rtt=cfg.rtt, worker=worker, control_token=self._control_token)
             return self._session
 
     def deployment(self, system: SystemSpec, ctx: BackendContext) -> Deployment:

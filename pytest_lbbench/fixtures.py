@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import pytest
 
@@ -19,6 +20,7 @@ from pytest_lbbench.backends.base import Deployment
 from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
 from pytest_lbbench.backends.local import telemetry_recorder
 from pytest_lbbench.backends.registry import BackendContext, BackendUnavailable
+from pytest_lbbench.faults import FaultDriller, FaultError, FaultSpec, check_targets, classify_failures
 from pytest_lbbench.gate import check
 from pytest_lbbench.hostlag import judge as judge_host_lag
 from pytest_lbbench.options import LbbenchConfig, get_config
@@ -94,22 +96,49 @@ def lbbench_run(
         launcher = cloud_plugin.client_launcher_for(
             _context(request.config, cfg, lbbench_ledger), deployment.system)
         queue_file = cfg.output_dir / "queue_size" / f"{exp_name}.txt"
+        drill_target = _drill_target(deployment, system, cfg.faults) if cfg.faults else None
         # Every experiment starts from the state of a fresh system, so test order never matters.
         isolation = deployment.reset()
+        progress = progress_printer(request.config, f"{system}-{workload}", cfg.knobs.warmup_s + cfg.knobs.duration_s)
+        drill: FaultDriller | None = None
+
+        def on_progress(elapsed_s: float, recorded: int) -> None:
+            if drill is not None:
+                drill.step()
+            if progress is not None:
+                progress(elapsed_s, recorded)
+
         with telemetry_recorder(deployment.telemetry_targets(), queue_file, log_dir, lbbench_ledger):
-            files = launcher.run(
-                deployment, spec, metric_dir,
-                on_progress=progress_printer(request.config, f"{system}-{workload}", cfg.knobs.warmup_s + cfg.knobs.duration_s),
-            )
+            if drill_target is not None:
+                drill = FaultDriller(drill_target, cfg.faults, grace_s=cfg.fault_grace_s)
+            try:
+                files = launcher.run(deployment, spec, metric_dir,
+                                     on_progress=on_progress if drill or progress else None)
+            finally:
+                if drill is not None:
+                    drill.finish()  # the next experiment starts from the whole system
         host_lag = deployment.host_lag()
         result = ExperimentResult.load(system, workload, exp_name, files)
         result.attach("deployment", deployment.describe())
         result.attach("isolation", isolation)
+        if drill is not None:
+            windows = drill.windows(end_of_run=time.time())
+            counts = classify_failures(result.records, windows)
+            result.attach("faults", {
+                "drill": [spec.text for spec in cfg.faults], "grace_s": cfg.fault_grace_s,
+                "events": drill.log, "counts": counts,
+                "windows": [{"spec": w.spec, "start": w.start, "end": w.end,
+                             "client_regions": sorted(w.client_regions) if w.client_regions else None}
+                            for w in windows],
+            })
         lag_verdict = None if host_lag is None else judge_host_lag(
             host_lag, cfg.host_lag_threshold_ms, cfg.time_scale)
         result.attach("host_lag", lag_verdict)
         properties = result.properties()
         request.node.user_properties.append((PROPERTY_KEY, properties))
+        verdict = failure_verdict(result.records, cfg.max_failure_rate, f"{system}-{workload}")
+        if verdict is not None:
+            pytest.fail(verdict, pytrace=False)
         if cfg.thresholds:
             label = f"{system}-{workload}"
             base = cfg.baseline.get(label)
@@ -124,6 +153,41 @@ def lbbench_run(
         return result
 
     return run
+
+
+def _drill_target(deployment: Deployment, system: str, faults: tuple[FaultSpec, ...]) -> Any:
+    """The deployment, checked to run this run's drill (the test fails with the reason)."""
+    needed = ("apply_fault", "fault_targets", "entry_components", "partition_cuts_clients")
+    if not all(callable(getattr(deployment, name, None)) for name in needed):
+        pytest.fail(f"--fault: the {type(deployment).__name__} of {system} cannot run fault drills "
+                    "(only the local backend's deployments can)", pytrace=False)
+    try:
+        check_targets(faults, deployment, system)  # type: ignore[arg-type]
+    except FaultError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return deployment
+
+
+def failure_verdict(records: list[dict[str, Any]], max_rate: float, label: str) -> str | None:
+    """Why the test fails for its failed requests (None when within ``max_rate``). Requests
+    marked as hit by a drilled fault (``fault``) are left out of the rate and named apart."""
+    if not records:
+        return None
+    failed = [r for r in records if r.get("failed")]
+    hit = sum(1 for r in failed if r.get("fault"))
+    counted = len(failed) - hit
+    rate = counted / len(records)
+    if rate <= max_rate:
+        return None
+    reasons: dict[str, int] = {}
+    for record in failed:
+        if not record.get("fault"):
+            reason = str(record["failed"])[:120]
+            reasons[reason] = reasons.get(reason, 0) + 1
+    top = "; ".join(f"{n} x {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    apart = f" ({hit} more were hit by drilled faults and are not counted)" if hit else ""
+    return (f"{label}: {counted} of {len(records)} requests failed ({rate:.1%}), over "
+            f"--lbbench-max-failure-rate {max_rate:g} ({max_rate:.1%}){apart}. Most frequent: {top}")
 
 
 def progress_printer(

@@ -22,6 +22,7 @@ from pytest_lbbench.backends.local import LocalBackend
 from pytest_lbbench.backends.registry import BackendRegistry
 from pytest_lbbench.runspec import RunKnobs, add_knob_options, knob_fields, knobs_from
 from pytest_lbbench.benchstore import BaselineNotFound, load_baseline
+from pytest_lbbench.faults import FaultError, FaultSpec, parse_faults
 from pytest_lbbench.gate import Threshold, parse_threshold
 from pytest_lbbench.hostlag import DEFAULT_THRESHOLD_MS as DEFAULT_HOST_LAG_THRESHOLD_MS
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
@@ -42,6 +43,8 @@ DEFAULT_REPLICAS = 4
 ENGINE_METRICS_MODES = ("sglang", "live")
 
 CONFIG_KEY = pytest.StashKey["LbbenchConfig"]()
+DEFAULT_MAX_FAILURE_RATE = 0.01
+DEFAULT_FAULT_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,12 @@ class LbbenchConfig:
     #: Client region → options set there only (``--region-to-args``, parsed once).
     region_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     host_lag_threshold_ms: float = DEFAULT_HOST_LAG_THRESHOLD_MS
+    #: A test fails when more than this share of its requests failed (drilled faults excepted).
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
+    #: ``--fault`` drills, in time order (:mod:`pytest_lbbench.faults`).
+    faults: tuple[FaultSpec, ...] = ()
+    #: Seconds after a fault (and after its end) whose failures it explains.
+    fault_grace_s: float = DEFAULT_FAULT_GRACE_S
     time_scale: float = 1.0
     rtt: RttMatrix = field(default_factory=RttMatrix)
     catalog: dict[str, SystemSpec] = field(default_factory=lambda: dict(SYSTEMS))
@@ -135,6 +144,7 @@ class LbbenchConfig:
         data["output_dir"] = str(self.output_dir)
         data["storage"] = str(self.storage)
         data["thresholds"] = [f"{t.metric}:{t.max_worse_pct:g}%" for t in self.thresholds]
+        data["faults"] = [spec.text for spec in self.faults]
         data["catalog"] = {name: spec.to_dict() for name, spec in self.catalog.items()}
         return data
 
@@ -183,6 +193,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="flag an experiment host-bound when a replica, LB or delay link fell behind model "
         "time by more than MS per event on average (model time), or an engine resynced its clock. "
         f"Default: {DEFAULT_HOST_LAG_THRESHOLD_MS:g}")
+    add("--lbbench-max-failure-rate", type=float, default=DEFAULT_MAX_FAILURE_RATE, metavar="RATE",
+        help="fail a test when more than RATE (0..1) of its measured requests failed; requests "
+        f"hit by a drilled --fault are reported apart and do not count. Default: {DEFAULT_MAX_FAILURE_RATE:g}")
+    add("--fault", action="append", default=[], metavar="ACTION:TARGET@Ts[+Ds][*F]",
+        help="a fault drill during every experiment (local backend; repeatable, or comma-separated): "
+        "crash:replica-0-us-east-2@15s, crash:lb-us-east-2@30s+10s (restarts after 10 s), "
+        "restart:replica-0-us-east-2@25s, partition:ap-northeast-1@20s+30s, "
+        "slow:replica-1-ap-northeast-1@10s*3. Times are seconds from the start of traffic, as --duration")
+    add("--fault-grace", type=float, default=DEFAULT_FAULT_GRACE_S, metavar="S",
+        help="seconds after a fault (and after it ends) whose failed requests the fault "
+        f"explains; later failures count against --lbbench-max-failure-rate. Default: {DEFAULT_FAULT_GRACE_S:g}")
     add("--lbbench-selfcheck", action="store_true", default=False,
         help="also run the benchmarks of pytest-lbbench itself (marked lbbench_selfcheck), "
         "such as the client-capacity check; off by default because they load the machine")
@@ -457,6 +478,17 @@ def build_config(config: pytest.Config, *, run_preflight: bool | None = None) ->
     for name, value in positive.items():
         if value <= 0:
             _fail(f"{name} must be positive, got {value!r}.")
+    max_failure_rate = opt("lbbench_max_failure_rate")
+    if not 0 <= max_failure_rate <= 1:
+        _fail(f"--lbbench-max-failure-rate must be within 0..1 (0.01 = 1 %), got {max_failure_rate!r}.")
+    if opt("fault_grace") < 0:
+        _fail(f"--fault-grace must be >= 0 seconds, got {opt('fault_grace')!r}.")
+    try:
+        faults = parse_faults(opt("fault"))
+    except FaultError as exc:
+        _fail(f"{exc}.")
+    if faults and backend != "local":
+        _fail(f"--fault drills run on the local backend only (this run uses --backend {backend}).")
     slo = None
     if opt("slo"):
         try:
@@ -491,6 +523,9 @@ def build_config(config: pytest.Config, *, run_preflight: bool | None = None) ->
         output_dir=Path(opt("output_dir")).resolve(),
         region_overrides=region_overrides,
         host_lag_threshold_ms=opt("host_lag_threshold_ms"),
+        max_failure_rate=max_failure_rate,
+        faults=faults,
+        fault_grace_s=opt("fault_grace"),
         time_scale=opt("time_scale"),
         rtt=rtt,
         catalog=catalog,

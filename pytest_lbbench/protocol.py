@@ -30,6 +30,9 @@ __all__ = [
     "QUEUE_SIZE_HEADER",
     "REPLICA_HEADER",
     "RESET_PATH",
+    "FAULT_PATH",
+    "CONTROL_TOKEN_ENV",
+    "CONTROL_TOKEN_HEADER",
     "ReplicaDecision",
     "Decision",
     "number_decisions",
@@ -56,6 +59,13 @@ QUEUE_SIZE_HEADER = "X-Sky-Serve-Queue-Size"
 MEMBERSHIP_PATH = "/lbbench/membership"
 #: ``POST``: back to the state of a fresh process (409 while requests are in flight).
 RESET_PATH = "/lbbench/reset"
+CONTROL_TOKEN_ENV = "LBBENCH_CONTROL_TOKEN"
+"""Environment variable that hands the run's control secret to every process it starts."""
+CONTROL_TOKEN_HEADER = "X-Lbbench-Control-Token"
+"""Request header that carries the secret to a control endpoint (see :mod:`pytest_lbbench.control`)."""
+FAULT_PATH = "/lbbench/fault"
+"""Fault drills: ``POST`` to a simulated replica (``{"slowdown": F}``) or to the delay links'
+control port (``{"partition": [link names], "heal": [link names]}``); needs the run's secret."""
 
 
 # ---------------------------------------------------------------------------- membership

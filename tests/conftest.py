@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from control_support import TOKEN
+from pytest_lbbench.control import CONTROL_TOKEN_ENV
+
+# Processes the tests start by hand (LBs, gateways, replicas, delay links) get the session's
+# control secret through the environment they inherit, as the benchmark hands it to its own.
+os.environ[CONTROL_TOKEN_ENV] = TOKEN
 
 # The benchmark matrix test as a user writes it: one test, run once per system × workload.
 BENCH = '''

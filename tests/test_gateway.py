@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from control_support import HEADERS
 from pytest_lbbench import procutil
 
 pytestmark = pytest.mark.timeout(180)
@@ -95,7 +96,7 @@ class Gw:
                    "region_order": order}
         req = urllib.request.Request(
             self.url + "/lbbench/membership", data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **HEADERS},
         )
         with urllib.request.urlopen(req, timeout=5) as resp:
             data: dict[str, Any] = json.load(resp)

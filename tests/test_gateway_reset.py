@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from control_support import HEADERS
 from pytest_lbbench import procutil
 from pytest_lbbench.gateway.config import GatewayConfig
 from pytest_lbbench.protocol import GatewayMembership
@@ -96,7 +97,7 @@ def test_reset_endpoint_of_a_real_gateway(tmp_path: Path) -> None:
 
         def post(path: str, payload: dict[str, Any]) -> dict[str, Any]:
             req = urllib.request.Request(url + path, data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **HEADERS})
             with urllib.request.urlopen(req, timeout=5) as resp:
                 data: dict[str, Any] = json.load(resp)
                 return data

@@ -226,3 +226,24 @@ def test_cli_defaults_and_validation() -> None:
             build_parser().parse_args(bad)
     with pytest.raises(ValueError, match="health_path"):
         GatewayConfig(health_path="health")
+
+
+def test_outlier_detection_ejects_after_consecutive_errors_and_health_checks_readmit() -> None:
+    now = [0.0]
+    router = Router(max_rate_per_endpoint=100.0, window_s=10.0, consecutive_errors=3,
+                    base_ejection_time_s=30.0, max_ejection_percent=50.0, clock=lambda: now[0])
+    router.set_membership({"a": "http://a", "b": "http://b"}, {"a": US, "b": US}, [US])
+    assert not router.record_request("a", ok=False) and not router.record_request("a", ok=False)
+    assert router.record_request("a", ok=True) is False  # a success resets the count
+    assert [router.record_request("a", ok=False) for _ in range(3)] == [False, False, True]
+    picks = {router.choose().backend for _ in range(4)}  # type: ignore[union-attr]
+    assert picks == {"b"}
+    health = router.describe()["backend_health"]["a"]
+    assert health["healthy"] is False and health["ejected_for_s"] == 30.0 and health["ejections"] == 1
+    # At most 50 % ejected: b's failures cannot eject it too.
+    assert not any(router.record_request("b", ok=False) for _ in range(5))
+    # Two passing health checks after the ejection put it back before the 30 s are over.
+    router.record_probe("a", True)
+    router.record_probe("a", True)
+    now[0] = 1.0
+    assert {router.choose().backend for _ in range(4)} == {"a", "b"}  # type: ignore[union-attr]

@@ -354,3 +354,99 @@ def test_the_core_module_imports_no_io() -> None:
     source = inspect.getsource(core_module)
     for forbidden in ("import time", "import socket", "import asyncio", "monotonic"):
         assert forbidden not in source, forbidden
+
+
+# ---------------------------------------------------------------------------- health
+
+
+def test_a_replica_that_fails_before_its_first_byte_is_out_until_its_probe_answers() -> None:
+    clock = FakeClock()
+    core = _core(LbMode.GLOBAL, clock, replica_mode=ReplicaMode.PUSH, policy="round_robin")
+    first = arrive(core, "a")
+    assert core.tick() == [first]
+    assert isinstance(first.outcome, Dispatch)
+    dead = first.outcome.name
+    assert core.on_start_failure(first, "ClientConnectorError: refused") is False  # no retry by default
+    core.leave(first)
+    conf = core.conf()
+    assert conf["replica_health"][dead]["healthy"] is False
+    assert "before its first byte" in conf["replica_health"][dead]["reason"]
+    assert conf["num_replicas"] == 1 and conf["num_available_replicas"] == 1
+    for text in ("b", "c", "d"):  # every later request goes to the other replica
+        entry = arrive(core, text)
+        core.tick()
+        assert isinstance(entry.outcome, Dispatch) and entry.outcome.name != dead
+        core.leave(entry)
+    core.on_health_probe("replica", dead, ok=False, reason="HTTP 500")  # still down
+    assert not core.conf()["replica_health"][dead]["healthy"]
+    core.on_health_probe("replica", dead, ok=True)
+    assert core.conf()["replica_health"][dead] == {"healthy": True, "reason": None, "for_s": None, "ejections": 1}
+    chosen = set()
+    for text in ("e", "f"):
+        entry = arrive(core, text)
+        core.tick()
+        assert isinstance(entry.outcome, Dispatch)
+        chosen.add(entry.outcome.name)
+        core.leave(entry)
+    assert dead in chosen
+
+
+def test_retry_before_first_byte_decides_once_more_elsewhere() -> None:
+    clock = FakeClock()
+    core = _core(LbMode.GLOBAL, clock, replica_mode=ReplicaMode.PUSH, policy="round_robin",
+                 retry_before_first_byte=True)
+    entry = arrive(core, "a")
+    core.tick()
+    assert isinstance(entry.outcome, Dispatch)
+    failed = entry.outcome.name
+    assert core.on_start_failure(entry, "refused") is True
+    core.retry(entry)
+    assert entry.outcome is None and core.replicas.in_flight[failed] == 0
+    assert core.tick() == [entry]
+    assert isinstance(entry.outcome, Dispatch) and entry.outcome.name != failed
+    assert core.on_start_failure(entry, "refused again") is False  # one retry, no more
+    assert core.conf()["retried_total"] == 1
+
+
+def test_every_replica_down_answers_503_in_global_mode() -> None:
+    clock = FakeClock()
+    core = _core(LbMode.GLOBAL, clock, replica_mode=ReplicaMode.PUSH)
+    for name in ("r0", "r1"):
+        core.on_health_probe("replica", name, ok=False, reason="Connection refused")
+    entry = arrive(core, "a")
+    assert core.tick() == [entry]
+    assert isinstance(entry.outcome, Failure) and entry.outcome.status == 503
+    assert "No healthy replicas" in entry.outcome.message and "Connection refused" in entry.outcome.message
+
+
+def test_push_sends_to_a_peer_when_every_own_replica_is_down_and_skips_dead_peers() -> None:
+    clock = FakeClock()
+    core = _core(LbMode.PUSH, clock, replica_mode=ReplicaMode.PUSH)
+    core.on_health_probe("lb", "lb-b", ok=False, reason="no answer within 1.0 s")
+    for name in ("r0", "r1"):
+        core.on_health_probe("replica", name, ok=False, reason="refused")
+    assert core.conf()["lb_health"]["lb-a"]["reason"] == "every replica of this LB is ejected"
+    for text in ("x", "y", "z"):
+        entry = arrive(core, text)
+        assert core.tick() == [entry]
+        assert isinstance(entry.outcome, Dispatch) and entry.outcome.to_lb and entry.outcome.name == "lb-c"
+        core.leave(entry)
+    # A request a peer pushed here is not pushed on: it fails at once instead of waiting.
+    pushed = arrive(core, "from b", from_lb=True)
+    core.tick()
+    assert isinstance(pushed.outcome, Failure) and pushed.outcome.status == 503
+    core.on_health_probe("replica", "r0", ok=True)
+    assert core.conf()["lb_health"]["lb-a"]["healthy"] is True
+
+
+def test_steal_modes_hold_for_thieves_when_their_replicas_are_down_and_skip_dead_victims() -> None:
+    clock = FakeClock()
+    core = _core(LbMode.STEAL_V2, clock, replica_mode=ReplicaMode.PUSH)
+    for name in ("r0", "r1"):
+        core.on_health_probe("replica", name, ok=False, reason="refused")
+    entry = arrive(core, "x")
+    assert core.tick() == [] and entry.outcome is None  # held: a healthy peer may steal it
+    handed = core.hand_over("lb-b", 1)
+    assert handed == [entry] and isinstance(entry.outcome, Dispatch) and entry.outcome.name == "lb-b"
+    core.on_health_probe("lb", "lb-b", ok=False, reason="refused")
+    assert "lb-b" not in core.steal_targets()

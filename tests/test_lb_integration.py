@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from control_support import HEADERS
 from pytest_lbbench import procutil
 
 pytestmark = pytest.mark.timeout(180)
@@ -54,7 +55,7 @@ class Stack:
 
 def _post_json(url: str, payload: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json", **HEADERS}
     )
     with urllib.request.urlopen(req, timeout=5) as resp:
         data: dict[str, Any] = json.load(resp)
@@ -428,29 +429,38 @@ def test_models_passthrough_and_client_disconnect_closes_upstream(tmp_path: Path
 
 def test_unreachable_replica_is_a_502_not_a_hang(tmp_path: Path) -> None:
     placement: dict[str, tuple[str, list[str]]] = {"lb-global": ("global", [])}
-    # Replica pull: the probe of the dead replica fails, which leaves it "available" (the
-    # original's rule), so the request is dispatched and fails fast instead of waiting.
+    # Replica pull: the engine probe of the dead replica fails, which leaves it "available"
+    # (the original's rule), and the health probe is 60 s away, so the first request is
+    # dispatched and fails fast instead of waiting; that failure ejects the replica, so the
+    # next request is answered 503 at once instead of being held.
     stack = start_stack(tmp_path, lb_mode="global", replica_mode="pull", placement=placement,
-                        membership=False)
+                        membership=False, extra_lb_args=("--health-interval-s", "60"))
     try:
         _post_json(
             stack.lbs["lb-global"] + "/lbbench/membership",
             {"self": "lb-global", "lbs": {}, "replicas": {"gone": "http://127.0.0.1:9"}},
         )
 
-        async def run() -> Reply:
+        async def run() -> list[Reply]:
             await asyncio.sleep(0.3)  # a few probe rounds
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-                return await chat(session, stack.lbs["lb-global"], [{"role": "user", "content": "x"}])
+                return [await chat(session, stack.lbs["lb-global"], [{"role": "user", "content": "x"}])
+                        for _ in range(2)]
 
-        reply = asyncio.run(run())
-        assert reply.status == 502
-        assert reply.headers["content-type"].startswith("application/json")
-        error = json.loads(reply.raw)["error"]
+        first, second = asyncio.run(run())
+        assert first.status == 502
+        assert first.headers["content-type"].startswith("application/json")
+        error = json.loads(first.raw)["error"]
         assert error["upstream"] == "gone" and "Cannot connect" in error["message"]
+        assert second.status == 503
+        assert "No healthy replicas" in json.loads(second.raw)["error"]["message"]
         conf = _wait_idle(stack)["lb-global"]
         assert conf["replica_queue"] == {"http://127.0.0.1:9": 0}
         assert conf["upstream_errors_total"] == 1 and conf["dispatched_total"] == 1
-        assert conf["num_available_replicas"] == 1
+        assert conf["failed_total"] == 1
+        assert conf["num_available_replicas"] == 0 and conf["num_replicas"] == 0
+        health = conf["replica_health"]["gone"]
+        assert not health["healthy"] and health["ejections"] == 1
+        assert "before its first byte" in health["reason"]
     finally:
         stack.stop()

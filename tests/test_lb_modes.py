@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from control_support import HEADERS
 from pytest_lbbench import procutil
 from pytest_lbbench.lb.config import LbConfig, LbMode, ReplicaMode
 from pytest_lbbench.lb.peers import (
@@ -446,7 +447,7 @@ async def _send_membership(lbs: Lbs, replicas: Replicas, placement: dict[str, li
                 "replicas": {r: replicas.urls[r] for r in names},
                 "regions": {n: f"region-{n}" for n in lbs.urls},
             }
-            async with session.post(lbs.urls[name] + "/lbbench/membership", json=body) as resp:
+            async with session.post(lbs.urls[name] + "/lbbench/membership", json=body, headers=HEADERS) as resp:
                 assert resp.status == 200, await resp.text()
 
 

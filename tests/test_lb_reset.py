@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from control_support import HEADERS
 from pytest_lbbench import procutil
 from pytest_lbbench.lb.config import LbConfig, LbMode, ReplicaMode
 from pytest_lbbench.lb.lag import PRECISION_S, LoopLag
@@ -155,7 +156,7 @@ def test_lag_counters_move_under_an_event_loop_stall() -> None:
 
 def _http(method: str, url: str, payload: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **HEADERS})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.load(resp)

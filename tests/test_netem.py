@@ -27,6 +27,7 @@ from typing import Any, AsyncIterator, Callable, Coroutine, TypeVar, cast
 import pytest
 import uvloop
 
+from control_support import HEADERS
 from pytest_lbbench import procutil
 from pytest_lbbench.netem import (
     DelayLink,
@@ -857,7 +858,8 @@ def test_cli_control_port_serves_stats_and_reset(tmp_path: Path) -> None:
                 await pingpong(proc.info["links"]["echo"], rounds=3)
 
                 def get(path: str, method: str = "GET") -> Any:
-                    req = urllib.request.Request(control + path, method=method, data=b"" if method == "POST" else None)
+                    req = urllib.request.Request(control + path, method=method, data=b"" if method == "POST" else None,
+                                                 headers=HEADERS)
                     with urllib.request.urlopen(req, timeout=5) as resp:
                         return json.loads(resp.read())
 

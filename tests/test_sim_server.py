@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
+from control_support import HEADERS, TOKEN
 from pytest_lbbench.sim.profile import DEFAULT_PROFILE, PROFILES, EngineProfile
 from pytest_lbbench.protocol import REPLICA_HEADER
 from pytest_lbbench.sim.server import ReplicaConfig, SimReplica
@@ -42,7 +43,8 @@ def serve(
                 ReplicaConfig(
                     name=f"replica-{i}", profile=p, seed=seed, check_invariants=True,
                     engine_metrics=engine_metrics,
-                )
+                ),
+                control_token=TOKEN,
             )
             for i, p in enumerate(profiles)
         ]
@@ -499,7 +501,7 @@ def test_sglang_gauges_change_only_at_logging_points_and_reset_restores_a_fresh_
             await asyncio.sleep(0.002)
         m = await metrics(session, replica)
         assert m["sglang:num_queue_reqs"] == 1 and m["sglang:num_running_reqs"] == 1
-        async with session.post(replica.url + "/lbbench/reset") as resp:
+        async with session.post(replica.url + "/lbbench/reset", headers=HEADERS) as resp:
             assert resp.status == 409
             assert "in flight" in (await resp.json())["error"]["message"]
         running.close()
@@ -508,7 +510,7 @@ def test_sglang_gauges_change_only_at_logging_points_and_reset_restores_a_fresh_
             if not engine.waiting and not engine.running:
                 break
             await asyncio.sleep(0.002)
-        async with session.post(replica.url + "/lbbench/reset") as resp:
+        async with session.post(replica.url + "/lbbench/reset", headers=HEADERS) as resp:
             assert resp.status == 200
             body_json = await resp.json()
         assert body_json["reset"] is True and body_json["cleared"]["num_aborted_total"] == 2

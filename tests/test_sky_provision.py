@@ -453,9 +453,11 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
     fake = FakeSky(workers=8)
     posts: list[tuple[str, Any]] = []
 
-    def http(method: str, url: str, body: Any, timeout_s: float) -> tuple[int, Any]:
+    def http(method: str, url: str, body: Any, timeout_s: float,
+             headers: Any = None) -> tuple[int, Any]:
         if method == "POST":
             posts.append((url, body))
+            assert headers == {"X-Lbbench-Control-Token": "sky-run-secret"}, headers
         return 200, {}
 
     payload = {"workload": "arena_syn", "metrics": [{"uid": 1}]}
@@ -467,7 +469,8 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
     prov = make(tmp_path, fake, max_parallel=8)
     session = SkySession(prov, settings, systems=[SYSTEMS["sky_push_pull"], SYSTEMS["sgl"]], replicas=4,
                          replica_regions=["us-east-2", "ap-northeast-1"],
-                         client_regions=["us-east-2", "ap-northeast-1"], http=http)
+                         client_regions=["us-east-2", "ap-northeast-1"], http=http,
+                         control_token="sky-run-secret")
     push = SkyDeployment(SYSTEMS["sky_push_pull"], session)
     push.start()
     # One wave: both systems and the clients were launched by the first start().

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -41,7 +42,8 @@ from pytest_lbbench.procutil import (
     launch,
     python_module_argv,
 )
-from pytest_lbbench.protocol import MEMBERSHIP_PATH, RESET_PATH, GatewayMembership, LbMembership
+from pytest_lbbench.control import CONTROL_TOKEN_ENV, control_headers, new_control_token
+from pytest_lbbench.protocol import FAULT_PATH, MEMBERSHIP_PATH, RESET_PATH, GatewayMembership, LbMembership
 from pytest_lbbench.regions import RttMatrix, place_round_robin
 from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
 
@@ -66,6 +68,9 @@ class LocalSettings:
     ledger: ProcessLedger | None = None
     #: The backend name written into results (a hook backend built on this one gives its own).
     backend_name: str = "local"
+    #: The run's control-plane secret: handed to our processes in their environment and sent
+    #: with every control request; never in argv, a log or a result file (repr=False).
+    control_token: str = field(default_factory=new_control_token, repr=False)
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,11 @@ class Component:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _http_json(method: str, url: str, body: Any | None = None, timeout_s: float = 5.0) -> tuple[int, Any]:
+def _http_json(method: str, url: str, body: Any | None = None, timeout_s: float = 5.0,
+               token: str | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **control_headers(token)}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             raw = resp.read()
@@ -135,6 +142,7 @@ class LocalDeployment(Deployment):
         self._links: dict[str, dict[str, Any]] = {}  # name → spec (+ "port" once started)
         self._entry_for: dict[str, Component] = {}  # client region → entry component
         self._netem_control: str | None = None  # the delay links' control URL (stats, reset)
+        self._crashed: dict[str, list[str]] = {}  # fault drills: name → argv to start it again
         self._started = False
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -197,7 +205,7 @@ class LocalDeployment(Deployment):
             self._restart_router()
             done.append(f"{self.router.name} (restarted)")
         if self._netem_control is not None:
-            status, reply = _http_json("POST", f"{self._netem_control}/reset", {}, timeout_s=5.0)
+            status, reply = self._control("POST", f"{self._netem_control}/reset", {})
             if status != 200:
                 raise RuntimeError(f"delay links refused to reset their counters (HTTP {status}): {reply}")
             done.append("netem")
@@ -205,7 +213,7 @@ class LocalDeployment(Deployment):
 
     def _post_reset(self, component: Component, timeout_s: float = 30.0) -> None:
         def check() -> str | None:
-            status, reply = _http_json("POST", f"{component.url}{RESET_PATH}", {}, timeout_s=5.0)
+            status, reply = self._control("POST", f"{component.url}{RESET_PATH}", {})
             if status == 200:
                 return None
             if status == 409:  # still busy with the previous experiment's last requests
@@ -270,9 +278,17 @@ class LocalDeployment(Deployment):
 
     # ---- steps -----------------------------------------------------------------------------
 
-    def _launch(self, name: str, argv: list[str], wait_ready_line: bool = True) -> ManagedProcess:
+    def _control(self, method: str, url: str, body: Any | None = None, timeout_s: float = 5.0) -> tuple[int, Any]:
+        """A control request to one of our processes, with the run's secret."""
+        return _http_json(method, url, body, timeout_s, token=self.settings.control_token)
+
+    def _launch(self, name: str, argv: list[str], wait_ready_line: bool = True,
+                control: bool = True) -> ManagedProcess:
+        # Our processes get the secret in their environment (argv is visible to ps); a
+        # third-party balancer (control=False) never sees it.
+        env = {**os.environ, CONTROL_TOKEN_ENV: self.settings.control_token} if control else None
         proc = launch(name, argv, log_path=self.settings.log_dir / f"{name}.log",
-                      wait_ready_line=wait_ready_line)
+                      wait_ready_line=wait_ready_line, env=env)
         with self._lock:
             self._procs.append(proc)
         if self.settings.ledger is not None:
@@ -351,6 +367,7 @@ class LocalDeployment(Deployment):
         self._links[name] = {
             "name": name, "target_host": "127.0.0.1", "target_port": target.port,
             "one_way_ms": round(one_way, 4), "src_region": src_region, "target": target.name,
+            "target_region": target.region,
         }
 
     def _link_url(self, name: str) -> str:
@@ -387,8 +404,10 @@ class LocalDeployment(Deployment):
             return list(self.replicas)
         return [r for r in self.replicas if r.region == balancer.region]
 
-    def _send_membership(self) -> None:
+    def _send_membership(self, only: str | None = None) -> None:
         for lb in self.lbs:
+            if only is not None and lb.name != only:
+                continue
             membership = LbMembership(
                 self_name=lb.name,
                 lbs={
@@ -398,7 +417,7 @@ class LocalDeployment(Deployment):
                 replicas={r.name: self._link_url(f"{lb.name}>{r.name}") for r in self._replicas_of(lb)},
                 regions={c.name: c.region for c in self.lbs + self.replicas},
             )
-            status, reply = _http_json("POST", f"{lb.url}{MEMBERSHIP_PATH}", membership.to_json())
+            status, reply = self._control("POST", f"{lb.url}{MEMBERSHIP_PATH}", membership.to_json())
             if status != 200:
                 raise RuntimeError(f"{lb.name} refused its membership (HTTP {status}): {reply}")
 
@@ -423,9 +442,11 @@ class LocalDeployment(Deployment):
             for name, region, proc in zip(names, regions, procs)
         ]
 
-    def _send_gateway_membership(self) -> None:
+    def _send_gateway_membership(self, only: str | None = None) -> None:
         replica_regions = list(dict.fromkeys(r.region for r in self.replicas))
         for gw in self.gateways:
+            if only is not None and gw.name != only:
+                continue
             order = sorted(replica_regions, key=lambda r: (self.settings.rtt.rtt(gw.region, r), replica_regions.index(r)))
             membership = GatewayMembership(
                 self_name=gw.name,
@@ -433,7 +454,7 @@ class LocalDeployment(Deployment):
                 regions={r.name: r.region for r in self.replicas},
                 region_order=tuple(order),
             )
-            status, reply = _http_json("POST", f"{gw.url}{MEMBERSHIP_PATH}", membership.to_json())
+            status, reply = self._control("POST", f"{gw.url}{MEMBERSHIP_PATH}", membership.to_json())
             if status != 200:
                 raise RuntimeError(f"{gw.name} refused its membership (HTTP {status}): {reply}")
 
@@ -449,7 +470,7 @@ class LocalDeployment(Deployment):
             "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
             "--log-level", "warn",
         ]
-        proc = self._launch("sglang-router", argv, wait_ready_line=False)
+        proc = self._launch("sglang-router", argv, wait_ready_line=False, control=False)
         try:
             wait_until(
                 lambda: self._router_ready(proc, len(worker_urls)),
@@ -482,6 +503,90 @@ class LocalDeployment(Deployment):
             wait_until(check, self.settings.startup_timeout_s, f"{self.system.name} entry for {region}")
 
 
+    # ---- fault drills (pytest_lbbench.faults) -----------------------------------------------
+
+    def fault_targets(self) -> dict[str, list[str]]:
+        """What a drill may name: components to crash, regions to partition, replicas to slow."""
+        ours = [c.name for c in [*self.replicas, *self.lbs, *self.gateways]]
+        regions = sorted({c.region for c in [*self.replicas, *self.lbs, *self.gateways]}
+                         | set(self.settings.client_regions))
+        return {"crash": ours, "partition": regions, "slow": [r.name for r in self.replicas]}
+
+    def entry_components(self) -> dict[str, str]:
+        return {client: comp.name for client, comp in self._entry_for.items()}
+
+    def _partition_links(self, region: str) -> list[str]:
+        # Into or out of the region; links inside it stay up (its LB still reaches its replicas).
+        return [name for name, spec in self._links.items()
+                if (spec["src_region"] == region) != (spec["target_region"] == region)]
+
+    def partition_cuts_clients(self, region: str) -> list[str]:
+        cut = set(self._partition_links(region))
+        return [client for client in self._entry_for if self._client_link_name(client) in cut]
+
+    def _component(self, name: str) -> Component:
+        for comp in [*self.replicas, *self.lbs, *self.gateways]:
+            if comp.name == name:
+                return comp
+        raise KeyError(f"{self.system.name} has no component {name!r}")
+
+    def apply_fault(self, action: str, target: str, factor: float | None = None) -> dict[str, Any]:
+        """One drill event. Call from the thread that started the deployment: a restarted
+        process dies with the thread that launched it."""
+        if action == "crash":
+            return self._crash(target)
+        if action == "restart":
+            return self._restart(target)
+        if action in ("partition", "heal"):
+            links = self._partition_links(target)
+            status, reply = self._control("POST", f"{self._netem_control}{FAULT_PATH}", {action: links})
+            if status != 200:
+                raise RuntimeError(f"delay links refused to {action} {target} (HTTP {status}): {reply}")
+            return {"links": len(links), **(reply if isinstance(reply, dict) else {})}
+        if action in ("slow", "unslow"):
+            replica = self._component(target)
+            status, reply = self._control("POST", f"{replica.url}{FAULT_PATH}",
+                                          {"slowdown": factor if action == "slow" else 1.0})
+            if status != 200:
+                raise RuntimeError(f"{target} refused the slowdown (HTTP {status}): {reply}")
+            return reply if isinstance(reply, dict) else {}
+        raise ValueError(f"unknown fault action {action!r}")
+
+    def _crash(self, name: str) -> dict[str, Any]:
+        self._component(name)
+        with self._lock:
+            procs = [p for p in self._procs if p.name == name]
+            self._procs = [p for p in self._procs if p.name != name]
+        if not procs:
+            return {"crashed": name, "note": "already down"}
+        for proc in procs:
+            proc.popen.kill()  # SIGKILL: a crash, not a shutdown
+            proc.popen.wait(timeout=10)
+            if self.settings.ledger is not None:
+                self.settings.ledger.stopped(proc.name, proc.pid)
+            self._crashed[name] = list(proc.argv)
+        return {"crashed": name, "pid": procs[0].pid}
+
+    def _restart(self, name: str) -> dict[str, Any]:
+        comp = self._component(name)
+        argv = self._crashed.pop(name, None)
+        if argv is None:
+            return {"restarted": name, "note": "was not down"}
+        # The same port: every link and peer still points at it (SO_REUSEADDR lets us rebind).
+        argv = [str(comp.port) if i > 0 and argv[i - 1] == "--port" else a for i, a in enumerate(argv)]
+        proc = self._launch(name, argv)
+        proc.wait_ready(self.settings.startup_timeout_s)
+        if comp in self.lbs:
+            self._send_membership(only=name)
+        elif comp in self.gateways:
+            self._send_gateway_membership(only=name)
+        return {"restarted": name, "pid": proc.pid}
+
+    def restore(self) -> list[str]:
+        """Undo every crash still in effect (the drill's end does the rest)."""
+        return [self._restart(name)["restarted"] for name in list(self._crashed)]
+
+
 class LocalClientLauncher:
     """Runs ``python -m pytest_lbbench.client`` once per client region, in parallel."""
 
@@ -512,6 +617,7 @@ class LocalClientLauncher:
                     self.ledger.started(name, proc.pid)
             limit = spec.deadline_s + 90.0
             started = time.monotonic()
+            counted, counted_at = 0, float("-inf")
             while any(p.alive() for p in procs.values()):
                 elapsed = time.monotonic() - started
                 if elapsed > limit:
@@ -521,8 +627,12 @@ class LocalClientLauncher:
                         "they were killed. Partial records are in the .partial.jsonl files."
                     )
                 if on_progress is not None:
-                    on_progress(elapsed, sum(_count_lines(o) for o in outputs.values()))
-                time.sleep(0.5)
+                    # Every 0.1 s (fault drills act from here, in this thread); the partial files
+                    # are counted at most every 0.5 s.
+                    if elapsed - counted_at >= 0.5:
+                        counted, counted_at = sum(_count_lines(o) for o in outputs.values()), elapsed
+                    on_progress(elapsed, counted)
+                time.sleep(0.1)
         finally:
             for region, proc in procs.items():
                 proc.stop()
@@ -580,6 +690,10 @@ class LocalBackend:
     summary = "this machine: simulated replicas, real balancers and router, emulated WAN"
     scales_time = True
 
+    def __init__(self) -> None:
+        # One secret per run (one backend object per run's registry), for every system of it.
+        self._control_token = new_control_token()
+
     def deployment(self, system: SystemSpec, ctx: BackendContext) -> Deployment:
         cfg = ctx.config
         return LocalDeployment(system, LocalSettings(
@@ -594,6 +708,7 @@ class LocalBackend:
             engine_metrics=cfg.engine_metrics,
             ledger=ctx.ledger,
             backend_name=self.name,
+            control_token=self._control_token,
         ))
 
     def client_launcher(self, system: SystemSpec, ctx: BackendContext) -> LocalClientLauncher:

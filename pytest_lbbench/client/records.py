@@ -48,6 +48,7 @@ class RequestRecord:
     ttft: float | None = None
     e2e_latency: float | None = None
     failed: str | None = None
+    failed_at: float | None = None  # wall time of the failure (epoch s), None when it did not fail
     input_tokens: int | None = None
     output_tokens: int = 0
     cached_tokens: int | None = None

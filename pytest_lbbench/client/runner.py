@@ -275,6 +275,8 @@ class _Run:
                 self.settings.request_timeout_s,
             )
         finally:
+            if record.failed is not None and record.failed_at is None:
+                record.failed_at = time.time()  # when it failed: fault drills match it by time
             self.recorded += 1
             self.sink(record)
 

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import procutil
+from ..control import CONTROL_TOKEN_ENV, LOOPBACK_TARGETS, AllowedTargets, control_token_from_env
 from .config import GatewayConfig
 from .server import Gateway, serve
 
@@ -67,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unhealthy-threshold", type=_at_least_one, default=d.unhealthy_threshold,
                    help="consecutive failures to become unhealthy. Default: %(default)s")
     p.add_argument("--health-path", default=d.health_path, help="Default: %(default)s")
+    p.add_argument("--no-outlier-detection", dest="outlier_detection", action="store_false",
+                   help="only health checks take a backend out (default: outlier detection on)")
+    p.add_argument("--consecutive-errors", type=_at_least_one, default=d.consecutive_errors,
+                   help="outlier detection: failed requests in a row that eject a backend. "
+                        "Default: %(default)s")
+    p.add_argument("--base-ejection-time-s", type=_positive, default=d.base_ejection_time_s,
+                   help="outlier detection: ejection time (model seconds) x ejections so far. "
+                        "Default: %(default)s")
+    p.add_argument("--max-ejection-percent", type=float, default=d.max_ejection_percent,
+                   help="outlier detection: at most this share of backends ejected. Default: %(default)s")
+    p.add_argument("--retry-before-first-byte", action="store_true",
+                   help="send a request whose backend failed before its first byte once more, "
+                        "elsewhere (default: no retry)")
     p.add_argument("--membership-wait-s", type=_positive, default=d.membership_wait_s,
                    help="how long early requests wait for a membership. Default: %(default)s")
     p.add_argument("--stream-timeout-s", type=_positive, default=d.stream_timeout_s,
@@ -76,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=_positive, default=d.time_scale, metavar="FACTOR",
                    help="the replicas' --time-scale: budget and window are model time, measured "
                         "on wall seconds / FACTOR. Default: %(default)s")
+    p.add_argument("--allow-target-hosts", default=",".join(LOOPBACK_TARGETS), metavar="HOSTS",
+                   help="comma-separated hosts or networks membership may name as backends. "
+                        "Default: %(default)s")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="Default: %(default)s")
@@ -92,6 +109,11 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         healthy_threshold=int(args.healthy_threshold),
         unhealthy_threshold=int(args.unhealthy_threshold),
         health_path=args.health_path,
+        outlier_detection=args.outlier_detection,
+        consecutive_errors=int(args.consecutive_errors),
+        base_ejection_time_s=args.base_ejection_time_s,
+        max_ejection_percent=args.max_ejection_percent,
+        retry_before_first_byte=args.retry_before_first_byte,
         membership_wait_s=args.membership_wait_s,
         stream_timeout_s=args.stream_timeout_s,
         connect_timeout_s=args.connect_timeout_s,
@@ -119,8 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format=f"%(asctime)s %(levelname)s {args.name} %(name)s: %(message)s",
     )
+    token = control_token_from_env()
+    if token is None:
+        parser.error(f"{CONTROL_TOKEN_ENV} is not set. The gateway's control endpoints (membership, "
+                     f"reset) accept only requests carrying the run's secret; export {CONTROL_TOKEN_ENV}="
+                     "<a random string> for this process and send it in the X-Lbbench-Control-Token "
+                     "header (the benchmark does this for you)")
     try:
-        gateway = Gateway(config_from_args(args), name=args.name, region=args.region)
+        allowed = AllowedTargets.parse(h for h in args.allow_target_hosts.split(",") if h.strip())
+        gateway = Gateway(config_from_args(args), name=args.name, region=args.region,
+                          control_token=token, allowed_targets=allowed)
     except ValueError as exc:
         parser.error(str(exc))
     procutil.watch_parent(args.parent_pid)

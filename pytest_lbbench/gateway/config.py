@@ -15,6 +15,16 @@ settings of the measured Gateway are unknown. The defaults below are chosen, not
   reacting within one benchmark phase.
 * Health checks: Compute Engine's HTTP health-check defaults — every 5 s, 5 s timeout,
   2 consecutive failures to mark a backend unhealthy, 2 successes to mark it healthy again.
+* Outlier detection (passive ejection) with the defaults of Compute Engine's backend-service
+  ``outlierDetection``: ``consecutiveErrors`` 5 (a connection failure or a 5xx before the
+  response starts counts), ``baseEjectionTime`` 30 s (times the number of ejections), at most
+  ``maxEjectionPercent`` 50 % of the backends ejected. An ejected backend comes back when the
+  ejection time is over, or earlier once ``healthy_threshold`` health checks in a row passed
+  after the ejection (as Envoy's ``successful_active_health_check_uneject_host``, default on).
+  Whether the measured Gateway had it on is unknown; ``--no-outlier-detection`` leaves only the
+  health checks (a dead backend then takes requests for up to two check intervals).
+* No retry by default; ``retry_before_first_byte`` sends a request that failed before its
+  first byte once more, to another backend.
 * Upstream timeouts as our LB: 10 s to connect, 120 s per read (never a total limit, so a long
   stream that keeps producing tokens is never cut).
 
@@ -55,6 +65,16 @@ class GatewayConfig:
     """Consecutive failed probes that make a healthy backend unhealthy."""
     health_path: str = "/health"
     """Path probed on every backend; any answer other than HTTP 200 counts as a failure."""
+    outlier_detection: bool = True
+    """Eject a backend after ``consecutive_errors`` failed requests in a row (see the module)."""
+    consecutive_errors: int = 5
+    """``outlierDetection.consecutiveErrors`` (GCP default)."""
+    base_ejection_time_s: float = 30.0
+    """``outlierDetection.baseEjectionTime`` (GCP default); model seconds, like the budget."""
+    max_ejection_percent: float = 50.0
+    """``outlierDetection.maxEjectionPercent`` (GCP default)."""
+    retry_before_first_byte: bool = False
+    """Our option: send a request whose backend failed before its first byte once more."""
     membership_wait_s: float = 30.0
     """How long a request that arrives before the first membership waits before a 503."""
     stream_timeout_s: float = 120.0
@@ -66,12 +86,15 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_rate_per_endpoint", "rate_window_s", "health_interval_s",
-                     "membership_wait_s", "stream_timeout_s", "connect_timeout_s", "time_scale"):
+                     "membership_wait_s", "stream_timeout_s", "connect_timeout_s", "time_scale",
+                     "base_ejection_time_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.health_timeout_s is not None and not self.health_timeout_s > 0:
             raise ValueError(f"health_timeout_s must be positive, got {self.health_timeout_s!r}")
-        for name in ("healthy_threshold", "unhealthy_threshold"):
+        if not 0 <= self.max_ejection_percent <= 100:
+            raise ValueError(f"max_ejection_percent must be within [0, 100], got {self.max_ejection_percent!r}")
+        for name in ("healthy_threshold", "unhealthy_threshold", "consecutive_errors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if not self.health_path.startswith("/"):

@@ -14,7 +14,10 @@ use the RATE balancing mode (what a multi-cluster Gateway with
 4. When every eligible region is at its budget, traffic is balanced over all of them in
    proportion to capacity (same KB, cause 3): the least utilised region (rate / capacity) gets
    the request, nearest first on ties. The gateway never rejects for capacity.
-5. Within the chosen region, backends are taken round-robin. Nothing about the request is
+5. Outlier detection (optional, :meth:`Router.record_request`): a backend that failed
+   ``consecutive_errors`` requests in a row is ejected for ``base_ejection_time × ejections``,
+   as if unhealthy, while at most ``max_ejection_percent`` of the backends are ejected.
+6. Within the chosen region, backends are taken round-robin. Nothing about the request is
    looked at: no prefix, hash key or queue awareness.
 
 A request counts against a region's and a backend's rate when it is *sent*, and only in the
@@ -71,6 +74,14 @@ class Backend:
     consecutive_ok: int = 0
     consecutive_failed: int = 0
     requests_total: int = 0
+    consecutive_errors: int = 0  # requests failed in a row before their first byte
+    ejected_until: float | None = None  # outlier detection (router clock)
+    ejections: int = 0
+    ok_since_ejection: int = 0  # health checks passed since the ejection
+
+    def serving(self, now: float) -> bool:
+        """Healthy by its health checks and not ejected by outlier detection."""
+        return self.healthy and (self.ejected_until is None or now >= self.ejected_until)
 
 
 @dataclass(frozen=True)
@@ -134,9 +145,16 @@ class Router:
         window_s: float,
         healthy_threshold: int = 2,
         unhealthy_threshold: int = 2,
+        consecutive_errors: int | None = None,
+        base_ejection_time_s: float = 30.0,
+        max_ejection_percent: float = 50.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``clock`` is a monotonic clock in the seconds the budget and window are given in."""
+        """``clock`` is a monotonic clock in the seconds the budget and window are given in;
+        ``consecutive_errors=None`` turns outlier detection off."""
+        self.consecutive_errors = consecutive_errors
+        self.base_ejection_time_s = base_ejection_time_s
+        self.max_ejection_percent = max_ejection_percent
         self.max_rate_per_endpoint = max_rate_per_endpoint
         self.window_s = window_s
         self.healthy_threshold = healthy_threshold
@@ -201,6 +219,11 @@ class Router:
         if ok:
             backend.consecutive_ok += 1
             backend.consecutive_failed = 0
+            if backend.ejected_until is not None:
+                backend.ok_since_ejection += 1
+                if backend.ok_since_ejection >= self.healthy_threshold:
+                    backend.ejected_until = None  # uneject on passing health checks (Envoy's default)
+                    return True
             if not backend.healthy and backend.consecutive_ok >= self.healthy_threshold:
                 backend.healthy = True
                 return True
@@ -212,6 +235,28 @@ class Router:
                 return True
         return False
 
+    def record_request(self, name: str, ok: bool) -> bool:
+        """Outlier detection: a request to ``name`` started (``ok``) or failed before its first
+        byte. True when this ejected the backend."""
+        backend = self.backends.get(name)
+        if backend is None or self.consecutive_errors is None:
+            return False
+        if ok:
+            backend.consecutive_errors = 0
+            return False
+        backend.consecutive_errors += 1
+        now = self._clock()
+        if backend.consecutive_errors < self.consecutive_errors or not backend.serving(now):
+            return False
+        ejected = sum(1 for b in self.backends.values() if b.ejected_until is not None and now < b.ejected_until)
+        if 100.0 * (ejected + 1) > self.max_ejection_percent * len(self.backends):
+            return False
+        backend.ejections += 1
+        backend.ejected_until = now + self.base_ejection_time_s * backend.ejections
+        backend.ok_since_ejection = 0
+        backend.consecutive_errors = 0
+        return True
+
     # ------------------------------------------------------------------ routing
 
     def _views(self, now: float) -> list[_RegionView]:
@@ -222,7 +267,7 @@ class Router:
             )
             if not members:
                 continue
-            healthy = [b for b in members if b.healthy]
+            healthy = [b for b in members if b.serving(now)]
             views.append(
                 _RegionView(
                     name=region,
@@ -243,10 +288,14 @@ class Router:
         # ``min`` keeps the first of equals, and ``views`` is nearest first.
         return min(views, key=lambda v: v.utilisation), True
 
-    def choose(self) -> Choice | None:
-        """Pick the backend for the next request and account for it; None = nothing healthy."""
+    def choose(self, exclude: frozenset[str] = frozenset()) -> Choice | None:
+        """Pick the backend for the next request and account for it; None = nothing healthy.
+        ``exclude``: backends not to pick (a retry never goes back to the one that failed)."""
         now = self._clock()
         views = self._views(now)
+        if exclude:
+            for view in views:
+                view.healthy = [b for b in view.healthy if b.name not in exclude]
         candidates = [v for v in views if v.eligible] or [v for v in views if v.usable]
         if not candidates:
             return None
@@ -299,7 +348,17 @@ class Router:
             "region_order": list(self.region_order),
             "home_region": self.home_region,
             "regions": regions,
-            "healthy_backends": sorted(b.name for b in self.backends.values() if b.healthy),
+            "healthy_backends": sorted(b.name for b in self.backends.values() if b.serving(now)),
+            "backend_health": {
+                b.name: {
+                    "healthy": b.serving(now),
+                    "health_check": "healthy" if b.healthy else "unhealthy",
+                    "ejected_for_s": None if b.ejected_until is None or now >= b.ejected_until
+                    else round(b.ejected_until - now, 3),
+                    "ejections": b.ejections,
+                }
+                for b in self.backends.values()
+            },
             "backend_regions": {b.name: b.region for b in self.backends.values()},
             "backend_rate_rps": {b.name: b.counter.rate(now) for b in self.backends.values()},
             "backend_requests_total": {b.name: b.requests_total for b in self.backends.values()},

@@ -10,6 +10,8 @@ There is no queue: like a Google front end, the gateway forwards every request a
 Endpoints: ``GET /health``, ``GET /conf`` (with ``"lag"``: how late the health-check loop woke,
 :mod:`pytest_lbbench.lb.lag`), ``POST /lbbench/membership``, ``POST /lbbench/reset`` (the state
 of a fresh process, membership kept; 409 while requests are in flight), catch-all proxy.
+Membership and reset need the run's secret (401 without it), and membership may only name
+backends on the allowed hosts (:mod:`pytest_lbbench.control`).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ import aiohttp
 from aiohttp import web
 
 from ..aioserve import serve_app
+from ..control import LOOPBACK_TARGETS, AllowedTargets, control_middleware
 from ..protocol import MEMBERSHIP_PATH, RESET_PATH, GatewayDecision, GatewayMembership, MembershipError
 
 from ..lb.lag import LoopLag
-from ..lb.proxy import forward, json_error
+from ..lb.proxy import RetryElsewhere, forward, json_error
 from ..lb.queue import ClientRequest, Dispatch
 from .config import GatewayConfig
 from .routing import Choice, Router
@@ -51,10 +54,15 @@ class Gateway:
     itself (the real Google front-end fleet shares load reports; ours do not share state).
     """
 
-    def __init__(self, config: GatewayConfig, *, name: str, region: str) -> None:
+    def __init__(self, config: GatewayConfig, *, name: str, region: str, control_token: str | None = None,
+                 allowed_targets: AllowedTargets | None = None) -> None:
+        """``control_token``: the run's secret (None: membership and reset answer 401);
+        ``allowed_targets``: hosts membership may name (default: loopback only)."""
         self.config = config
         self.name = name
         self.region = region
+        self.control_token = control_token
+        self.allowed_targets = allowed_targets or AllowedTargets.parse(LOOPBACK_TARGETS)
         self.router = self._new_router()
         # The last membership applied, so that a reset can rebuild the router around it.
         self._membership_args: tuple[dict[str, str], dict[str, str], list[str]] | None = None
@@ -79,6 +87,9 @@ class Gateway:
             window_s=config.rate_window_s,
             healthy_threshold=config.healthy_threshold,
             unhealthy_threshold=config.unhealthy_threshold,
+            consecutive_errors=config.consecutive_errors if config.outlier_detection else None,
+            base_ejection_time_s=config.base_ejection_time_s,
+            max_ejection_percent=config.max_ejection_percent,
             # A model clock: budgets and reported rates mean the same at every time scale.
             clock=lambda: time.monotonic() / scale,
         )
@@ -165,7 +176,13 @@ class Gateway:
 
     async def _membership(self, request: web.Request) -> web.Response:
         try:
-            self.apply_membership(GatewayMembership.from_json(await request.json(), self.name))
+            membership = GatewayMembership.from_json(await request.json(), self.name)
+            refusals = [f"{name}: {reason}" for name, url in membership.backends.items()
+                        if (reason := self.allowed_targets.refusal(url)) is not None]
+            if refusals:
+                return json_error(403, "membership refused: " + "; ".join(refusals)
+                                  + ". Start the gateway with --allow-target-hosts naming them if they are the run's own")
+            self.apply_membership(membership)
         except (ValueError, MembershipError) as exc:
             return json_error(400, f"bad membership payload: {exc}")
         return web.json_response(
@@ -192,22 +209,42 @@ class Gateway:
                 f"{MEMBERSHIP_PATH} within {self.config.membership_wait_s} s",
                 gateway=self.name,
             )
-        choice = self.router.choose()
-        if choice is None:
-            self.failed_total += 1
-            return json_error(503, f"gateway {self.name}: no healthy backends in any region",
-                              gateway=self.name)
-        assert self._session is not None, "request handled before startup"
-        dispatch = self._dispatch(choice)
         client_request = ClientRequest(request.method, request.raw_path, tuple(request.headers.items()), body)
-        self.in_flight[choice.backend] = self.in_flight.get(choice.backend, 0) + 1
-        try:
-            return await forward(
-                request, client_request, dispatch, self._session, self._timeout, self._count_upstream_error
-            )
-        finally:
-            # Runs on every path, including cancellation when the client disconnects.
-            self.in_flight[choice.backend] -= 1
+        tried: set[str] = set()
+        while True:
+            choice = self.router.choose(exclude=frozenset(tried))
+            if choice is None:
+                self.failed_total += 1
+                return json_error(503, f"gateway {self.name}: no healthy backends in any region",
+                                  gateway=self.name)
+            assert self._session is not None, "request handled before startup"
+            retry_allowed = self.config.retry_before_first_byte and not tried
+            tried.add(choice.backend)
+
+            def start_failed(reason: str, backend: str = choice.backend, retry: bool = retry_allowed) -> bool:
+                self._start_failed(backend, reason)
+                return retry
+
+            self.in_flight[choice.backend] = self.in_flight.get(choice.backend, 0) + 1
+            try:
+                response = await forward(
+                    request, client_request, self._dispatch(choice), self._session, self._timeout,
+                    self._count_upstream_error,
+                    start_failed,
+                )
+                if response.prepared and response.status < 500:
+                    self.router.record_request(choice.backend, ok=True)
+                return response
+            except RetryElsewhere as exc:
+                log.info("%s; sending the request once more", exc)
+            finally:
+                # Runs on every path, including cancellation when the client disconnects.
+                self.in_flight[choice.backend] -= 1
+
+    def _start_failed(self, backend: str, reason: str) -> None:
+        """A request to ``backend`` failed before its first byte: outlier detection counts it."""
+        if self.router.record_request(backend, ok=False):
+            log.warning("backend %s ejected by outlier detection (%s)", backend, reason)
 
     @staticmethod
     def _dispatch(choice: Choice) -> Dispatch:
@@ -258,7 +295,11 @@ class Gateway:
 
     def make_app(self) -> web.Application:
         """The aiohttp application (routes, startup/cleanup of the session and health loop)."""
-        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app = web.Application(
+            client_max_size=_MAX_BODY_BYTES,
+            middlewares=[control_middleware(self.control_token, (MEMBERSHIP_PATH, RESET_PATH),
+                                            max_body_bytes=_MAX_BODY_BYTES, server=f"gateway {self.name}")],
+        )
         app.router.add_get("/health", self._health)
         app.router.add_get("/conf", self._conf)
         app.router.add_post(MEMBERSHIP_PATH, self._membership)

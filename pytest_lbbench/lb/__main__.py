@@ -2,11 +2,13 @@
 
 Example::
 
-    python -m pytest_lbbench.lb --name lb-us-east-2 --region us-east-2 \\
+    LBBENCH_CONTROL_TOKEN=$(openssl rand -hex 16) python -m pytest_lbbench.lb \\
+        --name lb-us-east-2 --region us-east-2 \\
         --lb-mode push --replica-mode push --policy prefix_tree --meta-policy prefix_tree
 
 It binds (port 0 = any free port), prints ``LBBENCH_READY {"port": ..., "name": ...}`` and then
-waits for ``POST /lbbench/membership`` to learn its replicas and peer LBs; requests that arrive
+waits for ``POST /lbbench/membership`` (with the secret of ``LBBENCH_CONTROL_TOKEN`` in the
+``X-Lbbench-Control-Token`` header) to learn its replicas and peer LBs; requests that arrive
 earlier wait in the queue.
 """
 
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 from .. import procutil
+from ..control import CONTROL_TOKEN_ENV, LOOPBACK_TARGETS, AllowedTargets, control_token_from_env
 from .config import RATE_LIMIT_AVAILABILITY, LbConfig, LbMode, ReplicaMode
 from .policies import POLICIES
 from .server import LoadBalancer, serve
@@ -81,9 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-replica in-flight cap of --replica-mode cap; reported in /conf. "
                         "Default: %(default)s")
     for field_name in ("tick_s", "steal_interval_s", "probe_interval_s", "probe_timeout_s", "lb_probe_interval_s",
-                       "lb_rpc_timeout_s", "stream_timeout_s", "connect_timeout_s"):
+                       "lb_rpc_timeout_s", "stream_timeout_s", "connect_timeout_s", "health_interval_s",
+                       "health_timeout_s"):
         p.add_argument("--" + field_name.replace("_", "-"), type=procutil.positive_float,
                        default=getattr(defaults, field_name), help="Default: %(default)s")
+    p.add_argument("--retry-before-first-byte", action="store_true",
+                   help="our option: decide a request once more (elsewhere) when its upstream failed "
+                        "before streaming a byte (default: no retry, as the original)")
     p.add_argument("--latency-check-attempts", type=_int_at_least(1),
                    default=defaults.latency_check_attempts,
                    help="tries of a new peer's /sky-lb-health latency check. Default: %(default)s")
@@ -129,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=procutil.positive_float, default=defaults.time_scale, metavar="FACTOR",
                    help="run the loop periods (tick, steal, probes) at FACTOR x their model value "
                         "(the benchmark's --time-scale). Default: %(default)s")
+    p.add_argument("--allow-target-hosts", default=",".join(LOOPBACK_TARGETS), metavar="HOSTS",
+                   help="comma-separated hosts or networks membership may name as replicas and LBs. "
+                        "Default: %(default)s")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="Default: %(default)s")
@@ -162,8 +172,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format=f"%(asctime)s %(levelname)s {args.name} %(name)s: %(message)s",
     )
+    token = control_token_from_env()
+    if token is None:
+        print(f"error: {CONTROL_TOKEN_ENV} is not set. The LB's control endpoints (membership, reset, "
+              f"steal) accept only requests carrying the run's secret; export {CONTROL_TOKEN_ENV}=<a "
+              "random string> for this process and send it in the X-Lbbench-Control-Token header "
+              "(the benchmark does this for you)", file=sys.stderr)
+        return 2
     try:
-        lb = LoadBalancer(config_from_args(args), name=args.name, region=args.region)
+        allowed = AllowedTargets.parse(h for h in args.allow_target_hosts.split(",") if h.strip())
+        lb = LoadBalancer(config_from_args(args), name=args.name, region=args.region,
+                          control_token=token, allowed_targets=allowed)
     except (NotImplementedError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

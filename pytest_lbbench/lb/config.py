@@ -119,9 +119,11 @@ class ReplicaMode(str, enum.Enum):
 _POSITIVE_FLOATS = (
     "tick_s", "steal_interval_s", "probe_interval_s", "probe_timeout_s", "lb_probe_interval_s", "lb_rpc_timeout_s",
     "stream_timeout_s", "connect_timeout_s", "eviction_interval_s", "time_scale",
+    "health_interval_s", "health_timeout_s",
 )
 LOOP_FLOORS_S: dict[str, float] = {
     "tick_s": 0.001, "steal_interval_s": 0.001, "probe_interval_s": 0.01, "lb_probe_interval_s": 0.01,
+    "health_interval_s": 0.01,
 }
 """The LB's loop periods (model seconds, the original's constants) and the shortest wall period
 each runs at under ``time_scale``. 1 ms: uvloop's ``loop.time()`` has 1 ms resolution
@@ -187,6 +189,19 @@ class LbConfig:
     """``LB_STREAM_TIMEOUT``; applied per read, as httpx applied the original's ``timeout=120``."""
     connect_timeout_s: float = 10.0
     """Upstream TCP connect timeout (fail fast with 502 instead of waiting the full stream timeout)."""
+    health_interval_s: float = 1.0
+    """Period of the health probe (``GET /health`` on every replica, ``GET /sky-lb-health`` on
+    every peer LB): a target that fails it is taken out at once and put back when it answers.
+    Our choice, not the original's: there the controller probed replicas every
+    ``ENDPOINT_PROBE_INTERVAL = 10`` s and pushed the ready set to the LBs every
+    ``LB_CONTROLLER_SYNC_INTERVAL = 20`` s (``sky/serve/constants.py``), and nothing probed peer
+    LBs. Requests that fail before their first byte take a target out sooner (at once)."""
+    health_timeout_s: float = 1.0
+    """Per-probe timeout of the health probe (not scaled, like every timeout)."""
+    retry_before_first_byte: bool = False
+    """Our option (off = the original, which never retried: ``LB_MAX_RETRY`` was unused): a
+    request whose upstream failed before streaming a byte is decided once more, without the
+    target that failed."""
     max_concurrent_requests: int = 10
     """Per-replica in-flight cap of ``ReplicaMode.CAP``; reported in ``/conf`` in every mode."""
     dispatch_all_placeable: bool = False

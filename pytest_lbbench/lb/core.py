@@ -30,6 +30,10 @@ gone)                                         undone
 :meth:`~LbCore.peers_to_measure` /            which peers need a latency check; its result
 :meth:`~LbCore.on_peer_latency`
 :meth:`~LbCore.evict` (eviction tick)         the pool's prefix tree trimmed
+:meth:`~LbCore.health_probe_targets` /        what the health probe checks; a failed probe
+:meth:`~LbCore.on_health_probe`               ejects the target, an answer readmits it
+:meth:`~LbCore.on_start_failure` (upstream    the target is ejected; True when the request
+failed before its first byte)                 is to be decided again (:meth:`~LbCore.retry`)
 :meth:`~LbCore.reset`                         the state of a fresh process, membership kept
 ============================================  ==============================================
 
@@ -45,7 +49,8 @@ a. **push to an LB** (``LbMode.PUSH``, user requests only): the meta policy pick
    the queue at the tail, as the hopped request did, and a later tick dispatches it; with
    ``dispatch_all_placeable`` it continues locally at once.
 b. **no replicas** after membership → 503 "No ready replicas" (before the first membership,
-   requests simply wait);
+   requests simply wait); *our addition:* every replica ejected (see Health) and no healthy peer
+   that could take the request → 503 "No healthy replicas";
 c. **local replica** chosen by the replica policy among available replicas (``PULL``: last
    engine probe showed an empty waiting queue; ``PUSH``: always; ``CAP``: fewer than
    ``max_concurrent_requests`` in flight from this LB). ``RATE_LIMITED_PUSH`` records the
@@ -63,6 +68,14 @@ going while head entries can be placed and stops at the first that cannot (FIFO 
 Placing runs the pool's pre hook at once (so the next selection in the same tick sees the new
 load); :meth:`LbCore.leave` runs the post hooks when the stream ends, fails, or the client
 leaves. "Load" = open streams.
+
+Health (our addition; reference §2.2 has none inside the LB, its controller removed failed
+replicas from the ready set every 20 s): a replica or peer LB that fails its health probe, refuses
+a connection or fails a request before its first byte is *ejected*: no policy sees it, ``/conf``
+counts it neither ready nor available, stealing and pushing skip it, until a health probe
+answers again. When every replica of this LB is ejected, this LB ejects itself from its own LB
+pool, so that the push modes send user requests to a peer instead. No request is retried unless
+``retry_before_first_byte`` (then once, before any byte reached the client).
 
 Stealing (``STEAL_V1``/``STEAL_V2``, every ``steal_interval_s``): peers are ordered by a
 ``/sky-lb-health`` latency measured once when first seen; the victim side is
@@ -107,6 +120,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("pytest_lbbench.lb")
+
+REPLICA_HEALTH_PATH = "/health"
+"""Probed on every replica: SGLang's (and vLLM's) liveness endpoint, answered by our simulator."""
+LB_HEALTH_PATH = "/sky-lb-health"
+"""Probed on every peer LB: the original LB's readiness path (reference §2.5)."""
 
 Clock = Callable[[], float]
 """Seconds since the epoch (wall time under the HTTP shell, model time in a simulation)."""
@@ -225,6 +243,7 @@ class LbCore:
         # (no replica with capacity and no peer to push to, or no membership yet): the requests
         # the policy *held*, as opposed to ones that only waited for their tick behind others.
         self.held_total = 0
+        self.retried_total = 0  # decided again after an upstream failed before its first byte
         self._head_declines = 0  # ticks that could not place the head; entries remember it
 
     # ------------------------------------------------------------------ lifecycle
@@ -282,7 +301,10 @@ class LbCore:
             "queue_size": len(self.queue),
             "queue_size_actual": self.queue.user_count(),
             "replica_queue": self.replicas.in_flight_by_url(),
-            "num_replicas": len(self.replicas.urls),
+            # Ready = known and healthy, as the original's controller kept failed replicas out
+            # of the ready set; V1 stealing divides load by it.
+            "num_replicas": len(self.replicas.healthy()),
+            "num_known_replicas": len(self.replicas.urls),
             "num_available_replicas": len(self.replicas.available()),
             "max_concurrent_requests": self.config.max_concurrent_requests,
             "load_balancing_policy_name": self.config.policy,
@@ -301,6 +323,7 @@ class LbCore:
             "failed_total": self.failed_total,
             "upstream_errors_total": self.upstream_errors_total,
             "held_total": self.held_total,
+            "retried_total": self.retried_total,
             "replica_names": {url: name for name, url in self.replicas.urls.items()},
             "lb_queue": self.lbs.in_flight_by_url(),
             "lb_status": {
@@ -314,6 +337,8 @@ class LbCore:
                 }
                 for name, st in self.peer_status.items()
             },
+            "replica_health": self.replicas.health_report(now),
+            "lb_health": self.lbs.health_report(now),
             "lb_latency_s": {
                 name: (None if latency == math.inf else latency)
                 for name, (_, latency) in self.peer_latency.items()
@@ -330,6 +355,7 @@ class LbCore:
         self.lb_regions[self.name] = self.region
         self.replicas.update(membership.replicas)
         self.lbs.update(membership.lbs)
+        self._sync_self_health()
         log.info(
             "membership: %d replica(s) %s, %d LB(s) %s",
             len(membership.replicas), sorted(membership.replicas), len(membership.lbs),
@@ -417,7 +443,24 @@ class LbCore:
             self._settle(entry, self._replica_dispatch(entry, replica, now), decided)
             self.dispatched_total += 1
             return True
-        return self._try_rate_limited_push(entry, now, decided)
+        if self._try_rate_limited_push(entry, now, decided):
+            return True
+        if not self.replicas.healthy() and not self._peers_may_take(entry):
+            # Every replica is down and no peer can take the request: answer now rather than
+            # hold it until the client gives up (health, our addition).
+            reasons = sorted({e.reason for e in self.replicas.ejected.values()})
+            self._settle(entry, Failure(503, f"No healthy replicas: every replica of LB {self.name} "
+                                             f"is unhealthy ({'; '.join(reasons)})"), decided)
+            self.failed_total += 1
+            return True
+        return False
+
+    def _peers_may_take(self, entry: RequestEntry) -> bool:
+        """Whether a held ``entry`` can still leave through a healthy peer LB (pushed, or
+        stolen); requests from peers never move on."""
+        if not entry.is_user_request or self.config.lb_mode is LbMode.GLOBAL:
+            return False
+        return any(name != self.name for name in self.lbs.healthy())
 
     def push_candidates(self, own_queue_size: int) -> list[str]:
         """Peers (never self) that the rate-limited push may use now, in membership order.
@@ -509,6 +552,73 @@ class LbCore:
         when it is empty (as the original ``_probe_ie_queue``)."""
         self.replicas.set_available(replica, waiting <= 0)
 
+    # ------------------------------------------------------------------ health
+
+    def _pool(self, kind: str) -> TargetPool:
+        if kind == self.replicas.kind:
+            return self.replicas
+        if kind == self.lbs.kind:
+            return self.lbs
+        raise ValueError(f"unknown pool kind {kind!r}; expected 'replica' or 'lb'")
+
+    def health_probe_targets(self) -> list[tuple[str, str, str]]:
+        """``(pool kind, name, URL to GET)`` of every replica and every peer LB (never self)."""
+        targets = [
+            (self.replicas.kind, name, url.rstrip("/") + REPLICA_HEALTH_PATH)
+            for name, url in self.replicas.urls.items()
+        ]
+        targets += [
+            (self.lbs.kind, name, url.rstrip("/") + LB_HEALTH_PATH)
+            for name, url in self.lbs.urls.items() if name != self.name
+        ]
+        return targets
+
+    def on_health_probe(self, kind: str, name: str, ok: bool, reason: str = "") -> None:
+        """A health probe of ``name`` (pool ``kind``) answered (``ok``) or failed (``reason``)."""
+        pool = self._pool(kind)
+        if ok:
+            if pool.readmit(name):
+                log.warning("%s %s answers its health probe again: back in use", kind, name)
+        elif pool.eject(name, f"health probe failed: {reason}", self.clock()):
+            log.warning("%s %s failed its health probe (%s): taken out", kind, name, reason)
+        if pool is self.replicas:
+            self._sync_self_health()
+
+    def on_start_failure(self, entry: RequestEntry, reason: str) -> bool:
+        """``entry``'s upstream failed before streaming a byte (refused, timed out, or answered
+        5xx): eject that target. True when the request is to be decided again (:meth:`retry`)."""
+        dispatch = entry.outcome
+        if not isinstance(dispatch, Dispatch):
+            raise ValueError("on_start_failure needs an entry that was dispatched")
+        pool = self.lbs if dispatch.to_lb else self.replicas
+        if pool.eject(dispatch.name, f"request failed before its first byte: {reason}", self.clock()):
+            log.warning("%s %s failed a request before its first byte (%s): taken out",
+                        pool.kind, dispatch.name, reason)
+        if pool is self.replicas:
+            self._sync_self_health()
+        return self.config.retry_before_first_byte and entry.retries == 0
+
+    def retry(self, entry: RequestEntry) -> None:
+        """Decide ``entry`` once more, first in line: its holds are released, its decision gone."""
+        entry.release_all()
+        entry.outcome = None
+        entry.time_scheduled = None
+        entry.lb_hop = None
+        entry.retries += 1
+        entry.declines_at_arrival = self._head_declines
+        self.retried_total += 1
+        self.queue.put_head(entry)
+
+    def _sync_self_health(self) -> None:
+        """This LB leaves its own LB pool while every one of its replicas is ejected (so the
+        push modes pick a peer), and comes back with the first replica."""
+        if self.name not in self.lbs.urls or not self.replicas.urls:
+            return
+        if self.replicas.healthy():
+            self.lbs.readmit(self.name)
+        else:
+            self.lbs.eject(self.name, "every replica of this LB is ejected", self.clock())
+
     # ------------------------------------------------------------------ eviction
 
     def eviction_intervals(self) -> dict[str, float]:
@@ -586,12 +696,12 @@ class LbCore:
         return decided
 
     def steal_targets(self) -> list[str]:
-        """Every peer, nearest first. As in the original's ``_steal_targets`` (a new LB URL gets
+        """Every healthy peer, nearest first. As in the original's ``_steal_targets`` (a new LB URL gets
         ``PoolEntry(latency=inf)`` until its latency check returns), a peer not measured yet, or
         measured at an old URL, is a target too, ordered last (ties in membership order)."""
         ranked = []
         for index, (name, url) in enumerate(self.lbs.urls.items()):
-            if name == self.name:
+            if name == self.name or name in self.lbs.ejected:
                 continue
             measured = self.peer_latency.get(name)
             latency = measured[1] if measured is not None and measured[0] == url else math.inf
@@ -659,7 +769,7 @@ class LbCore:
         plan = plan_v1_steal(
             own_queue_size=own_queue_size,
             own_inflight=self.own_inflight(),
-            own_num_replicas=len(self.replicas.urls),
+            own_num_replicas=len(self.replicas.healthy()),
             peers=peers,
         )
         if not plan.steals:

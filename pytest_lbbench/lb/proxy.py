@@ -4,7 +4,10 @@ Headers: the client's request headers go upstream minus hop-by-hop ones (``x-has
 the LB headers survive); the upstream status and headers come back minus hop-by-hop ones and
 ``content-length`` (we re-chunk), plus the LB's timing and decision headers. Upstream failures
 before the response starts become HTTP 502 with a JSON error; failures mid-stream abort the
-client connection, so a truncated stream can never pass for a complete one.
+client connection, so a truncated stream can never pass for a complete one. A failure *before*
+the first byte (no connection, a timeout, or an upstream 5xx) is reported to
+``on_start_failure``, which may ask for the request to be sent elsewhere
+(:class:`RetryElsewhere`: nothing reached the client yet).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pytest_lbbench.protocol import number_decisions
 
 from .queue import ClientRequest, Dispatch
 
-__all__ = ["HOP_BY_HOP", "client_response_headers", "forward", "json_error", "upstream_request_headers"]
+__all__ = [
+    "HOP_BY_HOP", "RetryElsewhere", "client_response_headers", "forward", "json_error", "upstream_request_headers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,11 @@ def client_response_headers(upstream: CIMultiDictProxy[str], dispatch: Dispatch)
     return out
 
 
+class RetryElsewhere(Exception):
+    """:func:`forward` gave up on an upstream that failed before its first byte, because
+    ``on_start_failure`` asked for the request to be decided again; the client got nothing yet."""
+
+
 def json_error(status: int, message: str, **details: object) -> web.Response:
     """An OpenAI-style JSON error response."""
     body = {"error": {"message": message, "type": "lb_error", "code": status, **details}}
@@ -92,11 +102,14 @@ async def forward(
     session: aiohttp.ClientSession,
     timeout: aiohttp.ClientTimeout,
     on_upstream_error: Callable[[], None] | None = None,
+    on_start_failure: Callable[[str], bool] | None = None,
 ) -> web.StreamResponse:
     """Proxy ``client_request`` to ``dispatch.url`` and stream the answer to ``request``'s client.
 
-    ``on_upstream_error`` is called once when the upstream fails (502 or mid-stream abort);
-    a client that leaves does not count.
+    ``on_upstream_error`` is called once when the upstream fails (502, an upstream 5xx, or a
+    mid-stream abort); a client that leaves does not count. ``on_start_failure(reason)`` is
+    called when the upstream failed before its first byte; when it returns True, nothing is
+    sent to the client and :class:`RetryElsewhere` is raised instead.
     """
     headers = upstream_request_headers(client_request.headers, dispatch.extra_request_headers)
     url = dispatch.url.rstrip("/") + client_request.path_qs
@@ -110,6 +123,11 @@ async def forward(
             timeout=timeout,
             allow_redirects=False,
         ) as upstream:
+            if upstream.status >= 500:
+                if on_start_failure is not None and on_start_failure(f"HTTP {upstream.status}"):
+                    raise RetryElsewhere(f"upstream {dispatch.name} answered HTTP {upstream.status}")
+                if on_upstream_error is not None:
+                    on_upstream_error()
             response = web.StreamResponse(
                 status=upstream.status,
                 reason=upstream.reason,
@@ -135,10 +153,12 @@ async def forward(
             if request.transport is not None:
                 request.transport.abort()
             return response
-        if on_upstream_error is not None:
-            on_upstream_error()
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, asyncio.TimeoutError):
             reason += f" (limits: total {timeout.total} s, connect {timeout.sock_connect} s)"
+        if on_start_failure is not None and on_start_failure(reason):
+            raise RetryElsewhere(f"upstream {dispatch.name} failed: {reason}") from exc
+        if on_upstream_error is not None:
+            on_upstream_error()
         return json_error(502, f"upstream {dispatch.name} ({dispatch.url}) failed: {reason}",
                           upstream=dispatch.name)

@@ -93,6 +93,7 @@ class RequestEntry:
     # The core's count of ticks that could not place their queue head, when this arrived: if
     # the count moved before the decision, the request was held (``LbCore.held_total``).
     declines_at_arrival: int = 0
+    retries: int = 0  # times the request was decided again after its upstream failed early
 
     @property
     def is_user_request(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -37,13 +38,16 @@ async def fetch_conf(
 
 
 async def post_steal(
-    session: aiohttp.ClientSession, url: str, num_steal: int, source: str, timeout_s: float
+    session: aiohttp.ClientSession, url: str, num_steal: int, source: str, timeout_s: float,
+    headers: Mapping[str, str] | None = None,
 ) -> int | None:
-    """``POST <url>/steal-request``; the victim's ``remaining_to_steal``, or None on failure."""
+    """``POST <url>/steal-request`` (``headers``: the run's secret); the victim's
+    ``remaining_to_steal``, or None on failure."""
     try:
         async with session.post(
             url.rstrip("/") + "/steal-request",
             json={"num_steal": num_steal, "source_lb_url": source},
+            headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as resp:
             if resp.status != 200:

@@ -6,7 +6,8 @@ itself. It owns the event loop, the sockets and the clock (``time.time``), and r
 * the request handler: :meth:`~.core.LbCore.arrive`, wait for the decision, then proxy and
   stream (:func:`.proxy.forward`), then :meth:`~.core.LbCore.leave` on every path;
 * the periodic loops, each timed with :class:`.lag.LoopLag`: the queue processor (every
-  ``tick_s``), the engine-queue probe (pull), the peer ``/conf`` probe (rate-limited push), the
+  ``tick_s``), the health probe (every replica and peer LB, ``health_interval_s``), the
+  engine-queue probe (pull), the peer ``/conf`` probe (rate-limited push), the
   stealing loop (steal modes) and the prefix-tree eviction;
 * the LB↔LB calls the core asks for (:mod:`.rpc`), each with a timeout (``lb_rpc_timeout_s``;
   the original had none).
@@ -14,10 +15,12 @@ itself. It owns the event loop, the sockets and the clock (``time.time``), and r
 Every decided request is handed to its waiting handler in one place, :meth:`LoadBalancer._deliver`.
 
 Endpoints: ``GET /sky-lb-health``, ``GET /conf`` (with ``"lag"``: how late the periodic loops
-woke, :mod:`.lag`), ``POST /lbbench/membership`` (replaces the controller sync),
+woke, :mod:`.lag`), ``POST /lbbench/membership`` (replaces the controller sync; its targets must
+be on the allowed hosts),
 ``POST /lbbench/reset`` (the state of a fresh process, membership kept; 409 while requests are
 queued or in flight), ``POST /steal-request`` (steal modes; 409 in the others), and a catch-all
-proxy.
+proxy. Membership, reset and steal are control endpoints: without the run's secret they answer
+401 (:mod:`pytest_lbbench.control`).
 """
 
 from __future__ import annotations
@@ -45,11 +48,12 @@ from pytest_lbbench.protocol import (
 )
 
 from ..aioserve import serve_app
+from ..control import LOOPBACK_TARGETS, AllowedTargets, control_headers, control_middleware
 from .config import LbConfig
 from .core import AskSteal, ConfReplies, FetchConfs, LbCore, PeerCall, PeerReply, StealReplies, UnknownPeer
 from .lag import LoopLag
 from .probe import probe_engine_queues
-from .proxy import forward, json_error
+from .proxy import RetryElsewhere, forward, json_error
 from .queue import ClientRequest, Failure, Outcome, RequestEntry
 from .rpc import fetch_conf, measure_latency, post_steal
 
@@ -63,15 +67,24 @@ _MAX_BODY_BYTES = 64 * 1024 * 1024
 
 _T = TypeVar("_T")
 
+STEAL_PATH = "/steal-request"
+CONTROL_PATHS = (MEMBERSHIP_PATH, RESET_PATH, STEAL_PATH)
+"""The LB's control endpoints: they need the run's secret."""
+
 
 class LoadBalancer:
     """One LB over HTTP: :attr:`core` decides, this class does the I/O (:meth:`make_app`)."""
 
-    def __init__(self, config: LbConfig, *, name: str, region: str) -> None:
+    def __init__(self, config: LbConfig, *, name: str, region: str, control_token: str | None = None,
+                 allowed_targets: AllowedTargets | None = None) -> None:
+        """``control_token``: the run's secret (None: every control endpoint answers 401);
+        ``allowed_targets``: hosts membership may name (default: loopback only)."""
         self.core = LbCore(config, name=name, region=region, clock=time.time)
         self.config = config
         self.name = name
         self.region = region
+        self.control_token = control_token
+        self.allowed_targets = allowed_targets or AllowedTargets.parse(LOOPBACK_TARGETS)
         self.lag = LoopLag()
         self._waiting: dict[int, asyncio.Future[Outcome]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -118,8 +131,9 @@ class LoadBalancer:
             confs = await asyncio.gather(*(fetch_conf(session, url, timeout) for _, url in call.peers))
             return ConfReplies({name: conf for (name, _), conf in zip(call.peers, confs)})
         assert isinstance(call, AskSteal)
+        headers = control_headers(self.control_token)
         remaining = await asyncio.gather(
-            *(post_steal(session, url, n, call.source, timeout) for _, url, n in call.asks)
+            *(post_steal(session, url, n, call.source, timeout, headers) for _, url, n in call.asks)
         )
         return StealReplies({name: left for (name, _, _), left in zip(call.asks, remaining)})
 
@@ -133,9 +147,18 @@ class LoadBalancer:
 
     async def _membership(self, request: web.Request) -> web.Response:
         try:
-            self.core.apply_membership(LbMembership.from_json(await request.json(), self.name))
+            membership = LbMembership.from_json(await request.json(), self.name)
         except (ValueError, MembershipError) as exc:
             return json_error(400, f"bad membership payload: {exc}")
+        refusals = [
+            f"{name}: {reason}"
+            for name, url in [*membership.lbs.items(), *membership.replicas.items()]
+            if (reason := self.allowed_targets.refusal(url)) is not None
+        ]
+        if refusals:
+            return json_error(403, "membership refused: " + "; ".join(refusals)
+                              + ". Start the LB with --allow-target-hosts naming them if they are the run's own")
+        self.core.apply_membership(membership)
         return web.json_response(
             {"ok": True, "num_replicas": len(self.core.replicas.urls), "num_lbs": len(self.core.lbs.urls)}
         )
@@ -174,16 +197,24 @@ class LoadBalancer:
             hash_key=headers.get(HASH_KEY_HEADER),
             time_arrive=arrive,
         )
-        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waiting[entry.id] = waiter
+        loop = asyncio.get_running_loop()
         try:
-            outcome = await waiter
-            if isinstance(outcome, Failure):
-                return json_error(outcome.status, outcome.message)
-            assert self._session is not None, "request handled before startup"
-            return await forward(
-                request, entry.request, outcome, self._session, self._timeout, self.core.on_upstream_error
-            )
+            while True:
+                waiter: asyncio.Future[Outcome] = loop.create_future()
+                self._waiting[entry.id] = waiter
+                outcome = await waiter
+                if isinstance(outcome, Failure):
+                    return json_error(outcome.status, outcome.message)
+                assert self._session is not None, "request handled before startup"
+                try:
+                    return await forward(
+                        request, entry.request, outcome, self._session, self._timeout,
+                        self.core.on_upstream_error,
+                        lambda reason: self.core.on_start_failure(entry, reason),
+                    )
+                except RetryElsewhere as exc:
+                    log.info("request %d: %s; deciding it again", entry.id, exc)
+                    self.core.retry(entry)
         finally:
             # Runs on every path, including cancellation when the client disconnects
             # (handler_cancellation=True): leave the queue, undo the pre hooks.
@@ -194,12 +225,16 @@ class LoadBalancer:
 
     def make_app(self) -> web.Application:
         """The aiohttp application (routes, startup/cleanup of the session and loops)."""
-        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app = web.Application(
+            client_max_size=_MAX_BODY_BYTES,
+            middlewares=[control_middleware(self.control_token, CONTROL_PATHS,
+                                            max_body_bytes=_MAX_BODY_BYTES, server=f"LB {self.name}")],
+        )
         app.router.add_get("/sky-lb-health", self._health)
         app.router.add_get("/conf", self._conf)
         app.router.add_post(MEMBERSHIP_PATH, self._membership)
         app.router.add_post(RESET_PATH, self._reset)
-        app.router.add_post("/steal-request", self._steal_request)
+        app.router.add_post(STEAL_PATH, self._steal_request)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
@@ -214,6 +249,7 @@ class LoadBalancer:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
         self._spawn(self._queue_loop(), "queue-processor")
+        self._spawn(self._health_loop(), "health-probe")
         if self.config.replica_mode.probes_engine_queue:
             self._spawn(
                 probe_engine_queues(
@@ -251,6 +287,39 @@ class LoadBalancer:
                 self._deliver(self.core.tick())
             except Exception:  # pragma: no cover - keep serving; the bug shows in the log
                 log.exception("queue processor step failed")
+
+    async def probe_health_once(self) -> None:
+        """One health-probe round: every replica's ``/health`` and every peer's
+        ``/sky-lb-health``, concurrently, each bounded by ``health_timeout_s``."""
+        targets = self.core.health_probe_targets()
+        if targets:
+            await asyncio.gather(*(self._probe_health(kind, name, url) for kind, name, url in targets))
+
+    async def _probe_health(self, kind: str, name: str, url: str) -> None:
+        assert self._session is not None
+        try:
+            async with self._session.get(
+                url, timeout=aiohttp.ClientTimeout(total=self.config.health_timeout_s), allow_redirects=False
+            ) as resp:
+                await resp.read()
+                ok, reason = resp.status == 200, f"HTTP {resp.status}"
+        except asyncio.TimeoutError:
+            ok, reason = False, f"no answer within {self.config.health_timeout_s} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            ok, reason = False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self.core.on_health_probe(kind, name, ok, reason)
+
+    async def _health_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            try:
+                await self.probe_health_once()
+            except Exception:  # pragma: no cover - keep probing; the bug shows in the log
+                log.exception("health probe round failed")
+            await self.lag.sleep(
+                "health_probe", max(0.0, self.config.loop_interval_s("health_interval_s") - (loop.time() - start))
+            )
 
     async def steal_round(self) -> int:
         """One round of the stealing loop: start latency checks of new peers, then let the

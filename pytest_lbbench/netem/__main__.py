@@ -25,6 +25,8 @@ from typing import Sequence
 
 from aiohttp import web
 
+from pytest_lbbench.control import control_middleware, control_token_from_env
+from pytest_lbbench.protocol import FAULT_PATH
 from pytest_lbbench.procutil import (
     announce_ready,
     bind_socket,
@@ -99,8 +101,9 @@ def load_specs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> lis
         parser.error(str(exc))
 
 
-def control_app(links: LinkSet) -> web.Application:
-    """``GET /stats`` and ``POST /reset`` over ``links``' counters."""
+def control_app(links: LinkSet, control_token: str | None = None) -> web.Application:
+    """``GET /stats``, ``POST /reset`` (counters) and ``POST /lbbench/fault`` (``{"partition":
+    [names], "heal": [names]}``) over ``links``. Reset and fault need the run's secret."""
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response({name: s.as_dict() for name, s in links.stats().items()})
@@ -109,8 +112,31 @@ def control_app(links: LinkSet) -> web.Application:
         links.reset_stats()
         return web.json_response({"reset": sorted(link.name for link in links)})
 
-    app = web.Application()
-    app.add_routes([web.get("/stats", stats), web.post("/reset", reset)])
+    async def fault(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            return web.json_response({"error": {"message": f"body is not JSON: {exc}"}}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": {"message": "body must be a JSON object"}}, status=400)
+        names = {key: body.get(key, []) for key in ("partition", "heal")}
+        known = {link.name for link in links}
+        for key, value in names.items():
+            if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+                return web.json_response({"error": {"message": f"{key!r} must be a list of link names"}}, status=400)
+            unknown = sorted(set(value) - known)
+            if unknown:
+                return web.json_response(
+                    {"error": {"message": f"unknown link(s) {unknown}; known: {sorted(known)}"}}, status=400)
+        reset = sum(links[n].partition() for n in names["partition"])
+        for name in names["heal"]:
+            links[name].heal()
+        return web.json_response({"partitioned": sorted(link.name for link in links if link.partitioned),
+                                  "connections_reset": reset})
+
+    app = web.Application(middlewares=[control_middleware(
+        control_token, ("/reset", FAULT_PATH), max_body_bytes=1024 * 1024, server="delay links")])
+    app.add_routes([web.get("/stats", stats), web.post("/reset", reset), web.post(FAULT_PATH, fault)])
     return app
 
 
@@ -126,7 +152,7 @@ async def serve(
     async with links:
         ready: dict[str, object] = {"links": links.ports, "pid": os.getpid()}
         if control:
-            runner = web.AppRunner(control_app(links), access_log=None)
+            runner = web.AppRunner(control_app(links, control_token_from_env()), access_log=None)
             await runner.setup()
             sock = bind_socket("127.0.0.1", 0)
             site = web.SockSite(runner, sock)

@@ -536,6 +536,8 @@ class DelayLink:
         self._pipes: set[_Pipe] = set()
         self._idle: asyncio.Event | None = None
         self._stats = LinkStats()
+        # Fault drill "partition": while set, every connection is reset at once, open or new.
+        self.partitioned = False
 
     @classmethod
     def from_spec(cls, spec: LinkSpec, **kwargs: Any) -> DelayLink:
@@ -590,6 +592,20 @@ class DelayLink:
     def reset_stats(self) -> None:
         """Zero this link's counters (between experiments)."""
         self._stats.reset()
+
+    def partition(self) -> int:
+        """Drop the link: reset every open connection and every new one until :meth:`heal`
+        (as a region whose routes are withdrawn: peers see a reset, not a silent hang).
+        Returns how many open connections were reset."""
+        self.partitioned = True
+        pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.abort()
+        return len(pipes)
+
+    def heal(self) -> None:
+        """End a :meth:`partition`: new connections pass again."""
+        self.partitioned = False
 
     async def start(self) -> int:
         """Bind and start listening; returns the port. Calling it again returns the same port."""
@@ -647,7 +663,7 @@ class DelayLink:
         self._pipes.add(pipe)
         self._stats.connections_total += 1
         self._stats.connections_active += 1
-        if self._closed:  # accepted in the same loop iteration as close(): do not keep it
+        if self._closed or self.partitioned:  # closing, or partitioned: do not keep it
             pipe.abort()
         return pipe
 

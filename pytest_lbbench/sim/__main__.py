@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import procutil
+from ..control import control_token_from_env
 from .engine import ENGINE_METRICS
 from .profile import DEFAULT_PROFILE, PROFILES, load_profile
 from .server import DEFAULT_MODEL, ReplicaConfig, SimReplica, quiet_router_probes, run_server
@@ -108,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         procutil.announce_ready({"port": replica.port, "name": args.name, "url": replica.url})
 
     try:
-        loop.run_until_complete(run_server(config, sock, stop=stop, on_ready=_ready))
+        # The run's secret comes from the environment (never argv, which ps shows); without it the
+        # replica still serves traffic, but its /lbbench/* control endpoints answer 401.
+        loop.run_until_complete(run_server(config, sock, stop=stop, on_ready=_ready,
+                                           control_token=control_token_from_env()))
     finally:
         loop.close()
     return 0

@@ -285,6 +285,9 @@ class Engine:
             )
         self.profile = profile
         self.seed = seed
+        #: Fault drill ``slow``: every iteration takes this many times its profile time (1 = as
+        #: profiled). Not a model quantity: it stands for a degraded GPU or a noisy neighbour.
+        self.slowdown = 1.0
         #: ``"sglang"``: gauges set at SGLang's logging points; ``"live"``: current values.
         self.engine_metrics = engine_metrics
         #: Recount the whole cache after every iteration (slow; for tests).
@@ -776,7 +779,7 @@ class Engine:
 
     async def _run_prefill(self, batch: list[tuple[SimRequest, int]]) -> None:
         new_tokens = sum(take for _, take in batch)
-        duration = self.profile.prefill_ms(new_tokens) / 1000.0 * self.profile.time_scale
+        duration = self.profile.prefill_ms(new_tokens) / 1000.0 * self.profile.time_scale * self.slowdown
         start_wall = time.time()
         for req, _ in batch:
             if req.scheduled_wall is None:
@@ -833,7 +836,7 @@ class Engine:
         for req in batch:
             req.private_tokens += 1
             context += len(req.prompt) + req.generated
-        duration = profile.decode_step_ms(context, len(batch)) / 1000.0 * profile.time_scale
+        duration = profile.decode_step_ms(context, len(batch)) / 1000.0 * profile.time_scale * self.slowdown
         self._decode_iterations += 1
         await self._sleep_until(self._clock + duration)
         end_wall = time.time()

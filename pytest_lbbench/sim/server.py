@@ -34,7 +34,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from pytest_lbbench.protocol import REPLICA_HEADER, RESET_PATH
+from pytest_lbbench.control import control_middleware
+from pytest_lbbench.protocol import FAULT_PATH, REPLICA_HEADER, RESET_PATH
 
 from . import tokenizer
 from .engine import ENGINE_METRICS, Engine, EngineBusy, EngineClosed, RequestAborted, RequestRejected, SimRequest
@@ -154,8 +155,10 @@ class SimReplica:
     (``replica.url``); :meth:`start` / :meth:`close` do the same explicitly.
     """
 
-    def __init__(self, config: ReplicaConfig | None = None) -> None:
+    def __init__(self, config: ReplicaConfig | None = None, *, control_token: str | None = None) -> None:
+        """``control_token``: the run's secret, needed by ``/lbbench/*`` (None: they answer 401)."""
         self.config = config or ReplicaConfig()
+        self.control_token = control_token
         self.engine = Engine(
             self.config.profile,
             seed=self.config.seed,
@@ -225,8 +228,16 @@ class SimReplica:
     # ---- app ----
 
     def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors_as_json], client_max_size=64 * 1024 * 1024)
         name = self.config.name
+        max_body = 64 * 1024 * 1024
+        app = web.Application(
+            middlewares=[
+                control_middleware(self.control_token, (RESET_PATH, FAULT_PATH), max_body_bytes=max_body,
+                                   server=f"replica {name}"),
+                _errors_as_json,
+            ],
+            client_max_size=max_body,
+        )
 
         async def _tag(request: web.Request, response: web.StreamResponse) -> None:
             response.headers[REPLICA_HEADER] = name
@@ -246,6 +257,7 @@ class SimReplica:
             web.get("/metrics", self._metrics),
             web.post("/flush_cache", self._flush_cache),
             web.post(RESET_PATH, self._reset),
+            web.post(FAULT_PATH, self._fault),
         ]
         app.add_routes(routes)
         return app
@@ -334,6 +346,16 @@ class SimReplica:
         except EngineBusy as exc:
             raise ApiError(409, str(exc), "conflict") from exc
         return web.json_response({"reset": True, "replica": self.config.name, "cleared": cleared})
+
+    async def _fault(self, request: web.Request) -> web.Response:
+        """``POST /lbbench/fault`` ``{"slowdown": F}``: every engine iteration takes F times its
+        profile time from now on (1 = healthy again). The fault drill ``slow:`` uses it."""
+        body = await _read_json(request)
+        slowdown = body.get("slowdown")
+        if isinstance(slowdown, bool) or not isinstance(slowdown, (int, float)) or not 1 <= slowdown <= 1000:
+            raise ApiError(400, f"'slowdown' must be a number within [1, 1000], got {slowdown!r}")
+        previous, self.engine.slowdown = self.engine.slowdown, float(slowdown)
+        return web.json_response({"replica": self.config.name, "slowdown": float(slowdown), "previous": previous})
 
     # ---- generation ----
 
@@ -717,9 +739,10 @@ async def run_server(
     *,
     stop: asyncio.Event,
     on_ready: Callable[[SimReplica], None] | None = None,
+    control_token: str | None = None,
 ) -> None:
     """Serve ``config`` on ``sock`` until ``stop`` is set; call ``on_ready`` once serving."""
-    replica = SimReplica(config)
+    replica = SimReplica(config, control_token=control_token)
     await replica.start(sock=sock)
     try:
         if on_ready is not None:

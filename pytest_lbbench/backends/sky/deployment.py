@@ -27,7 +27,7 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pytest_lbbench import __version__
 from pytest_lbbench.backends.base import Deployment, ExperimentSpec
@@ -48,17 +48,19 @@ from pytest_lbbench.backends.sky.render import (
     router_run_task,
     to_yaml,
 )
-from pytest_lbbench.protocol import MEMBERSHIP_PATH, LbMembership
+from pytest_lbbench.protocol import CONTROL_TOKEN_HEADER, MEMBERSHIP_PATH, LbMembership
 from pytest_lbbench.regions import RttMatrix
 from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
 
-HttpFn = Callable[[str, str, "Any | None", float], "tuple[int, Any]"]
+HttpFn = Callable[[str, str, "Any | None", float, "Mapping[str, str] | None"], "tuple[int, Any]"]
 
 
-def http_json(method: str, url: str, body: Any | None = None, timeout_s: float = 10.0) -> tuple[int, Any]:
+def http_json(method: str, url: str, body: Any | None = None, timeout_s: float = 10.0,
+              headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
     """One JSON request with a timeout; ``(status, parsed body)``, status 0 on a network error."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             raw, status = resp.read(), resp.status
@@ -83,8 +85,10 @@ class SkySession:
     def __init__(self, provisioner: Provisioner, settings: SkySettings, *, systems: Sequence[SystemSpec],
                  replicas: int, replica_regions: Sequence[str], client_regions: Sequence[str],
                  rtt: RttMatrix | None = None, worker: str = "", http: HttpFn = http_json,
-                 endpoint_timeout_s: float = 600.0) -> None:
+                 endpoint_timeout_s: float = 600.0, control_token: str | None = None) -> None:
         self.provisioner = provisioner
+        # The run's control secret: the LB VMs get it as a SkyPilot secret, membership sends it.
+        self.control_token = control_token
         self.settings = settings
         self.replicas = replicas
         self.replica_regions = tuple(replica_regions)
@@ -262,7 +266,8 @@ class SkyDeployment(Deployment):
                          **{f"replica-{i}-{r}": r for r, urls in served.items() for i, _ in enumerate(urls)}},
             )
             status, reply = self.session.http(
-                "POST", f"{self.lb_urls[comp.name]}{MEMBERSHIP_PATH}", membership.to_json(), 30.0)
+                "POST", f"{self.lb_urls[comp.name]}{MEMBERSHIP_PATH}", membership.to_json(), 30.0,
+                {CONTROL_TOKEN_HEADER: self.session.control_token} if self.session.control_token else None)
             if status != 200:
                 raise ProvisionError(f"{names[comp.name]} ({comp.name}) refused its membership "
                                      f"(HTTP {status}): {reply}")
@@ -275,7 +280,7 @@ class SkyDeployment(Deployment):
         router = self.layout.router
         assert router is not None  # SGLANG_ROUTER systems always render one
         self.router_url = self.session.cluster_url(router.name, self.session.settings.router_port)
-        status, _ = self.session.http("GET", f"{self.router_url}/readiness", None, 10.0)
+        status, _ = self.session.http("GET", f"{self.router_url}/readiness", None, 10.0, None)
         if not (self.session.was_reused(router.name) and status == 200):
             workers = [u for urls in self.replica_urls.values() for u in urls]
             yaml_text = to_yaml(router_run_task(self.system, self.session.settings, router.name, workers))
@@ -288,7 +293,7 @@ class SkyDeployment(Deployment):
         for region, url in self._entry.items():
             start = prov.clock()
             while True:
-                status, body = self.session.http("GET", f"{url}/v1/models", None, 10.0)
+                status, body = self.session.http("GET", f"{url}/v1/models", None, 10.0, None)
                 if status == 200:
                     break
                 if prov.clock() - start > self.session.endpoint_timeout_s:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import pytest_lbbench
+from pytest_lbbench.protocol import CONTROL_TOKEN_ENV
 from pytest_lbbench.regions import place_round_robin
 from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
 
@@ -44,6 +45,8 @@ DEFAULT_SGLANG_VERSION = "0.4.5"  # the original llm.yaml (§4.1)
 # install (the local backend runs the same binary), falling back to this one.
 FALLBACK_ROUTER_VERSION = "0.3.6"
 SECRET_NAMES = ("HF_TOKEN",)
+LB_SECRET_NAMES = (CONTROL_TOKEN_ENV,)
+"""Attached to LB tasks at launch (never in their YAML): the run's control secret."""
 
 REMOTE_SRC = "~/lbbench-src"  # where the package is mounted on LB and client VMs
 REMOTE_RESULTS = "lbbench-results"  # relative to the job's working directory (~)
@@ -280,6 +283,10 @@ def lb_argv(system: SystemSpec, settings: SkySettings, name: str, region: str) -
         "--host", "0.0.0.0", "--port", str(settings.lb_port), "--name", name, "--region", region,
         "--lb-mode", str(system.lb_mode), "--replica-mode", str(system.replica_mode),
         "--policy", str(system.policy), "--meta-policy", str(system.meta_policy),
+        # Replica and peer addresses are known only after every VM is up, after the LBs start,
+        # so the LB cannot be told them here: any host may be named, and membership itself is
+        # closed by the run's secret (LBBENCH_CONTROL_TOKEN, a SkyPilot secret of this task).
+        "--allow-target-hosts", "0.0.0.0/0,::/0",
         *system.balancer_args,
     ]
 
@@ -407,7 +414,8 @@ def render_system(system: SystemSpec, settings: SkySettings, replicas: int,
             # A global LB runs in the entry region but serves every replica ("--region global").
             vm_region = lb_region or system.entry_region
             task = lb_task(system, settings, cluster, vm_region, lb_name, lb_region or "global")
-            lbs.append(Component("cluster", cluster, "lb", vm_region, task, system=system.name))
+            lbs.append(Component("cluster", cluster, "lb", vm_region, task, system=system.name,
+                                 secrets=LB_SECRET_NAMES))
             lb_names[cluster] = lb_name
     else:
         cluster = router_cluster_name(settings, system.name)
