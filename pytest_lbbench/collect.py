@@ -16,7 +16,7 @@ from pytest_lbbench.benchstore import save_run
 from pytest_lbbench.report.build import ReportFiles, build_report
 from pytest_lbbench.fixtures import PROPERTY_KEY
 from pytest_lbbench.options import get_config
-from pytest_lbbench.report.table import summary_lines
+from pytest_lbbench.report.table import fault_lines, summary_lines
 
 NOTE_KEY = "lbbench_note"  # (title, [lines]) from benchmarks that are not system × workload
 
@@ -77,6 +77,11 @@ class LbbenchCollector:
             tr.write_sep("=", "lbbench results (TTFT in ms, E2E in s)")
             for line in summary_lines(self.experiments):
                 tr.write_line(line)
+            drills = fault_lines(self.experiments)
+            if drills:
+                tr.write_line("")
+                for line in drills:
+                    tr.write_line(line)
             tr.write_line("")
             for exp in sorted(self.experiments, key=lambda e: (e["workload"], e["system"])):
                 lost = exp["sent"] - exp["recorded"]

@@ -24,6 +24,7 @@ from pytest_lbbench.faults import FaultDriller, FaultError, FaultSpec, check_tar
 from pytest_lbbench.gate import check
 from pytest_lbbench.hostlag import judge as judge_host_lag
 from pytest_lbbench.options import LbbenchConfig, get_config
+from pytest_lbbench.report.faults import fault_timeline, recovery
 from pytest_lbbench.report.results import ExperimentResult
 
 PROPERTY_KEY = "lbbench"
@@ -124,9 +125,15 @@ def lbbench_run(
         if drill is not None:
             windows = drill.windows(end_of_run=time.time())
             counts = classify_failures(result.records, windows)
+            timeline = fault_timeline(result.records, drill.t0, cfg.knobs.warmup_s + cfg.knobs.duration_s)
             result.attach("faults", {
                 "drill": [spec.text for spec in cfg.faults], "grace_s": cfg.fault_grace_s,
-                "events": drill.log, "counts": counts,
+                "t0": drill.t0, "events": drill.log, "counts": counts, "timeline": timeline,
+                "recovery": [
+                    {"spec": e["spec"], "action": e["action"], "target": e["target"],
+                     **recovery(timeline, e["at"] - drill.t0)}
+                    for e in drill.log if e["action"] in ("crash", "partition", "slow") and not e["undo_at_end"]
+                ],
                 "windows": [{"spec": w.spec, "start": w.start, "end": w.end,
                              "client_regions": sorted(w.client_regions) if w.client_regions else None}
                             for w in windows],

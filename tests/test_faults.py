@@ -31,6 +31,7 @@ from pytest_lbbench.faults import (
     parse_faults,
 )
 from pytest_lbbench.fixtures import failure_verdict
+from pytest_lbbench.report.faults import fault_timeline, recovery
 from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.systems import SYSTEMS
 
@@ -79,6 +80,28 @@ def test_impact_windows_explain_only_the_failures_near_a_fault() -> None:
     assert verdict is not None and "1 of 5 requests failed (20.0%)" in verdict
     assert "3 more were hit by drilled faults" in verdict
     assert failure_verdict(records, 0.25, "sys-w") is None
+
+
+def test_timeline_and_recovery_by_hand() -> None:
+    t0 = 1000.0
+    # 100 output tokens finish every second, except during 10-20 s (nothing) and 20-25 s (half).
+    records: list[dict[str, Any]] = []
+    for second in range(30):
+        tokens = 0 if 10 <= second < 20 else 50 if 20 <= second < 25 else 100
+        if tokens:
+            records.append({"start": t0 + second, "end": t0 + second + 0.5, "ttft": 0.1 * (second % 3 + 1),
+                            "output_tokens": tokens, "failed": None})
+    records.append({"start": t0 + 10.2, "failed_at": t0 + 10.3, "failed": "502"})
+    line = fault_timeline(records, t0, traffic_s=30.0)
+    assert line["t_s"] == [0, 5, 10, 15, 20, 25]
+    assert line["throughput_tok_s"] == [100, 100, 0, 0, 50, 100]
+    assert line["failures"] == [0, 0, 1, 0, 0, 0]
+    assert line["ttft_p90_s"][0] == pytest.approx(0.3) and line["ttft_p90_s"][2] is None
+    rec = recovery(line, fault_s=10.0)
+    # Before: the 5-10 s bin (0-5 s is ramp-up); back within 20 % in the 25-30 s bin: 20 s later.
+    assert rec == {"fault_s": 10.0, "baseline_tok_s": 100.0, "lowest_tok_s": 0, "recovered_after_s": 20.0}
+    assert recovery(line, fault_s=26.0)["recovered_after_s"] == 0.0  # never dropped after it
+    assert recovery(fault_timeline(records[:5], t0, 30.0), fault_s=10.0)["recovered_after_s"] is None
 
 
 def _get(url: str) -> dict[str, Any]:
@@ -171,8 +194,9 @@ def test_a_system_whose_every_request_fails_fails_its_test_naming_the_rate(bench
 
 def test_a_drill_through_the_plugin_reports_what_the_fault_hit(bench: pytest.Pytester) -> None:
     out = bench.path / "results"
-    result = bench.runpytest("-k", "sky_push_push", "--duration", "4", "--output-dir", str(out),
-                             "--fault", "crash:replica-0-us-east-2@1s+2s", *FAST)
+    # A subprocess: figures need matplotlib, whose numpy cannot be imported twice in one process.
+    result = bench.runpytest_subprocess("-k", "sky_push_push", "--duration", "4", "--output-dir", str(out),
+                                        "--fault", "crash:replica-0-us-east-2@1s+2s", *FAST)
     result.assert_outcomes(passed=1)
     data = json.loads((out / "metric" / "arena_syn_sky_push_push" / f"{US}.json").read_text())
     faults = data["faults"]
@@ -181,6 +205,9 @@ def test_a_drill_through_the_plugin_reports_what_the_fault_hit(bench: pytest.Pyt
     assert faults["counts"]["unexplained"] == 0
     hit = [r for r in data["metrics"] if r.get("fault")]
     assert len(hit) == faults["counts"]["fault_hit"]
+    assert faults["timeline"]["bin_s"] == 5.0 and [r["action"] for r in faults["recovery"]] == ["crash"]
+    assert (out / "fig" / "arena_syn_faults.png").stat().st_size > 0
+    result.stdout.fnmatch_lines(["fault drills*", "*sky_push_push-arena_syn*crash:replica-0-us-east-2@1s+2s*"])
 
 
 def test_a_fault_naming_a_missing_component_fails_with_the_valid_names(bench: pytest.Pytester) -> None:

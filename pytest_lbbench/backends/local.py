@@ -690,9 +690,15 @@ class LocalBackend:
     summary = "this machine: simulated replicas, real balancers and router, emulated WAN"
     scales_time = True
 
-    def __init__(self) -> None:
-        # One secret per run (one backend object per run's registry), for every system of it.
-        self._control_token = new_control_token()
+    #: One control secret per run (one backend object per run's registry), for all its systems;
+    #: made on first use, so a subclass need not call ``__init__``.
+    _control_token: str | None = None
+
+    def control_token(self) -> str:
+        """This run's control-plane secret (see :mod:`pytest_lbbench.control`)."""
+        if self._control_token is None:
+            self._control_token = new_control_token()
+        return self._control_token
 
     def deployment(self, system: SystemSpec, ctx: BackendContext) -> Deployment:
         cfg = ctx.config
@@ -708,7 +714,7 @@ class LocalBackend:
             engine_metrics=cfg.engine_metrics,
             ledger=ctx.ledger,
             backend_name=self.name,
-            control_token=self._control_token,
+            control_token=self.control_token(),
         ))
 
     def client_launcher(self, system: SystemSpec, ctx: BackendContext) -> LocalClientLauncher:

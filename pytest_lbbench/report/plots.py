@@ -11,7 +11,9 @@ JSONs it points to, and the 1 Hz ``queue_size/<exp>.txt`` telemetry. Outputs: PN
 * ``<group>_ttft_cdf.png``: TTFT CDF per system;
 * ``<group>_cache_hit.png``: KV-cache hit-rate bars;
 * ``<group>_region_latency.png``: TTFT and E2E boxes per system, one per client region;
-* ``queue_<exp>.png``: queue size over time, per LB (top) and per replica (bottom).
+* ``queue_<exp>.png``: queue size over time, per LB (top) and per replica (bottom);
+* ``<group>_faults.png`` (runs with ``--fault``): throughput, TTFT p90 and failures per 5 s,
+  one line per system, the drill's events marked.
 
 Systems appear in catalog order under their display labels. Each figure is drawn in its
 own ``try``: a failure becomes a warning string for the caller and never stops the others
@@ -61,6 +63,8 @@ class SystemData:
     e2e: list[float] = field(default_factory=list)
     region_ttft: dict[str, list[float]] = field(default_factory=dict)
     region_e2e: dict[str, list[float]] = field(default_factory=dict)
+    #: The fault drill of the experiment (``faults`` of its result files), if it ran one.
+    faults: dict[str, Any] | None = None
 
 
 @dataclass
@@ -109,6 +113,8 @@ def load_groups(summary: Mapping[str, Any], root: Path, warnings: list[str]) -> 
                                 f"({type(exc).__name__}: {exc})")
                 continue
             data.region_ttft[region], data.region_e2e[region] = ttft, e2e
+            if data.faults is None and isinstance(payload.get("faults"), dict):
+                data.faults = payload["faults"]
             data.ttft += ttft
             data.e2e += e2e
         group = groups.setdefault(entry["exp_group"], Group(entry["exp_group"], entry["workload"], []))
@@ -328,6 +334,47 @@ def plot_queue(log: QueueLog, title: str, path: Path) -> None:
     _save(fig, path)
 
 
+_EVENT_STYLE = {"crash": ("#D55E00", "-"), "partition": ("#CC78BC", "-"), "slow": ("#DE8F05", "-"),
+                "restart": ("#029E73", "--"), "heal": ("#029E73", "--"), "unslow": ("#029E73", "--")}
+
+
+def plot_fault_timeline(group: Group, path: Path) -> None:
+    """Per 5 s: throughput, TTFT p90 and failures of every system that ran the drill, with
+    its events as vertical lines (solid: the fault, dashed: its end)."""
+    drilled = [s for s in group.systems if s.faults and s.faults.get("timeline")]
+    if not drilled:
+        raise ValueError("no system of this group ran a fault drill")
+    fig, (tput, ttft, fails) = _new_figure(7.5, 6.5, 3, 1)
+    for system in drilled:
+        assert system.faults is not None
+        line = system.faults["timeline"]
+        mid = [t + line["bin_s"] / 2 for t in line["t_s"]]
+        tput.plot(mid, line["throughput_tok_s"], marker="o", markersize=3, color=system.color, label=system.label)
+        ttft.plot(mid, [v if v is not None else float("nan") for v in line["ttft_p90_s"]], marker="o",
+                  markersize=3, color=system.color, label=system.label)
+        fails.plot(mid, line["failures"], marker="o", markersize=3, color=system.color, label=system.label)
+    events = drilled[0].faults["events"] if drilled[0].faults else []
+    t0 = drilled[0].faults.get("t0") if drilled[0].faults else None
+    if isinstance(t0, (int, float)):
+        for event in events:
+            color, style = _EVENT_STYLE.get(event["action"], ("#949494", ":"))
+            for ax in (tput, ttft, fails):
+                ax.axvline(float(event["at"]) - t0, color=color, linestyle=style, linewidth=1.0, alpha=0.8)
+            tput.annotate(f"{event['action']} {event['target']}", (float(event["at"]) - t0, 1.0),
+                          xycoords=("data", "axes fraction"), fontsize=6, rotation=90, va="top", ha="right")
+    tput.set_ylabel("output tokens/s")
+    ttft.set_ylabel("TTFT p90 (s)")
+    fails.set_ylabel("failed requests")
+    fails.set_xlabel("seconds since traffic started (5 s bins)")
+    for ax in (tput, ttft, fails):
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    tput.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    drill = ", ".join((drilled[0].faults or {}).get("drill") or [])
+    tput.set_title(f"{group.name}: fault drill {drill}", fontsize=9)
+    _save(fig, path)
+
+
 # ----------------------------------------------------------------------------- driver
 
 def _draw_queue(source: Path, title: str, path: Path) -> None:
@@ -377,6 +424,9 @@ def draw_figures(summary: Mapping[str, Any], root: Path, fig_dir: Path) -> tuple
         for suffix, draw in GROUP_FIGURES.items():
             path = fig_dir / f"{safe_name(group.name)}_{suffix}.png"
             attempt(path, partial(draw, group, path))
+        if any(s.faults for s in group.systems):
+            path = fig_dir / f"{safe_name(group.name)}_faults.png"
+            attempt(path, partial(plot_fault_timeline, group, path))
     for entry in sorted(summary.get("experiments", []), key=lambda e: e["exp_name"]):
         if not entry.get("queue_size"):
             continue  # the original tooling did not log every system (e.g. the GKE gateway)

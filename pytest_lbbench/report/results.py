@@ -87,6 +87,12 @@ class ExperimentResult:
             tmp.write_text(json.dumps(self.payloads[region]))
             os.replace(tmp, path)
 
+    def _fault_summary(self) -> dict[str, Any] | None:
+        faults = next(iter(self.payloads.values()), {}).get("faults")
+        if not faults:
+            return None
+        return {key: faults.get(key) for key in ("drill", "counts", "recovery")}
+
     def properties(self) -> dict[str, Any]:
         """A JSON-able summary for ``user_properties`` (travels to the xdist controller)."""
         return {
@@ -114,5 +120,7 @@ class ExperimentResult:
                 ],
             },
             "files": {r: str(p) for r, p in self.files.items()},
+            # A fault drill's counts and recovery (the timeline stays in the result files).
+            "faults": self._fault_summary(),
             "versions": (next(iter(self.payloads.values()), {}).get("deployment") or {}).get("versions", {}),
         }

@@ -137,3 +137,34 @@ def summary_lines(experiments: Sequence[Row]) -> list[str]:
         lines += workload_table(group)
         lines += replica_lines(group)
     return lines
+
+
+def fault_lines(experiments: Sequence[Row]) -> list[str]:
+    """The fault drill of each experiment that ran one: failures (hit by the drill, and not),
+    throughput before and lowest after each fault, and when it was back within 20 %."""
+    rows: list[list[str]] = []
+    for exp in sorted(experiments, key=lambda e: (e["workload"], e["system"])):
+        faults = exp.get("faults")
+        if not faults:
+            continue
+        counts = faults.get("counts") or {}
+        recoveries = faults.get("recovery") or [{}]
+        for i, rec in enumerate(recoveries):
+            base, low, after = rec.get("baseline_tok_s"), rec.get("lowest_tok_s"), rec.get("recovered_after_s")
+            rows.append([
+                f"{exp['system']}-{exp['workload']}" if i == 0 else "",
+                str(rec.get("spec") or ", ".join(faults.get("drill") or [])),
+                str(counts.get("failed", 0)) if i == 0 else "",
+                str(counts.get("fault_hit", 0)) if i == 0 else "",
+                str(counts.get("unexplained", 0)) if i == 0 else "",
+                "-" if base is None else f"{base:.0f}",
+                "-" if low is None else f"{low:.0f}",
+                "not recovered" if after is None and base is not None else "-" if after is None else f"{after:.0f} s",
+            ])
+    if not rows:
+        return []
+    headers = ["experiment", "fault", "failed", "hit by fault", "unexplained", "tok/s before",
+               "lowest after", "recovered after"]
+    return ["fault drills (throughput in output tokens/s per 5 s; recovered = back within 20 %)"] + [
+        "  " + line for line in render_table(headers, rows, label_cols=2)
+    ]
