@@ -382,6 +382,30 @@ def test_reset_only_when_idle_and_back_to_a_fresh_state() -> None:
     run(FAST, body)
 
 
+def test_an_iteration_that_straddles_a_reset_counts_for_the_engine_before_it() -> None:
+    # CI once saw engine_lag_seconds_total > 0 right after a reset: the decode iteration of the
+    # just-aborted requests was still sleeping, and on waking it counted its lateness (and its
+    # step) into the fresh counters.
+    async def body(engine: Engine) -> None:
+        req = engine.submit(prompt_of(50, "a"), 400, ignore_eos=True)
+        async for _ in req.stream():
+            break
+        engine.slowdown = 300.0  # the next steps take ~0.2 s each (0.7 ms at this time scale)
+        steps = engine.stats().decode_iterations_total
+        while engine.stats().decode_iterations_total < steps + 2:
+            await asyncio.sleep(0.001)  # the second step after the change began: it is slow
+        engine.abort(req)
+        engine.reset()
+        time.sleep(0.3)  # the host stalls past the sleeping step's deadline: it wakes up late
+        await asyncio.sleep(0.05)  # it has woken up and ended; the engine is idle
+        stats = engine.stats()
+        assert stats.lag_seconds_total == stats.lag_max_seconds == 0
+        assert stats.iterations_total == stats.decode_iterations_total == 0
+        assert stats.generation_tokens_total == 0 and engine.gauges() == EngineGauges()
+
+    run(FAST, body)
+
+
 def test_lag_counters_move_under_an_artificial_stall() -> None:
     async def body(engine: Engine) -> None:
         req = engine.submit(prompt_of(50, "a"), 400, ignore_eos=True)

@@ -300,6 +300,7 @@ class Engine:
         self._closed = False
         self._clock = 0.0
         self._ids = itertools.count()
+        self._reset_epoch = 0  # bumped by reset(); see _sleep_until
         self._zero_counters()
 
     def _zero_counters(self) -> None:
@@ -427,7 +428,7 @@ class Engine:
 
     def reset(self) -> dict[str, Any]:
         """Return to the state of a fresh engine: empty prefix cache, every counter and gauge at
-        zero, scheduler state (``new_token_ratio``, ``batch_is_full``) initial.
+        zero, scheduler state (``new_token_ratio``, ``batch_is_full``) initial, no slowdown.
 
         Only when idle: raise :class:`EngineBusy` if any request is waiting or running. Returns
         what was cleared (the values before the reset).
@@ -455,6 +456,8 @@ class Engine:
         }
         self.cache = RadixCache(self.profile.kv_capacity_tokens)
         self._zero_counters()
+        self._reset_epoch += 1  # an iteration still sleeping counts for the engine before
+        self.slowdown = 1.0  # a fresh engine runs at its profile's speed
         if self._task is not None:
             self._last_log_loop = asyncio.get_running_loop().time()
         return cleared
@@ -649,11 +652,21 @@ class Engine:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=remaining)
 
-    async def _sleep_until(self, deadline: float) -> None:
+    async def _sleep_until(self, deadline: float) -> bool:
+        """Sleep until the iteration's model-time end; False if :meth:`reset` ran meanwhile.
+
+        An iteration whose requests were all aborted still runs to its end (as a GPU kernel
+        would), and a reset may come while it sleeps: its telemetry and bookkeeping belong to
+        the engine before the reset, so the caller drops them.
+        """
         loop = asyncio.get_running_loop()
         delay = deadline - loop.time()
+        epoch = self._reset_epoch
         # Always yield once, so request handlers run even when the engine is behind.
         await asyncio.sleep(delay if delay > 0 else 0)
+        if epoch != self._reset_epoch:
+            self._clock = loop.time()
+            return False
         # Host-lag telemetry: how late this deadline was met (0 when the host keeps up).
         late = loop.time() - deadline
         self._iterations += 1
@@ -664,6 +677,7 @@ class Engine:
             if late > _LATE_ITERATION_S:
                 self._late_iterations += 1
         self._clock = deadline
+        return True
 
     def _clipped_remaining(self, req: SimRequest) -> int:
         """``min(max_new_tokens - len(output_ids), CLIP_MAX_NEW_TOKENS_ESTIMATION)``."""
@@ -786,7 +800,8 @@ class Engine:
                 req.scheduled_wall = start_wall
         self._prefill_iterations += 1
         self._prefill_tokens_computed += new_tokens
-        await self._sleep_until(self._clock + duration)
+        if not await self._sleep_until(self._clock + duration):
+            return  # reset while it ran: every request in it was aborted before the reset
         end_wall = time.time()
         for req, take in batch:
             if req.state is not RequestState.RUNNING:
@@ -838,7 +853,8 @@ class Engine:
             context += len(req.prompt) + req.generated
         duration = profile.decode_step_ms(context, len(batch)) / 1000.0 * profile.time_scale * self.slowdown
         self._decode_iterations += 1
-        await self._sleep_until(self._clock + duration)
+        if not await self._sleep_until(self._clock + duration):
+            return  # reset while it ran: every request in it was aborted before the reset
         end_wall = time.time()
         for req in batch:
             if req.state is RequestState.RUNNING:
