@@ -164,3 +164,29 @@ def test_the_secret_is_in_no_log_or_result_file(tmp_path: Path) -> None:
     assert files
     for path in files:
         assert secret not in path.read_text(errors="replace"), path
+
+
+KNOWN_SECRET_BACKEND = """
+from pytest_lbbench.backends.local import LocalBackend
+
+class KnownSecret(LocalBackend):
+    name = "known-secret"
+    summary = "the local backend with a secret the test knows"
+    _control_token = "known-secret-8d1f0c"
+
+def pytest_lbbench_backends(config):
+    return [KnownSecret()]
+"""
+
+
+def test_a_plugin_run_writes_its_secret_nowhere_under_the_output_dir(bench: pytest.Pytester) -> None:
+    bench.makeconftest(KNOWN_SECRET_BACKEND)
+    out = bench.path / "results"
+    result = bench.runpytest("--backend", "known-secret", "--systems", "sky_walker", "--regions", "us-east-2",
+                             "--output-dir", str(out), "--time-scale", "0.05", "--max-tokens", "12",
+                             "--num-users", "3", "--replicas", "2", "--duration", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".json" for p in files) and any(p.suffix == ".log" for p in files)
+    for path in files:
+        assert "known-secret-8d1f0c" not in path.read_text(errors="replace"), path

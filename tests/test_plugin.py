@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -180,57 +179,6 @@ def _screenshot(page: Path, png: Path) -> Path:
         capture_output=True, timeout=120, check=True,
     )
     return png
-
-
-def test_ctrl_c_leaves_nothing_running(bench: pytest.Pytester) -> None:
-    out = bench.path / "results"
-    cmd = [sys.executable, "-m", "pytest", "-k", "push_push", "--regions", "us-east-2",
-           "--output-dir", str(out), *FAST, "--duration", "120", "-s"]
-    # faulthandler: if the run does not end after Ctrl-C, SIGABRT makes it print every thread's
-    # stack, so a failure says where it hung.
-    proc = subprocess.Popen(cmd, cwd=bench.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
-    ledger = ledger_path(out)
-    deadline = time.monotonic() + 120
-    try:
-        # Wait until the run is in the middle of an experiment: clients are running.
-        while time.monotonic() < deadline:
-            if ledger.exists() and "client-" in ledger.read_text():
-                break
-            assert proc.poll() is None, proc.communicate()[0]
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run never started its clients")
-        time.sleep(1.0)
-        started = live_entries(ledger)
-        assert len(started) >= 5  # replicas, LBs, links, client
-        proc.send_signal(signal.SIGINT)
-        sent = time.monotonic()
-        try:
-            output, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGABRT)
-            output, _ = proc.communicate(timeout=30)
-            pytest.fail(f"the run did not exit within 60 s of Ctrl-C; its output and stacks:\n{output[-12000:]}")
-        print(f"exited {time.monotonic() - sent:.1f} s after Ctrl-C")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert "KeyboardInterrupt" in output
-    time.sleep(0.5)
-    leftovers = live_entries(ledger)
-    assert not leftovers, f"still running after Ctrl-C: {leftovers}"
-    # And the processes really are gone, not just marked stopped in the ledger.
-    for entry in started:
-        assert not Path(f"/proc/{entry['pid']}").exists() or _is_zombie(entry["pid"])
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except OSError:
-        return True
 
 
 def test_save_then_gate_against_the_saved_run(bench: pytest.Pytester) -> None:

@@ -41,6 +41,7 @@ from pytest_lbbench.procutil import (
     free_port,
     launch,
     python_module_argv,
+    stop_all,
 )
 from pytest_lbbench.control import CONTROL_TOKEN_ENV, control_headers, new_control_token
 from pytest_lbbench.protocol import FAULT_PATH, MEMBERSHIP_PATH, RESET_PATH, GatewayMembership, LbMembership
@@ -177,11 +178,11 @@ class LocalDeployment(Deployment):
     def stop(self) -> None:
         with self._lock:
             procs, self._procs = list(reversed(self._procs)), []
-        for proc in procs:
-            try:
-                proc.stop()
-            finally:
-                if self.settings.ledger is not None:
+        try:
+            stop_all(procs)  # all at once: Ctrl-C must end a run within seconds
+        finally:
+            if self.settings.ledger is not None:
+                for proc in procs:
                     self.settings.ledger.stopped(proc.name, proc.pid)
 
     def reset(self) -> dict[str, Any]:
@@ -634,10 +635,12 @@ class LocalClientLauncher:
                     on_progress(elapsed, counted)
                 time.sleep(0.1)
         finally:
-            for region, proc in procs.items():
-                proc.stop()
+            try:
+                stop_all(list(procs.values()))
+            finally:
                 if self.ledger is not None:
-                    self.ledger.stopped(proc.name, proc.pid)
+                    for proc in procs.values():
+                        self.ledger.stopped(proc.name, proc.pid)
         for region, proc in procs.items():
             code = proc.popen.returncode
             if code != 0 or not outputs[region].exists():

@@ -249,7 +249,7 @@ class LoadBalancer:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
         self._spawn(self._queue_loop(), "queue-processor")
-        self._spawn(self._health_loop(), "health-probe")
+        self._spawn(self._probe_loop(self.probe_health_once, "health_interval_s", "health_probe"), "health-probe")
         if self.config.replica_mode.probes_engine_queue:
             self._spawn(
                 probe_engine_queues(
@@ -263,7 +263,8 @@ class LoadBalancer:
         if self.config.lb_mode.steals:
             self._spawn(self._steal_loop(), "steal-loop")
         if self.config.lb_mode.probes_peer_status:
-            self._spawn(self._peer_status_loop(), "lb-status-probe")
+            self._spawn(self._probe_loop(self.probe_peers_once, "lb_probe_interval_s", "lb_status_probe"),
+                        "lb-status-probe")
         log.info("System Config: %s", json.dumps(self.core.describe(), sort_keys=True))
 
     async def _on_cleanup(self, app: web.Application) -> None:
@@ -309,17 +310,18 @@ class LoadBalancer:
             ok, reason = False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self.core.on_health_probe(kind, name, ok, reason)
 
-    async def _health_loop(self) -> None:
+    async def _probe_loop(self, round_: Callable[[], Coroutine[Any, Any, None]], period: str, lag_name: str) -> None:
+        """Run ``round_`` forever; the next round starts one ``period`` (an :class:`LbConfig`
+        field) after the previous one started, or at once when it took longer (as the
+        original's probes)."""
         loop = asyncio.get_running_loop()
         while True:
             start = loop.time()
             try:
-                await self.probe_health_once()
+                await round_()
             except Exception:  # pragma: no cover - keep probing; the bug shows in the log
-                log.exception("health probe round failed")
-            await self.lag.sleep(
-                "health_probe", max(0.0, self.config.loop_interval_s("health_interval_s") - (loop.time() - start))
-            )
+                log.exception("%s round failed", lag_name)
+            await self.lag.sleep(lag_name, max(0.0, self.config.loop_interval_s(period) - (loop.time() - start)))
 
     async def steal_round(self) -> int:
         """One round of the stealing loop: start latency checks of new peers, then let the
@@ -350,17 +352,6 @@ class LoadBalancer:
         """One rate-limited-push probe round: every peer's ``/conf``, concurrently."""
         await self._run_peer_calls(self.core.peer_probe_round())
 
-    async def _peer_status_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            try:
-                await self.probe_peers_once()
-            except Exception:  # pragma: no cover
-                log.exception("peer status probe failed")
-            await self.lag.sleep(
-                "lb_status_probe", max(0.0, self.config.loop_interval_s("lb_probe_interval_s") - (loop.time() - start))
-            )
 
     async def _eviction_loop(self, kind: str, interval_s: float) -> None:
         while True:

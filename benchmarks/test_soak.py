@@ -1,0 +1,105 @@
+"""Soak: does every process stay bounded in memory and open files over a long run?
+
+Run with ``pytest benchmarks --lbbench-selfcheck -k soak`` (30 minutes by default;
+``LBBENCH_SOAK_MINUTES`` changes it, ``LBBENCH_SOAK_SYSTEM`` the system, ``sky_walker`` by
+default: regional LBs with prefix trees, peer probes and pushes, the most state we keep).
+
+One experiment at the default load (the plugin's defaults: 50 users in each of the two default
+client regions, 4 replicas over the three default regions) runs for the whole time on this
+machine. Every 30 s the benchmark reads each process's resident memory (``VmRSS``) and open file
+descriptors from ``/proc``: replicas, LBs, the delay links and the clients. It reports, per
+process, the value after the first five minutes (caches and trees filled), at the end, and the
+peak, and fails when a process keeps growing: RSS at the end above 1.5 x its value at five
+minutes plus 20 MiB, or file descriptors above that value plus 64. The numbers go to the
+README (section Faults).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_lbbench.backends.base import ExperimentSpec
+from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path, live_entries
+from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment, LocalSettings
+from pytest_lbbench.collect import NOTE_KEY
+from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS
+from pytest_lbbench.runspec import RunKnobs
+from pytest_lbbench.systems import SYSTEMS
+
+MINUTES = float(os.environ.get("LBBENCH_SOAK_MINUTES", "30"))
+SYSTEM = os.environ.get("LBBENCH_SOAK_SYSTEM", "sky_walker")
+CLIENT_REGIONS = ("us-east-2", "ap-northeast-1")
+SAMPLE_EVERY_S = 30.0
+SETTLED_S = min(300.0, MINUTES * 60 / 3)  # "after warm-up": 5 min, or a third of a short soak
+
+
+def _proc_stats(pid: int) -> tuple[float, int] | None:
+    """(RSS MiB, open fds) of ``pid``, None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0, fds
+    return None
+
+
+@pytest.mark.lbbench_selfcheck
+def test_soak_keeps_memory_and_files_bounded(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    ledger = ProcessLedger(ledger_path(tmp_path))
+    deployment = LocalDeployment(SYSTEMS[SYSTEM], LocalSettings(
+        replicas=4, replica_regions=DEFAULT_REPLICA_REGIONS, client_regions=CLIENT_REGIONS,
+        log_dir=tmp_path / "logs", ledger=ledger,
+    ))
+    samples: dict[str, list[tuple[float, float, int]]] = {}
+    deployment.start()
+    try:
+        deployment.reset()
+        spec = ExperimentSpec(
+            system=SYSTEM, workload="arena_syn", exp_name="soak", client_regions=CLIENT_REGIONS,
+            knobs=RunKnobs(duration_s=MINUTES * 60, seed=0), workload_options={"num_conv": 6000},  # ~100 chats per user: more than 30 min of turns
+        )
+        started = time.monotonic()
+        last = [float("-inf")]
+
+        def sample(elapsed_s: float, recorded: int) -> None:
+            if elapsed_s - last[0] < SAMPLE_EVERY_S:
+                return
+            last[0] = elapsed_s
+            for entry in live_entries(ledger_path(tmp_path)):
+                stats = _proc_stats(int(entry["pid"]))
+                if stats is not None:
+                    samples.setdefault(str(entry["name"]), []).append((elapsed_s, *stats))
+
+        files = LocalClientLauncher(tmp_path / "logs", ledger).run(deployment, spec, tmp_path / "metric",
+                                                                  on_progress=sample)
+        wall = time.monotonic() - started
+    finally:
+        deployment.stop()
+    records = [r for f in files.values() for r in json.loads(f.read_text())["metrics"]]
+    failed = sum(1 for r in records if r["failed"])
+    lines = [f"{SYSTEM}, {MINUTES:g} min at 50 users x {len(CLIENT_REGIONS)} regions, 4 replicas: "
+             f"{len(records)} requests ({failed} failed) in {wall / 60:.1f} min; "
+             f"settled = after {SETTLED_S / 60:.0f} min",
+             f"{'process':34} {'RSS MiB settled':>15} {'end':>7} {'peak':>7} {'fds settled':>11} {'end':>5} {'peak':>5}"]
+    growing: list[str] = []
+    for name, points in sorted(samples.items()):
+        settled = next((p for p in points if p[0] >= SETTLED_S), points[0])
+        end = points[-1]
+        peak_rss, peak_fds = max(p[1] for p in points), max(p[2] for p in points)
+        lines.append(f"{name:34} {settled[1]:>15.1f} {end[1]:>7.1f} {peak_rss:>7.1f} "
+                     f"{settled[2]:>11d} {end[2]:>5d} {peak_fds:>5d}")
+        if end[0] > settled[0] and (end[1] > 1.5 * settled[1] + 20 or end[2] > settled[2] + 64):
+            growing.append(f"{name}: RSS {settled[1]:.0f} -> {end[1]:.0f} MiB, fds {settled[2]} -> {end[2]}")
+    request.node.user_properties.append((NOTE_KEY, ("lbbench soak", lines)))
+    (tmp_path / "soak.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    assert len(records) > 0 and failed <= 0.01 * len(records), f"{failed} of {len(records)} failed"
+    assert not growing, "processes kept growing: " + "; ".join(growing)
