@@ -8,8 +8,8 @@ One experiment at the default load (the plugin's defaults: 50 users in each of t
 client regions, 4 replicas over the three default regions) runs for the whole time on this
 machine. Every 30 s the benchmark reads each process's resident memory (``VmRSS``) and open file
 descriptors from ``/proc``: replicas, LBs, the delay links and the clients. It reports, per
-process, the value after the first five minutes (caches and trees filled), at the end, and the
-peak, and fails when a process keeps growing: RSS at the end above 1.5 x its value at five
+process, the value at the start, after the first five minutes (caches and trees filled), at the
+end, and the peak (and writes every sample to ``soak.json`` beside ``soak.txt``), and fails when a process keeps growing: RSS at the end above 1.5 x its value at five
 minutes plus 20 MiB, or file descriptors above that value plus 64. The numbers go to the
 README (section Faults).
 """
@@ -88,18 +88,21 @@ def test_soak_keeps_memory_and_files_bounded(tmp_path: Path, request: pytest.Fix
     lines = [f"{SYSTEM}, {MINUTES:g} min at 50 users x {len(CLIENT_REGIONS)} regions, 4 replicas: "
              f"{len(records)} requests ({failed} failed) in {wall / 60:.1f} min; "
              f"settled = after {SETTLED_S / 60:.0f} min",
-             f"{'process':34} {'RSS MiB settled':>15} {'end':>7} {'peak':>7} {'fds settled':>11} {'end':>5} {'peak':>5}"]
+             f"{'process':34} {'RSS MiB start':>13} {'settled':>7} {'end':>7} {'peak':>7} "
+             f"{'fds start':>9} {'settled':>7} {'end':>5} {'peak':>5}"]
     growing: list[str] = []
     for name, points in sorted(samples.items()):
-        settled = next((p for p in points if p[0] >= SETTLED_S), points[0])
-        end = points[-1]
+        start, end = points[0], points[-1]
+        settled = next((p for p in points if p[0] >= SETTLED_S), start)
         peak_rss, peak_fds = max(p[1] for p in points), max(p[2] for p in points)
-        lines.append(f"{name:34} {settled[1]:>15.1f} {end[1]:>7.1f} {peak_rss:>7.1f} "
-                     f"{settled[2]:>11d} {end[2]:>5d} {peak_fds:>5d}")
+        lines.append(f"{name:34} {start[1]:>13.1f} {settled[1]:>7.1f} {end[1]:>7.1f} {peak_rss:>7.1f} "
+                     f"{start[2]:>9d} {settled[2]:>7d} {end[2]:>5d} {peak_fds:>5d}")
         if end[0] > settled[0] and (end[1] > 1.5 * settled[1] + 20 or end[2] > settled[2] + 64):
             growing.append(f"{name}: RSS {settled[1]:.0f} -> {end[1]:.0f} MiB, fds {settled[2]} -> {end[2]}")
     request.node.user_properties.append((NOTE_KEY, ("lbbench soak", lines)))
     (tmp_path / "soak.txt").write_text("\n".join(lines) + "\n")
+    # Over time, for a plot or a closer look: {process: [[elapsed s, RSS MiB, fds], ...]}.
+    (tmp_path / "soak.json").write_text(json.dumps(samples, indent=1) + "\n")
     print("\n".join(lines))
     assert len(records) > 0 and failed <= 0.01 * len(records), f"{failed} of {len(records)} failed"
     assert not growing, "processes kept growing: " + "; ".join(growing)

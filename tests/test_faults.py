@@ -119,6 +119,23 @@ def _wait(check: Any, timeout_s: float = 10.0) -> Any:
         time.sleep(0.05)
 
 
+def test_the_timeline_marks_the_drill_but_not_the_restart_after_the_traffic() -> None:
+    from pytest_lbbench.report.plots import fault_marks
+
+    faults = {
+        "t0": 100.0, "timeline": {"bin_s": 5.0, "t_s": [0.0, 5.0, 10.0, 15.0]},
+        "events": [
+            {"action": "crash", "target": "replica-0-us-east-2", "at": 108.0, "undo_at_end": False},
+            {"action": "restart", "target": "replica-0-us-east-2", "at": 112.5, "undo_at_end": False},
+            # Undone at the end of the experiment, during the drain: not part of the drill.
+            {"action": "restart", "target": "lb-us-east-2", "at": 176.0, "undo_at_end": True},
+            {"action": "heal", "target": "ap-northeast-1", "at": 131.0, "undo_at_end": False},
+        ],
+    }
+    assert fault_marks(faults) == [(8.0, "crash", "replica-0-us-east-2"), (12.5, "restart", "replica-0-us-east-2")]
+    assert fault_marks({"events": faults["events"]}) == []  # no traffic start: nothing to place
+
+
 def test_a_real_crash_drill_ejects_the_replica_and_restart_brings_it_back(tmp_path: Path) -> None:
     ledger = ProcessLedger(ledger_path(tmp_path))
     deployment = LocalDeployment(SYSTEMS["sky_push_push"], LocalSettings(

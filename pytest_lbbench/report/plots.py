@@ -145,6 +145,11 @@ def _tick_label(label: str) -> str:
     return label.replace(" ", "\n")
 
 
+def _legend_label(label: str) -> str:
+    """One line per legend entry: the paper's ``Sky\\nWalker`` is a bar label, not a legend's."""
+    return " ".join(label.split())
+
+
 def _log_axis(ax: Axes, which: Literal["x", "y"] = "y") -> None:
     """A log axis with plain tick labels (0.2 s rather than 2×10⁻¹): latencies read as seconds.
 
@@ -248,7 +253,7 @@ def plot_ttft_cdf(group: Group, path: Path) -> None:
         if not values:
             continue
         ys = [(i + 1) / len(values) for i in range(len(values))]
-        ax.step(values, ys, where="post", color=s.color, label=s.label, linewidth=1.4)
+        ax.step(values, ys, where="post", color=s.color, label=_legend_label(s.label), linewidth=1.4)
         drawn = True
     if drawn:
         _log_axis(ax, "x")
@@ -338,6 +343,24 @@ _EVENT_STYLE = {"crash": ("#D55E00", "-"), "partition": ("#CC78BC", "-"), "slow"
                 "restart": ("#029E73", "--"), "heal": ("#029E73", "--"), "unslow": ("#029E73", "--")}
 
 
+def fault_marks(faults: Mapping[str, Any]) -> list[tuple[float, str, str]]:
+    """The events a fault timeline marks: ``(seconds since traffic start, action, target)``.
+
+    Events undone after the traffic ended (a crashed replica restarted so that the next
+    experiment starts whole) are not part of the drill, and would stretch the time axis over
+    the drain, so they are left out, as is anything after the timeline's last bin."""
+    t0, timeline = faults.get("t0"), faults.get("timeline") or {}
+    if not isinstance(t0, (int, float)):
+        return []
+    end_s = timeline["t_s"][-1] + timeline["bin_s"] if timeline.get("t_s") else float("inf")
+    marks = []
+    for event in faults.get("events") or []:
+        at_s = float(event["at"]) - t0
+        if not event.get("undo_at_end") and at_s <= end_s:
+            marks.append((at_s, str(event["action"]), str(event["target"])))
+    return marks
+
+
 def plot_fault_timeline(group: Group, path: Path) -> None:
     """Per 5 s: throughput, TTFT p90 and failures of every system that ran the drill, with
     its events as vertical lines (solid: the fault, dashed: its end)."""
@@ -349,19 +372,17 @@ def plot_fault_timeline(group: Group, path: Path) -> None:
         assert system.faults is not None
         line = system.faults["timeline"]
         mid = [t + line["bin_s"] / 2 for t in line["t_s"]]
-        tput.plot(mid, line["throughput_tok_s"], marker="o", markersize=3, color=system.color, label=system.label)
-        ttft.plot(mid, [v if v is not None else float("nan") for v in line["ttft_p90_s"]], marker="o",
-                  markersize=3, color=system.color, label=system.label)
-        fails.plot(mid, line["failures"], marker="o", markersize=3, color=system.color, label=system.label)
-    events = drilled[0].faults["events"] if drilled[0].faults else []
-    t0 = drilled[0].faults.get("t0") if drilled[0].faults else None
-    if isinstance(t0, (int, float)):
-        for event in events:
-            color, style = _EVENT_STYLE.get(event["action"], ("#949494", ":"))
-            for ax in (tput, ttft, fails):
-                ax.axvline(float(event["at"]) - t0, color=color, linestyle=style, linewidth=1.0, alpha=0.8)
-            tput.annotate(f"{event['action']} {event['target']}", (float(event["at"]) - t0, 1.0),
-                          xycoords=("data", "axes fraction"), fontsize=6, rotation=90, va="top", ha="right")
+        look: dict[str, Any] = {"marker": "o", "markersize": 3, "color": system.color,
+                                "label": _legend_label(system.label)}
+        tput.plot(mid, line["throughput_tok_s"], **look)
+        ttft.plot(mid, [v if v is not None else float("nan") for v in line["ttft_p90_s"]], **look)
+        fails.plot(mid, line["failures"], **look)
+    for at_s, action, target in fault_marks(drilled[0].faults or {}):
+        color, style = _EVENT_STYLE.get(action, ("#949494", ":"))
+        for ax in (tput, ttft, fails):
+            ax.axvline(at_s, color=color, linestyle=style, linewidth=1.0, alpha=0.8)
+        tput.annotate(f"{action} {target}", (at_s, 1.0), xycoords=("data", "axes fraction"),
+                      fontsize=6, rotation=90, va="top", ha="right")
     tput.set_ylabel("output tokens/s")
     ttft.set_ylabel("TTFT p90 (s)")
     fails.set_ylabel("failed requests")
