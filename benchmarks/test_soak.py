@@ -9,7 +9,8 @@ client regions, 4 replicas over the three default regions) runs for the whole ti
 machine. Every 30 s the benchmark reads each process's resident memory (``VmRSS``) and open file
 descriptors from ``/proc``: replicas, LBs, the delay links and the clients. It reports, per
 process, the value at the start, after the first five minutes (caches and trees filled), at the
-end, and the peak (and writes every sample to ``soak.json`` beside ``soak.txt``), and fails when a process keeps growing: RSS at the end above 1.5 x its value at five
+end, and the peak (and writes every sample to ``soak.json`` and a plot of them to ``soak.png`` beside
+``soak.txt``), and fails when a process keeps growing: RSS at the end above 1.5 x its value at five
 minutes plus 20 MiB, or file descriptors above that value plus 64. The numbers go to the
 README (section Faults).
 """
@@ -28,6 +29,7 @@ from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path, live_entr
 from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment, LocalSettings
 from pytest_lbbench.collect import NOTE_KEY
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS
+from pytest_lbbench.report.plots import plot_process_resources
 from pytest_lbbench.runspec import RunKnobs
 from pytest_lbbench.systems import SYSTEMS
 
@@ -52,6 +54,7 @@ def _proc_stats(pid: int) -> tuple[float, int] | None:
 
 
 @pytest.mark.lbbench_selfcheck
+@pytest.mark.timeout(MINUTES * 60 + 600)  # the soak itself, then start-up, drain and stop
 def test_soak_keeps_memory_and_files_bounded(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     ledger = ProcessLedger(ledger_path(tmp_path))
     deployment = LocalDeployment(SYSTEMS[SYSTEM], LocalSettings(
@@ -103,6 +106,7 @@ def test_soak_keeps_memory_and_files_bounded(tmp_path: Path, request: pytest.Fix
     (tmp_path / "soak.txt").write_text("\n".join(lines) + "\n")
     # Over time, for a plot or a closer look: {process: [[elapsed s, RSS MiB, fds], ...]}.
     (tmp_path / "soak.json").write_text(json.dumps(samples, indent=1) + "\n")
+    plot_process_resources(samples, lines[0], tmp_path / "soak.png")
     print("\n".join(lines))
     assert len(records) > 0 and failed <= 0.01 * len(records), f"{failed} of {len(records)} failed"
     assert not growing, "processes kept growing: " + "; ".join(growing)

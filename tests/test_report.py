@@ -442,3 +442,22 @@ def test_read_queue_log_both_formats(tmp_path: Path) -> None:
                                                        "workers": {"workers": [{"load": 1}, {"load": 2}]}}}))
     log = queuelog.read_queue_log(path)
     assert log.lbs == {"http://lb:8000": [(0.0, 2.0)], "router (in flight)": [(0.0, 3.0)]}
+
+
+def test_the_soak_figure_draws_every_process_and_refuses_no_samples(tmp_path: Path) -> None:
+    samples = {
+        "replica-0-us-east-2": [[0.0, 60.0, 20], [30.0, 70.0, 22]],
+        "lb-us-east-2": [[0.0, 45.0, 30], [30.0, 48.0, 31]],
+        "client-us-east-2": [[0.0, 80.0, 60], [30.0, 82.0, 60]],
+    }
+    (tmp_path / "soak.json").write_text(json.dumps(samples))
+    # A subprocess: matplotlib's numpy must not be imported into a process that pytester reloads.
+    code = ("import json, sys; from pathlib import Path; from pytest_lbbench.report.plots import "
+            "plot_process_resources as plot; d = Path(sys.argv[1]); "
+            "plot(json.loads((d / 'soak.json').read_text()), 'soak', d / 'soak.png')\n"
+            "try:\n    plot({}, 'soak', d / 'empty.png')\nexcept ValueError as e:\n    print('refused:', e)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "MPLBACKEND": "Agg"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "refused: no process was sampled" in done.stdout and not (tmp_path / "empty.png").exists()

@@ -396,6 +396,36 @@ def plot_fault_timeline(group: Group, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_process_resources(samples: Mapping[str, Sequence[Sequence[float]]], title: str, path: Path) -> None:
+    """Resident memory (top) and open file descriptors (bottom) of every process over time.
+
+    ``samples`` maps a process name to ``[elapsed s, RSS MiB, open fds]`` points, as the soak
+    benchmark writes them to ``soak.json``; processes of one kind (replica, lb, link, client:
+    the name's first word) share a colour, so a growing kind stands out."""
+    if not samples:
+        raise ValueError("no process was sampled")
+    fig, (rss, fds) = _new_figure(7.5, 5.5, 2, 1)
+    kinds = sorted({name.split("-")[0] for name in samples})
+    colors = {kind: PALETTE[i % len(PALETTE)] for i, kind in enumerate(kinds)}
+    labelled: set[str] = set()
+    for name, points in sorted(samples.items()):
+        kind = name.split("-")[0]
+        minutes = [p[0] / 60.0 for p in points]
+        label = None if kind in labelled else kind
+        labelled.add(kind)
+        rss.plot(minutes, [p[1] for p in points], color=colors[kind], linewidth=1.0, label=label)
+        fds.plot(minutes, [p[2] for p in points], color=colors[kind], linewidth=1.0)
+    rss.set_ylabel("RSS (MiB)")
+    fds.set_ylabel("open file descriptors")
+    fds.set_xlabel("minutes since traffic started")
+    for ax in (rss, fds):
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    rss.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    rss.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
 # ----------------------------------------------------------------------------- driver
 
 def _draw_queue(source: Path, title: str, path: Path) -> None:
