@@ -123,3 +123,20 @@ def test_served_by_reads_replica_and_lb_headers() -> None:
     assert replica == "replica-1" and lbs == ["ap-northeast-1"]
     _, lbs = served_by({"gateway-decision-0": "Select backend r2 in region eu-central-1 (spill: yes)"})
     assert lbs == ["eu-central-1"]
+
+
+def test_the_result_file_is_assembled_from_the_partial_records_on_disk(tmp_path: Path) -> None:
+    # The client keeps no records in memory (a soak grew it ~12 KiB per request when it did):
+    # the result's "metrics" are the partial JSONL's lines, in order, blank lines skipped.
+    from pytest_lbbench.client.__main__ import _write_result_atomic
+
+    records = [{"uid": "us-east-2", "failed": None, "text": "a\nb \u00e9"}, {"uid": "x", "itl": [0.1, 0.2]}]
+    partial = tmp_path / "r.json.partial.jsonl"
+    partial.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
+    payload = {"workload": "arena_syn", "latency": 2.5, "metrics": None, "client": {"loop_lag": {}}}
+    _write_result_atomic(tmp_path / "r.json", payload, partial)
+    assert json.loads((tmp_path / "r.json").read_text()) == {**payload, "metrics": records}
+    partial.write_text("")
+    _write_result_atomic(tmp_path / "r.json", payload, partial)
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"] == []
+    assert not list(tmp_path.glob("*.tmp"))

@@ -35,9 +35,27 @@ __all__ = ["main", "parse_args"]
 SCHEMA_VERSION = 1
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def _write_result_atomic(path: Path, payload: dict[str, Any], records_jsonl: Path) -> None:
+    """Write ``payload`` with ``"metrics"`` set to the records of ``records_jsonl`` (one JSON
+    object per line), copied line by line: the client never holds every record in memory (a
+    30-minute soak grew the client by ~12 KiB per request when it did)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload))
+    with open(tmp, "w") as out, open(records_jsonl) as records:
+        for index, (key, value) in enumerate(payload.items()):
+            out.write(", " if index else "{")
+            out.write(json.dumps(key) + ": ")
+            if key != "metrics":
+                out.write(json.dumps(value))
+                continue
+            out.write("[")
+            first = True
+            for line in records:
+                line = line.strip()
+                if line:
+                    out.write(line if first else ", " + line)
+                    first = False
+            out.write("]")
+        out.write("}")
     os.replace(tmp, path)
 
 
@@ -68,13 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(job.output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial_path = out.with_name(out.name + ".partial.jsonl")
-    records: list[dict[str, Any]] = []
     partial: IO[str] = open(partial_path, "w", buffering=1)
 
     def sink(record: RequestRecord) -> None:
-        data = record.to_dict()
-        records.append(data)
-        partial.write(json.dumps(data) + "\n")
+        # On disk only: the result file is assembled from these lines at the end.
+        partial.write(json.dumps(record.to_dict()) + "\n")
 
     loop = new_event_loop()
     try:
@@ -100,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "workload": job.workload,
         "latency": round(run.latency_s, 3),
-        "metrics": records,
+        "metrics": None,  # filled from the partial JSONL by _write_result_atomic
         "backend_url": settings.backend_url,
         "workload_args": workload_args,
         # Additions beyond the original layout (its readers ignore unknown keys).
@@ -117,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
     }
-    _write_json_atomic(out, payload)
+    _write_result_atomic(out, payload, partial_path)
     partial_path.unlink(missing_ok=True)
     return 0
 
