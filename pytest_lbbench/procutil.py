@@ -158,8 +158,7 @@ class ManagedProcess:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.terminate()
+            self.terminate()
             try:
                 self.popen.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -221,7 +220,13 @@ def stop_all(procs: Sequence[ManagedProcess], timeout_s: float = 3.0) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
     for proc in procs:
-        proc.stop(timeout_s=timeout_s)  # SIGKILL if still alive, reap, join its log drain
+        # SIGKILL here, not through stop(): stop() would grant each survivor, one after
+        # another, another graceful timeout_s first.
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.popen.kill()
+    for proc in procs:
+        proc.stop(timeout_s=timeout_s)  # reap (all are dead or dying now), join its log drain
 
 
 def launch(

@@ -119,3 +119,20 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_stop_all_kills_processes_that_ignore_sigterm_within_one_shared_timeout(tmp_path: Path) -> None:
+    from pytest_lbbench.procutil import launch, stop_all
+
+    stubborn = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('LBBENCH_READY {\"port\": 0}', flush=True); time.sleep(120)")
+    procs = [launch(f"stubborn-{i}", [sys.executable, "-c", stubborn], log_path=tmp_path / f"{i}.log")
+             for i in range(4)]
+    for proc in procs:
+        proc.wait_ready(30)
+    started = time.monotonic()
+    stop_all(procs, timeout_s=2.0)
+    took = time.monotonic() - started
+    assert all(proc.popen.returncode == -signal.SIGKILL for proc in procs)
+    # One shared 2 s grace, then SIGKILL; granting each survivor its own grace took 2 + 4 x 2 s.
+    assert took < 6.0, took
