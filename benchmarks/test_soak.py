@@ -55,7 +55,7 @@ def _proc_stats(pid: int) -> tuple[float, int] | None:
 def kept_growing(settled: tuple[float, float, int], end: tuple[float, float, int]) -> bool:
     """Whether a process grew after it settled: RSS up by more than 10 % + 2 MiB, or more than
     64 more open files. A bounded process is flat once its trees and caches are full; the first
-    soak's rule (1.5 x + 20 MiB) let a steady 0.5 MiB/min through, which over hours is not bounded."""
+    soak's rule (1.5 x + 20 MiB) let a steady 0.4-0.6 MiB/min through, which over hours is not bounded."""
     return end[0] > settled[0] and (end[1] > 1.10 * settled[1] + 2.0 or end[2] > settled[2] + 64)
 
 
