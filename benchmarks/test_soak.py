@@ -12,13 +12,24 @@ process, the value at the start, after the first five minutes (caches and trees 
 end, and the peak (and writes every sample to ``soak.json`` and a plot of them to ``soak.png`` beside
 ``soak.txt``), and fails when a process keeps growing after it settled (see :func:`kept_growing`).
 The numbers go to the README (section Faults).
+
+The LBs' prefix trees are bounded by ``--max-tree-size`` characters per target (2^24, the
+original's sglang-router value), which at this load is not reached within 30 minutes: a tree
+still filling towards its bound would look like a leak. So the soak runs our LBs with
+``LBBENCH_SOAK_MAX_TREE_SIZE`` characters per target (2^18 by default: a 6-minute soak measured
+~0.4 million characters a minute into lb-us-east-2's trees, over its replica and peer targets, so
+2^18 is reached in the first minutes and then held there by the 60 s eviction) and samples every LB's ``GET /conf``
+``prefix_tree_chars`` beside its memory; growth that remains once the trees are held at their
+bound is a leak. ``LBBENCH_SOAK_MAX_TREE_SIZE=16777216`` soaks with the original bound.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,13 +41,14 @@ from pytest_lbbench.collect import NOTE_KEY
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS
 from pytest_lbbench.report.plots import plot_process_resources
 from pytest_lbbench.runspec import RunKnobs
-from pytest_lbbench.systems import SYSTEMS
+from pytest_lbbench.systems import SYSTEMS, BalancerKind
 
 MINUTES = float(os.environ.get("LBBENCH_SOAK_MINUTES", "30"))
 SYSTEM = os.environ.get("LBBENCH_SOAK_SYSTEM", "sky_walker")
 CLIENT_REGIONS = ("us-east-2", "ap-northeast-1")
 SAMPLE_EVERY_S = 30.0
 SETTLED_S = min(300.0, MINUTES * 60 / 3)  # "after warm-up": 5 min, or a third of a short soak
+MAX_TREE_SIZE = int(os.environ.get("LBBENCH_SOAK_MAX_TREE_SIZE", str(2**18)))
 
 
 def _proc_stats(pid: int) -> tuple[float, int] | None:
@@ -52,6 +64,17 @@ def _proc_stats(pid: int) -> tuple[float, int] | None:
     return None
 
 
+def _tree_chars(lb_url: str) -> int | None:
+    """Characters in all prefix trees of one LB (both levels, every target), None when its
+    ``/conf`` does not answer within 2 s."""
+    try:
+        with urllib.request.urlopen(lb_url + "/conf", timeout=2.0) as response:
+            trees = json.loads(response.read())["prefix_tree_chars"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return sum(sum(level.values()) for level in trees.values())
+
+
 def kept_growing(settled: tuple[float, float, int], end: tuple[float, float, int]) -> bool:
     """Whether a process grew after it settled: RSS up by more than 10 % + 2 MiB, or more than
     64 more open files. A bounded process is flat once its trees and caches are full; the first
@@ -63,11 +86,15 @@ def kept_growing(settled: tuple[float, float, int], end: tuple[float, float, int
 @pytest.mark.timeout(MINUTES * 60 + 600)  # the soak itself, then start-up, drain and stop
 def test_soak_keeps_memory_and_files_bounded(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     ledger = ProcessLedger(ledger_path(tmp_path))
-    deployment = LocalDeployment(SYSTEMS[SYSTEM], LocalSettings(
+    system = SYSTEMS[SYSTEM]
+    if system.kind is BalancerKind.SKY_LB:  # our LB takes the last --max-tree-size given
+        system = dataclasses.replace(system, balancer_args=(*system.balancer_args, "--max-tree-size", str(MAX_TREE_SIZE)))
+    deployment = LocalDeployment(system, LocalSettings(
         replicas=4, replica_regions=DEFAULT_REPLICA_REGIONS, client_regions=CLIENT_REGIONS,
         log_dir=tmp_path / "logs", ledger=ledger,
     ))
     samples: dict[str, list[tuple[float, float, int]]] = {}
+    tree_chars: dict[str, list[tuple[float, int]]] = {}  # LB name -> [(elapsed s, characters)]
     deployment.start()
     try:
         deployment.reset()
@@ -86,6 +113,9 @@ def test_soak_keeps_memory_and_files_bounded(tmp_path: Path, request: pytest.Fix
                 stats = _proc_stats(int(entry["pid"]))
                 if stats is not None:
                     samples.setdefault(str(entry["name"]), []).append((elapsed_s, *stats))
+            for lb in deployment.lbs:
+                if (chars := _tree_chars(lb.url)) is not None:
+                    tree_chars.setdefault(lb.name, []).append((elapsed_s, chars))
 
         files = LocalClientLauncher(tmp_path / "logs", ledger).run(deployment, spec, tmp_path / "metric",
                                                                   on_progress=sample)
@@ -94,9 +124,11 @@ def test_soak_keeps_memory_and_files_bounded(tmp_path: Path, request: pytest.Fix
         deployment.stop()
     records = [r for f in files.values() for r in json.loads(f.read_text())["metrics"]]
     failed = sum(1 for r in records if r["failed"])
+    bound = (f"; LB prefix trees bounded at {MAX_TREE_SIZE} characters per target"
+             if system.kind is BalancerKind.SKY_LB else "")
     lines = [f"{SYSTEM}, {MINUTES:g} min at 50 users x {len(CLIENT_REGIONS)} regions, 4 replicas: "
              f"{len(records)} requests ({failed} failed) in {wall / 60:.1f} min; "
-             f"settled = after {SETTLED_S / 60:.0f} min",
+             f"settled = after {SETTLED_S / 60:.0f} min{bound}",
              f"{'process':34} {'RSS MiB start':>13} {'settled':>7} {'end':>7} {'peak':>7} "
              f"{'fds start':>9} {'settled':>7} {'end':>5} {'peak':>5}"]
     growing: list[str] = []
@@ -108,10 +140,15 @@ def test_soak_keeps_memory_and_files_bounded(tmp_path: Path, request: pytest.Fix
                      f"{start[2]:>9d} {settled[2]:>7d} {end[2]:>5d} {peak_fds:>5d}")
         if kept_growing(settled, end):
             growing.append(f"{name}: RSS {settled[1]:.0f} -> {end[1]:.0f} MiB, fds {settled[2]} -> {end[2]}")
+    for name, points in sorted(tree_chars.items()):
+        settled_chars = next((c for t, c in points if t >= SETTLED_S), points[0][1])
+        lines.append(f"{name}: prefix-tree characters (all targets) start {points[0][1]}, "
+                     f"settled {settled_chars}, end {points[-1][1]}, peak {max(c for _, c in points)}")
     request.node.user_properties.append((NOTE_KEY, ("lbbench soak", lines)))
     (tmp_path / "soak.txt").write_text("\n".join(lines) + "\n")
     # Over time, for a plot or a closer look: {process: [[elapsed s, RSS MiB, fds], ...]}.
     (tmp_path / "soak.json").write_text(json.dumps(samples, indent=1) + "\n")
+    (tmp_path / "soak-trees.json").write_text(json.dumps(tree_chars, indent=1) + "\n")
     plot_process_resources(samples, lines[0], tmp_path / "soak.png")
     print("\n".join(lines))
     assert len(records) > 0 and failed <= 0.01 * len(records), f"{failed} of {len(records)} failed"

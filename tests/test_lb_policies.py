@@ -318,6 +318,39 @@ def test_prefix_tree_eviction_uses_max_tree_size() -> None:
     assert policy.tree.size("r0") <= 100
 
 
+def test_prefix_tree_state_size_reports_characters_per_target() -> None:
+    policy = _tree_policy()
+    policy.set_targets(["r0", "r1"])
+    policy.pre_execute("r0", RequestInfo(text="a" * 40))
+    assert policy.state_size() == {"r0": 40, "r1": 0}
+    assert RoundRobinPolicy().state_size() == {}
+
+
+def test_prefix_tree_memory_stops_growing_once_eviction_holds_it_at_max_tree_size() -> None:
+    # What the soak relies on: under a stream of new conversations the tree's memory plateaus
+    # at the size eviction keeps, instead of growing with every request (a leak in split
+    # nodes, access stamps or parents would show here in a second, not after hours).
+    import tracemalloc
+
+    policy = _tree_policy(max_tree_size=20_000)
+    policy.set_targets(["r0", "r1"])
+    traced: list[int] = []
+    tracemalloc.start()
+    try:
+        for round_ in range(40):
+            for i in range(60):
+                info = RequestInfo(text="system prompt " * 5 + f"conversation {round_}-{i}: " + f"turn {i} " * 25)
+                policy.pre_execute("r0" if i % 2 else "r1", info)
+                policy.post_execute("r0" if i % 2 else "r1", info)
+            policy.evict()
+            traced.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    assert max(policy.state_size().values()) <= 20_000
+    settled, end = traced[9], traced[-1]
+    assert end <= 1.10 * settled + 64 * 1024, f"tree memory kept growing: {settled} -> {end} bytes"
+
+
 # --------------------------------------------------------------------------- consistent hashing
 
 

@@ -339,6 +339,9 @@ class LbCore:
             },
             "replica_health": self.replicas.health_report(now),
             "lb_health": self.lbs.health_report(now),
+            # Prefix-tree characters per target at both levels (empty for tree-less policies).
+            "prefix_tree_chars": {"replicas": self.replicas.policy.state_size(),
+                                  "lbs": self.lbs.policy.state_size()},
             "lb_latency_s": {
                 name: (None if latency == math.inf else latency)
                 for name, (_, latency) in self.peer_latency.items()

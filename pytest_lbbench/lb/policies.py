@@ -183,6 +183,11 @@ class Policy:
         """The policy's effective configuration, for the "System Config" line and results."""
         return {"name": self.name, "load_balancing_enabled": self.load_balancing_enabled}
 
+    def state_size(self) -> dict[str, int]:
+        """How much state the policy holds per target (``GET /conf``), so that a soak can tell
+        a bounded structure filling up from a leak. Default: none."""
+        return {}
+
 
 class RoundRobinPolicy(Policy):
     """Rotate through the available targets, in the order they are given.
@@ -297,6 +302,11 @@ class PrefixTreePolicy(LeastLoadPolicy):
 
     def evict(self) -> None:
         self.tree.evict(self.config.max_tree_size)
+
+    def state_size(self) -> dict[str, int]:
+        # Characters held per target: what eviction bounds by ``max_tree_size`` (it may exceed
+        # the bound by up to one eviction interval's inserts, as in sglang-router).
+        return dict(self.tree.char_count)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **asdict(self.config)}
