@@ -140,10 +140,10 @@ def test_soak_keeps_memory_and_files_bounded(tmp_path: Path, request: pytest.Fix
                      f"{start[2]:>9d} {settled[2]:>7d} {end[2]:>5d} {peak_fds:>5d}")
         if kept_growing(settled, end):
             growing.append(f"{name}: RSS {settled[1]:.0f} -> {end[1]:.0f} MiB, fds {settled[2]} -> {end[2]}")
-    for name, points in sorted(tree_chars.items()):
-        settled_chars = next((c for t, c in points if t >= SETTLED_S), points[0][1])
-        lines.append(f"{name}: prefix-tree characters (all targets) start {points[0][1]}, "
-                     f"settled {settled_chars}, end {points[-1][1]}, peak {max(c for _, c in points)}")
+    for name, chars in sorted(tree_chars.items()):
+        settled_chars = next((c for t, c in chars if t >= SETTLED_S), chars[0][1])
+        lines.append(f"{name}: prefix-tree characters (all targets) start {chars[0][1]}, "
+                     f"settled {settled_chars}, end {chars[-1][1]}, peak {max(c for _, c in chars)}")
     request.node.user_properties.append((NOTE_KEY, ("lbbench soak", lines)))
     (tmp_path / "soak.txt").write_text("\n".join(lines) + "\n")
     # Over time, for a plot or a closer look: {process: [[elapsed s, RSS MiB, fds], ...]}.
