@@ -2,13 +2,13 @@
 backends (:class:`SkyBackend`, :class:`GkeBackend`), and which backend or existing endpoint
 serves a system.
 
-:mod:`pytest_lbbench.options` registers :func:`add_options` and builds the :class:`CloudConfig`
+:mod:`pytest_lbbench.cloud_options` declares the options; :mod:`pytest_lbbench.runconfig` builds the :class:`CloudConfig`
 (validation and the sky preflight, ``pytest.UsageError`` on bad input) into the run's config,
 whose backend registry holds one instance of each backend for the run. The fixtures ask
 :func:`deployment_for` and :func:`client_launcher_for`: an existing endpoint (``--endpoint``,
 ``--service-names``, ``--gke-endpoint``) wins, the gateway goes to GKE with
 ``--gke-contexts``, everything else to ``--backend``. This module never imports
-:mod:`pytest_lbbench.options` (no import cycle).
+:mod:`pytest_lbbench.runconfig` (no import cycle).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from pytest_lbbench.backends.sky.endpoints import ANY_REGION, EndpointDeployment
 from pytest_lbbench.backends.sky.plan import Plan, build_plan
 from pytest_lbbench.backends.sky.preflight import preflight
 from pytest_lbbench.backends.sky.provision import (
-    DEFAULT_MAX_PARALLEL,
     CloudLedger,
     Provisioner,
     Timeouts,
@@ -42,10 +41,6 @@ from pytest_lbbench.backends.sky.provision import (
     cloud_ledger_path,
 )
 from pytest_lbbench.backends.sky.render import (
-    DEFAULT_ACCELERATOR,
-    DEFAULT_CLOUD,
-    DEFAULT_MODEL,
-    DEFAULT_SGLANG_VERSION,
     GKE_HINT,
     SkySettings,
     UnsupportedSystem,
@@ -59,62 +54,12 @@ from pytest_lbbench.systems import BalancerKind, SystemSpec
 if TYPE_CHECKING:
     from pytest_lbbench.backends.base import ClientLauncher, Deployment
     from pytest_lbbench.backends.sky.deployment import SkySession
-    from pytest_lbbench.options import LbbenchConfig
+    from pytest_lbbench.runconfig import LbbenchConfig
 
 CLOUDS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius", "oci")
 
 _ACCELERATOR = re.compile(r"[A-Za-z0-9\-]+:[1-9][0-9]*")
 _PREFIX = re.compile(r"[a-z][a-z0-9-]{0,11}")
-
-
-def add_options(group: Any) -> None:
-    """Register the cloud options on the ``lbbench`` option group."""
-    add = group.addoption
-    add("--backend", dest="backend", default="local", metavar="NAME",
-        help="where systems run: local (this machine, simulated replicas), sky (real clouds "
-        "through SkyPilot; needs pytest-lbbench[sky]), gke (the GKE gateway on --gke-contexts), "
-        "or one added by the pytest_lbbench_backends hook. Default: local")
-    add("--lbbench-plan", dest="lbbench_plan", action="store_true", default=False,
-        help="print what a --backend sky run would create (clusters, regions, instance types, "
-        "commands) and its estimated hourly cost, then exit; provisions nothing")
-    add("--keep-up", dest="keep_up", action="store_true", default=False,
-        help="sky: leave clusters and services running at the end; a later run with the same "
-        "--sky-prefix reuses them. Remove them with --lbbench-cleanup")
-    add("--lbbench-cleanup", dest="lbbench_cleanup", action="store_true", default=False,
-        help="remove everything the ledgers in --output-dir list as still running (local "
-        "processes, sky clusters and services), then exit")
-    add("--endpoint", dest="lbbench_endpoints", action="append", default=[], metavar="SYSTEM[@REGION]=URL",
-        help="use an existing endpoint for SYSTEM instead of provisioning it; with @REGION only for "
-        "that client region (repeatable)")
-    add("--service-names", dest="service_names", nargs="+", default=None, metavar="NAME",
-        help="existing SkyServe services, one per selected SkyPilot system in --systems order "
-        "(as the original gen_cmd); their endpoints are used, nothing is provisioned")
-    add("--gke-contexts", dest="gke_contexts", default=None, metavar="CTX1,CTX2",
-        help="run gke_gateway on real GKE: kube contexts of the clusters (the first holds the "
-        "Gateway); needs pip install 'pytest-lbbench[gke]'. Scaled to zero at the end")
-    add("--gke-endpoint", dest="gke_endpoint", default=None, metavar="HOST:PORT",
-        help="use an existing GKE gateway for gke_gateway, without touching it")
-    add("--sky-cloud", dest="sky_cloud", default=DEFAULT_CLOUD, metavar="CLOUD",
-        help=f"sky: cloud of every VM. Default: {DEFAULT_CLOUD}")
-    add("--sky-accelerator", dest="sky_accelerator", default=DEFAULT_ACCELERATOR, metavar="NAME:N",
-        help=f"sky: GPUs per replica. Default: {DEFAULT_ACCELERATOR}")
-    add("--sky-model", dest="sky_model", default=DEFAULT_MODEL, metavar="HF_ID",
-        help=f"sky: model the SGLang replicas serve. Default: {DEFAULT_MODEL}")
-    add("--sky-sglang-version", dest="sky_sglang_version", default=DEFAULT_SGLANG_VERSION, metavar="VERSION",
-        help=f"sky: SGLang version on the replicas. Default: {DEFAULT_SGLANG_VERSION}")
-    add("--sky-prefix", dest="sky_prefix", default="lbb", metavar="PREFIX",
-        help="sky: prefix of every cluster and service name (lowercase, <= 12 chars). Default: lbb")
-    add("--sky-parallel", dest="sky_parallel", type=int, default=DEFAULT_MAX_PARALLEL, metavar="N",
-        help="sky: SkyPilot requests in flight at once (a local API server runs 4 long requests "
-        f"at a time). Default: {DEFAULT_MAX_PARALLEL}")
-    add("--sky-launch-timeout", dest="sky_launch_timeout", type=float, default=3600.0, metavar="SECONDS",
-        help="sky: deadline for all launches to finish. Default: 3600")
-    add("--sky-ready-timeout", dest="sky_ready_timeout", type=float, default=3600.0, metavar="SECONDS",
-        help="sky: deadline for every replica to be READY. Default: 3600")
-    add("--sky-teardown-timeout", dest="sky_teardown_timeout", type=float, default=1800.0, metavar="SECONDS",
-        help="sky: deadline for the teardown. Default: 1800")
-    add("--sky-preflight-timeout", dest="sky_preflight_timeout", type=float, default=10.0, metavar="SECONDS",
-        help="sky: bound on the start-up checks (API server health). Default: 10")
 
 
 @dataclass(frozen=True)
@@ -162,7 +107,7 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
     """
     o = _cloud_options(pytest_config)
     cfg = lbbench_config
-    backend = o["backend"]  # a registered name (options.build_config checked it)
+    backend = o["backend"]  # a registered name (runconfig.build_config checked it)
     if o["keep_up"] and backend != "sky":
         _fail("--keep-up keeps cloud clusters running between runs and only applies to --backend sky; "
               "the local backend always stops its processes. Drop --keep-up or add --backend sky.")
@@ -186,7 +131,7 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
     service_names: dict[str, str] = {}
     if o["service_names"]:
         targets = [s for s in _sky_systems(cfg) if s not in endpoints]
-        names = list(o["service_names"])
+        names = [n.strip() for value in o["service_names"] for n in value.split(",") if n.strip()]
         if len(names) != len(targets):
             _fail(f"--service-names: got {len(names)} name(s) ({' '.join(names)}) for {len(targets)} "
                   f"SkyPilot system(s) ({' '.join(targets)}). Give exactly one service per system, in "

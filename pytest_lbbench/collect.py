@@ -8,17 +8,49 @@ into the test reports it sends to the controller; so this works the same with an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_lbbench.benchstore import save_run
-from pytest_lbbench.report.build import ReportFiles, build_report
 from pytest_lbbench.fixtures import PROPERTY_KEY
-from pytest_lbbench.options import get_config
-from pytest_lbbench.report.table import fault_lines, summary_lines
+
+if TYPE_CHECKING:
+    from pytest_lbbench.report.build import ReportFiles
+
+# The report and the stored-run code are imported when a run has results to report, not when
+# the plugin loads (a test run without lbbench tests never needs them).
 
 NOTE_KEY = "lbbench_note"  # (title, [lines]) from benchmarks that are not system × workload
+
+
+def flat_properties(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """An experiment summary as flat scalar properties for JUnit XML and other reporters:
+    ``lbbench.<metric>`` for every number of the overall summary (TTFT percentiles, throughput,
+    cache hit, failures) and the experiment's identity and request counts."""
+    flat: list[tuple[str, Any]] = [
+        (f"{PROPERTY_KEY}.{key}", summary[key])
+        for key in ("system", "workload", "exp_name", "sent", "recorded", "client_bound", "host_bound")
+        if key in summary
+    ]
+    for key, value in (summary.get("overall") or {}).items():
+        if isinstance(value, (int, float, str, bool)) or value is None:
+            flat.append((f"{PROPERTY_KEY}.{key}", value))
+    return flat
+
+
+def flatten_user_properties(report: pytest.TestReport) -> None:
+    """Replace the structured lbbench entries of ``report.user_properties`` (the summary dict,
+    a benchmark's note) by flat scalars, in place. Under xdist each report has its own list;
+    without it the phases share the item's list, which is then flattened once."""
+    flat: list[tuple[str, Any]] = []
+    for name, value in report.user_properties:
+        if name == PROPERTY_KEY and isinstance(value, dict):
+            flat.extend(flat_properties(value))
+        elif name == NOTE_KEY and isinstance(value, (list, tuple)) and len(value) == 2:
+            flat.append((f"{NOTE_KEY}.{value[0]}", "\n".join(str(line) for line in value[1])))
+        else:
+            flat.append((name, value))
+    report.user_properties[:] = flat
 
 
 class LbbenchCollector:
@@ -33,20 +65,20 @@ class LbbenchCollector:
         self.lost: list[tuple[str, str]] = []  # (test id, why) of experiments with no result
         self.crashed_workers: list[str] = []
 
-    @pytest.hookimpl
+    @pytest.hookimpl(tryfirst=True)  # before JUnit XML writes the properties
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         text = str(report.longrepr) if report.failed else ""
         if "crashed while running" in text:
             # xdist's report for the test a worker was running when it died (when == "???").
             self.lost.append((report.nodeid, text.strip().splitlines()[0]))
             return
-        if report.when != "call":
-            return
-        for name, value in report.user_properties:
-            if name == PROPERTY_KEY and isinstance(value, dict):
-                self.experiments.append(value)
-            elif name == NOTE_KEY and isinstance(value, (list, tuple)) and len(value) == 2:
-                self.notes.append((str(value[0]), [str(line) for line in value[1]]))
+        if report.when == "call":
+            for name, value in report.user_properties:
+                if name == PROPERTY_KEY and isinstance(value, dict):
+                    self.experiments.append(value)
+                elif name == NOTE_KEY and isinstance(value, (list, tuple)) and len(value) == 2:
+                    self.notes.append((str(value[0]), [str(line) for line in value[1]]))
+        flatten_user_properties(report)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -56,10 +88,14 @@ class LbbenchCollector:
 
     @pytest.hookimpl
     def pytest_sessionfinish(self) -> None:
-        cfg = get_config(self.config)
         self.saved = None
         if not self.experiments:
             return
+        from pytest_lbbench.benchstore import save_run
+        from pytest_lbbench.report.build import build_report
+        from pytest_lbbench.runconfig import get_config
+
+        cfg = get_config(self.config)
         # Data first (summary files), then pictures; a failing plot is a warning, never a loss.
         self.report = build_report(
             cfg.output_dir, self.experiments,
@@ -74,6 +110,9 @@ class LbbenchCollector:
         if not self.experiments and not self.notes and not self.lost:
             return
         if self.experiments:
+            from pytest_lbbench.report.table import fault_lines, summary_lines
+            from pytest_lbbench.runconfig import get_config
+
             tr.write_sep("=", "lbbench results (TTFT in ms, E2E in s)")
             for line in summary_lines(self.experiments):
                 tr.write_line(line)

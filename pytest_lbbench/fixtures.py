@@ -2,7 +2,10 @@
 
 | fixture | scope | what it gives |
 |---|---|---|
-| ``lbbench_config`` | session | the run's validated :class:`~pytest_lbbench.options.LbbenchConfig` |
+| ``lbbench_system`` | session | a system's name: the test runs once per ``--systems`` entry |
+| ``lbbench_workload`` | function | a workload's name: the test runs once per ``--workloads`` entry |
+| ``lbbench_config`` | session | the run's validated :class:`~pytest_lbbench.runconfig.LbbenchConfig` |
+| ``lbbench_ledger`` | session | the ledger of every process started (for ``--lbbench-cleanup``) |
 | ``lbbench_deployment`` | session, per system | a started system; stopped at the end, always |
 | ``lbbench_run`` | function | ``run(deployment, workload) -> ExperimentResult`` |
 """
@@ -11,21 +14,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import pytest
 
-from pytest_lbbench import cloud_plugin
-from pytest_lbbench.backends.base import Deployment
-from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
-from pytest_lbbench.backends.local import telemetry_recorder
-from pytest_lbbench.backends.registry import BackendContext, BackendUnavailable
-from pytest_lbbench.faults import FaultDriller, FaultError, FaultSpec, check_targets, classify_failures
-from pytest_lbbench.gate import check
-from pytest_lbbench.hostlag import judge as judge_host_lag
-from pytest_lbbench.options import LbbenchConfig, get_config
-from pytest_lbbench.report.faults import fault_timeline, recovery
-from pytest_lbbench.report.results import ExperimentResult
+if TYPE_CHECKING:
+    from pytest_lbbench.backends.base import Deployment
+    from pytest_lbbench.backends.ledger import ProcessLedger
+    from pytest_lbbench.backends.registry import BackendContext
+    from pytest_lbbench.faults import FaultSpec
+    from pytest_lbbench.report.results import ExperimentResult
+    from pytest_lbbench.runconfig import LbbenchConfig
+
+# The backends, the client and the report are imported inside the fixtures, when a test uses
+# them: this module is loaded with the plugin by every pytest run, lbbench tests or not.
 
 PROPERTY_KEY = "lbbench"
 PROGRESS_INTERVAL_S = 5.0
@@ -37,18 +39,41 @@ class RunExperiment(Protocol):
 
 
 def _context(config: pytest.Config, cfg: LbbenchConfig, ledger: ProcessLedger) -> BackendContext:
+    from pytest_lbbench import cloud_plugin
+    from pytest_lbbench.backends.registry import BackendContext
+
     return BackendContext(cfg, ledger, progress=cloud_plugin.progress_writer(config))
 
 
 @pytest.fixture(scope="session")
+def lbbench_system(request: pytest.FixtureRequest) -> str:
+    """The name of the system under test. A test that uses it (or ``lbbench_deployment``) runs
+    once per selected system (``--systems``, default: all), with the system's name in its id."""
+    return str(request.param)
+
+
+@pytest.fixture
+def lbbench_workload(request: pytest.FixtureRequest) -> str:
+    """The name of the workload to drive. A test that uses it runs once per selected workload
+    (``--workloads``, default: arena_syn), with the workload's name in its id."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
 def lbbench_config(pytestconfig: pytest.Config) -> LbbenchConfig:
-    """The validated configuration of this run (options → one frozen object)."""
+    """The validated configuration of this run (command line and ini options → one frozen
+    :class:`~pytest_lbbench.runconfig.LbbenchConfig`): systems, workloads, regions, knobs."""
+    from pytest_lbbench.runconfig import get_config
+
     return get_config(pytestconfig)
 
 
 @pytest.fixture(scope="session")
 def lbbench_ledger(lbbench_config: LbbenchConfig) -> ProcessLedger:
-    """The ledger every started process is written to (``<output-dir>/.lbbench/``)."""
+    """The ledger every started process is written to (``<output-dir>/.lbbench/``), which
+    ``--lbbench-cleanup`` reads after a crash."""
+    from pytest_lbbench.backends.ledger import ProcessLedger, ledger_path
+
     return ProcessLedger(ledger_path(lbbench_config.output_dir))
 
 
@@ -64,6 +89,9 @@ def lbbench_deployment(
     :func:`pytest_lbbench.cloud_plugin.deployment_for`). A backend that cannot run the system
     skips its tests with the reason.
     """
+    from pytest_lbbench import cloud_plugin
+    from pytest_lbbench.backends.registry import BackendUnavailable
+
     ctx = _context(request.config, lbbench_config, lbbench_ledger)
     try:
         deployment = cloud_plugin.deployment_for(ctx, lbbench_config.system(lbbench_system))
@@ -86,6 +114,14 @@ def lbbench_run(
     telemetry in ``<output-dir>/queue_size/<exp>_<system>.txt``; the summary
     goes to the test's ``user_properties`` so the controller can report it, under xdist too.
     """
+    from pytest_lbbench import cloud_plugin
+    from pytest_lbbench.backends.local import telemetry_recorder
+    from pytest_lbbench.faults import FaultDriller, classify_failures
+    from pytest_lbbench.gate import check
+    from pytest_lbbench.hostlag import judge as judge_host_lag
+    from pytest_lbbench.report.faults import fault_timeline, recovery
+    from pytest_lbbench.report.results import ExperimentResult
+
     cfg = lbbench_config
 
     def run(deployment: Deployment, workload: str) -> ExperimentResult:
@@ -164,6 +200,8 @@ def lbbench_run(
 
 def _drill_target(deployment: Deployment, system: str, faults: tuple[FaultSpec, ...]) -> Any:
     """The deployment, checked to run this run's drill (the test fails with the reason)."""
+    from pytest_lbbench.faults import FaultError, check_targets
+
     needed = ("apply_fault", "fault_targets", "entry_components", "partition_cuts_clients")
     if not all(callable(getattr(deployment, name, None)) for name in needed):
         pytest.fail(f"--fault: the {type(deployment).__name__} of {system} cannot run fault drills "

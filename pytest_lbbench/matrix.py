@@ -4,36 +4,57 @@ Any test that uses ``lbbench_system`` (directly or through ``lbbench_deployment`
 per selected system, and any test that uses ``lbbench_workload`` once per selected workload.
 Ids read ``<system>-<workload>`` so ``-k push_push`` selects as users expect. The system
 parameter is session-scoped, so pytest runs one system's tests together and provisions each
-system once per process; every system's parameter carries ``xdist_group(<system>)`` so that
-``-n N --dist loadgroup`` keeps a system on one worker.
+system once per process; every system's parameter carries ``xdist_group(<system>)``, and a plain ``-n N`` schedules by
+those groups (see :mod:`pytest_lbbench.xdist_schedule`), so a system stays
+on one worker. ``lbbench_system`` and ``lbbench_workload`` are fixtures (indirect parameters), so
+``pytest --fixtures`` lists them with their docstrings.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from pytest_lbbench.options import get_config
+SELFCHECK_MARK = "lbbench_selfcheck"
+#: The fixtures that make a test an lbbench test (the matrix's and the run's).
+LBBENCH_FIXTURES = frozenset({"lbbench_system", "lbbench_workload", "lbbench_deployment",
+                              "lbbench_run", "lbbench_config", "lbbench_ledger"})
+_CONFIG_ERROR = pytest.StashKey[pytest.UsageError]()
+
+
+def is_lbbench_item(item: pytest.Item) -> bool:
+    """Whether ``item`` is an lbbench test: it uses an lbbench fixture or is a selfcheck."""
+    names = getattr(item, "fixturenames", ())
+    return bool(LBBENCH_FIXTURES.intersection(names)) or item.get_closest_marker(SELFCHECK_MARK) is not None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    config = get_config(metafunc.config)
-    if "lbbench_system" in metafunc.fixturenames:
+    wants = {"lbbench_system", "lbbench_workload"}.intersection(metafunc.fixturenames)
+    if not wants:
+        return  # not an lbbench test: build nothing
+    from pytest_lbbench.runconfig import get_config
+
+    try:
+        config = get_config(metafunc.config)
+    except pytest.UsageError as exc:
+        # Raised here it would be a collection error with a traceback; raised from
+        # pytest_collection_modifyitems it is a plain usage error (exit code 4).
+        metafunc.config.stash[_CONFIG_ERROR] = exc
+        return
+    if "lbbench_system" in wants:
         metafunc.parametrize(
             "lbbench_system",
             [
                 pytest.param(name, id=name, marks=pytest.mark.xdist_group(name=name))
                 for name in config.systems
             ],
-            scope="session",
+            scope="session", indirect=True,
         )
-    if "lbbench_workload" in metafunc.fixturenames:
+    if "lbbench_workload" in wants:
         metafunc.parametrize(
             "lbbench_workload",
             [pytest.param(name, id=name) for name in config.workloads],
+            indirect=True,
         )
-
-
-SELFCHECK_MARK = "lbbench_selfcheck"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -42,6 +63,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     They load both cores (300 simulated users), so running them next to a system under test,
     for example in another xdist worker, would distort that system's numbers.
     """
+    if _CONFIG_ERROR in config.stash:
+        raise config.stash[_CONFIG_ERROR]
     if config.getoption("lbbench_selfcheck"):
         return
     kept = [item for item in items if item.get_closest_marker(SELFCHECK_MARK) is None]

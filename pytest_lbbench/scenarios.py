@@ -9,7 +9,7 @@ quantity that decides how loaded the engines are, stays close to the paper's (ea
 docstring line says what it becomes at its default scale). Engine timing, KV capacity and WAN
 delays are never scaled: those are what make the systems differ.
 
-No pytest import here; :mod:`pytest_lbbench.options` applies a preset to the run's options.
+No pytest import here; :mod:`pytest_lbbench.runconfig` applies a preset to the run's options.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ class BalancerKind(str, Enum):
     SGLANG_ROUTER = "sglang_router"  # the real Rust router from the sglang-router package
     SKY_LB = "sky_lb"  # our reimplementation of the SkyServe multi-region LB
     GATEWAY = "gateway"  # nearest-region L7 with capacity spillover, as the GKE Gateway
+    CUSTOM = "custom"  # a user's balancer from a command template (pytest_lbbench.custom)
 
 
 class Placement(str, Enum):
@@ -42,6 +43,8 @@ class SystemSpec:
     policy: str | None = None
     meta_policy: str | None = None
     balancer_args: tuple[str, ...] = field(default_factory=tuple)
+    #: CUSTOM: the command template (see :mod:`pytest_lbbench.custom`).
+    command: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

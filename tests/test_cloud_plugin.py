@@ -19,7 +19,7 @@ from pytest_lbbench.backends.local import LocalClientLauncher, LocalDeployment
 from pytest_lbbench.backends.registry import BackendContext
 from pytest_lbbench.backends.sky.endpoints import EndpointDeployment, parse_endpoint
 from pytest_lbbench.backends.sky.provision import CloudLedger, cloud_ledger_path
-from pytest_lbbench.options import LbbenchConfig, get_config
+from pytest_lbbench.runconfig import LbbenchConfig, get_config
 from pytest_lbbench.systems import SYSTEMS
 
 DEFAULTS: dict[str, Any] = {
@@ -44,8 +44,8 @@ class StubConfig:
 
 @pytest.fixture
 def lbbench_cfg(pytester: pytest.Pytester) -> LbbenchConfig:
-    config = pytester.parseconfigure("--regions", "us-east-2", "ap-northeast-1",
-                                     "--systems", "sgl", "sky_push_pull", "gke_gateway")
+    config = pytester.parseconfigure("--regions", "us-east-2,ap-northeast-1",
+                                     "--systems", "sgl,sky_push_pull,gke_gateway")
     return get_config(config)
 
 
@@ -176,7 +176,7 @@ def _no_credentials(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
 def test_cli_plan_without_credentials(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     _no_credentials(monkeypatch, pytester.path / "home")
     pytester.makepyfile(test_x="def test_x():\n    raise AssertionError('must not run')\n")
-    result = pytester.runpytest("--backend", "sky", "--regions", "us-east-2", "ap-northeast-1",
+    result = pytester.runpytest("--backend", "sky", "--regions", "us-east-2,ap-northeast-1",
                                 "--lbbench-plan", "--output-dir", str(pytester.path / "out"))
     assert result.ret == 0
     result.stdout.fnmatch_lines(["*pytest-lbbench plan*", "*[sky_push_pull]*", "*g6.4xlarge (L4:1)*",

@@ -65,12 +65,21 @@ def pytest_lbbench_systems(config):
 def test_a_conftest_adds_a_system_through_the_hook(bench: pytest.Pytester) -> None:
     bench.makeconftest("NAME = 'sky_push_push_ll'\n" + HOOK_CONFTEST)
     out = bench.path / "results"
+    junit = bench.path / "junit.xml"
     result = bench.runpytest("-k", "push_push_ll", "--regions", "us-east-2", "--output-dir", str(out),
-                             *FAST)
+                             f"--junitxml={junit}", *FAST)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["sky_push_push_ll*all*"])
     data = json.loads((out / "metric" / "arena_syn_sky_push_push_ll" / "us-east-2.json").read_text())
     assert data["deployment"]["system"]["policy"] == "least_load"
+    # JUnit XML gets flat scalars (for CI dashboards), not a repr of the summary and its samples.
+    import xml.etree.ElementTree as ET
+
+    props = {p.get("name"): p.get("value") for p in ET.parse(junit).iter("property")}
+    assert props["lbbench.system"] == "sky_push_push_ll" and props["lbbench.workload"] == "arena_syn"
+    assert float(props["lbbench.ttft_p90_s"]) > 0 and float(props["lbbench.throughput_tpt_per_s"]) > 0
+    assert "lbbench.cache_hit_rate" in props and int(props["lbbench.recorded"]) > 0
+    assert all(len(v or "") < 200 and not (v or "").startswith(("{", "[")) for v in props.values()), props
 
 
 def test_the_hook_refuses_a_taken_name(bench: pytest.Pytester) -> None:
@@ -98,7 +107,7 @@ def test_selfcheck_benchmarks_run_only_when_asked(bench: pytest.Pytester) -> Non
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (("--regions", "us-east-2", "mars-1"),
+        (("--regions", "us-east-2,mars-1"),
          "*--regions: unknown region 'mars-1'. Valid regions: us-east-2, ap-northeast-1, eu-central-1.*"),
         (("--systems", "sky_nope"), "*unknown system 'sky_nope'. Valid systems: sgl, sky_sgl_enhanced, *"),
         (("--workloads", "sharegpt"), "*unknown workload 'sharegpt'. Valid workloads: arena, arena_1m, arena_syn, mixed_tree, tot*"),
@@ -119,8 +128,8 @@ def test_bad_input_exits_4_with_what_is_valid(bench: pytest.Pytester, args: tupl
 def test_both_systems_in_parallel_workers(bench: pytest.Pytester) -> None:
     out = bench.path / "results"
     result = bench.runpytest_subprocess(
-        "-n", "2", "--dist", "loadgroup", "--systems", "sgl", "sky_push_push",
-        "--regions", "us-east-2", "ap-northeast-1", "--output-dir", str(out), *FAST, timeout=300,
+        "-n", "2", "--dist", "loadgroup", "--systems", "sgl,sky_push_push",
+        "--regions", "us-east-2,ap-northeast-1", "--output-dir", str(out), *FAST, timeout=300,
     )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
@@ -233,7 +242,7 @@ def test_a_killed_worker_loses_only_its_experiment(pytester: pytest.Pytester) ->
     pytester.makepyfile(test_bench=CRASHING_BENCH)
     out = pytester.path / "results"
     result = pytester.runpytest_subprocess(
-        "-n", "2", "--dist", "loadgroup", "--systems", "sgl", "sky_push_push",
+        "-n", "2", "--dist", "loadgroup", "--systems", "sgl,sky_push_push",
         "--regions", "us-east-2", "--output-dir", str(out), *FAST, timeout=300,
     )
     # xdist replaces the dead worker and runs the test again; the crashed attempt stays failed.

@@ -20,7 +20,7 @@ import pytest_lbbench
 from pytest_lbbench.backends.base import ExperimentSpec
 from pytest_lbbench.client.job import ClientJob, job_from_args
 from pytest_lbbench.client.planning import parse_args, parse_region_args
-from pytest_lbbench.options import build_config
+from pytest_lbbench.runconfig import build_config
 from pytest_lbbench.runspec import RunKnobs, knob_fields
 
 KNOBS = [f.name for f, _ in knob_fields()]
@@ -129,7 +129,7 @@ def test_no_knob_default_is_stated_twice() -> None:
 def test_run_knobs_is_the_only_dataclass_of_the_knobs() -> None:
     # The typed path: the experiment and the client settings hold a RunKnobs, not copies.
     from pytest_lbbench.client.runner import ClientSettings
-    from pytest_lbbench.options import LbbenchConfig
+    from pytest_lbbench.runconfig import LbbenchConfig
 
     for holder in (ExperimentSpec, ClientSettings, LbbenchConfig, ClientJob):
         fields = {f.name: f for f in dataclasses.fields(holder)}

@@ -5,7 +5,8 @@ For one system it starts:
 * one simulated replica process per replica (``python -m pytest_lbbench.sim``), placed
   round-robin over the replica regions;
 * its balancers: one Sky LB per replica region (``python -m pytest_lbbench.lb``), one global
-  Sky LB, or the real ``sglang-router`` binary, as the system's catalog entry says;
+  Sky LB, the real ``sglang-router`` binary, or a user's command (``--custom-system``, one
+  instance or one per replica region), as the system's catalog entry says;
 * one delay-link process (``python -m pytest_lbbench.netem``) holding a link for every
   connection that crosses a region boundary — client → entry point, LB → replica, LB → LB,
   router → replica — each paying the one-way delay of the RTT matrix in both directions
@@ -20,10 +21,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -44,6 +48,7 @@ from pytest_lbbench.procutil import (
     stop_all,
 )
 from pytest_lbbench.control import CONTROL_TOKEN_ENV, control_headers, new_control_token
+from pytest_lbbench.custom import render_command
 from pytest_lbbench.protocol import FAULT_PATH, MEMBERSHIP_PATH, RESET_PATH, GatewayMembership, LbMembership
 from pytest_lbbench.regions import RttMatrix, place_round_robin
 from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
@@ -69,6 +74,9 @@ class LocalSettings:
     ledger: ProcessLedger | None = None
     #: The backend name written into results (a hook backend built on this one gives its own).
     backend_name: str = "local"
+    #: ``--replica-url``: (region, URL) of running OpenAI-compatible servers to use as the
+    #: replicas instead of simulated ones (``replicas`` and ``replica_regions`` then follow them).
+    replica_urls: tuple[tuple[str, str], ...] = ()
     #: The run's control-plane secret: handed to our processes in their environment and sent
     #: with every control request; never in argv, a log or a result file (repr=False).
     control_token: str = field(default_factory=new_control_token, repr=False)
@@ -76,15 +84,18 @@ class LocalSettings:
 
 @dataclass(frozen=True)
 class Component:
-    """A started server: its name, region and the port it listens on (127.0.0.1)."""
+    """A server of the system: its name, region and address (ours listen on 127.0.0.1;
+    ``--replica-url`` replicas are wherever the user runs them)."""
 
     name: str
     region: str
     port: int
+    host: str = "127.0.0.1"
+    external: bool = False  # not started by us: no crash drill, no reset endpoint
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 def _http_json(method: str, url: str, body: Any | None = None, timeout_s: float = 5.0,
@@ -140,6 +151,7 @@ class LocalDeployment(Deployment):
         self.lbs: list[Component] = []
         self.gateways: list[Component] = []
         self.router: Component | None = None
+        self.customs: list[Component] = []  # --custom-system instances
         self._links: dict[str, dict[str, Any]] = {}  # name → spec (+ "port" once started)
         self._entry_for: dict[str, Component] = {}  # client region → entry component
         self._netem_control: str | None = None  # the delay links' control URL (stats, reset)
@@ -164,6 +176,11 @@ class LocalDeployment(Deployment):
                 self._choose_entries(self.gateways)
                 self._start_links()
                 self._send_gateway_membership()
+            elif self.system.kind is BalancerKind.CUSTOM:
+                self._plan_customs()
+                self._choose_entries(self.customs)
+                self._start_links()  # first: the command names its links' URLs
+                self._start_customs()
             else:
                 router_port = free_port()
                 self.router = Component("sglang-router", self.system.entry_region, router_port)
@@ -199,18 +216,38 @@ class LocalDeployment(Deployment):
         gives every experiment the same starting state.
         """
         done: list[str] = []
+        isolated = True
         for component in [*self.lbs, *self.gateways, *self.replicas]:
+            if component.external:
+                flushed = self._flush_external(component)
+                isolated = isolated and flushed is not None
+                done.append(f"{component.name} ({flushed or 'not reset: no cache-flush endpoint'})")
+                continue
             self._post_reset(component)
             done.append(component.name)
         if self.router is not None:
             self._restart_router()
             done.append(f"{self.router.name} (restarted)")
+        if self.customs:
+            # A user's balancer has no reset endpoint: a fresh process is a fresh state.
+            self._restart_customs()
+            done.extend(f"{c.name} (restarted)" for c in self.customs)
         if self._netem_control is not None:
             status, reply = self._control("POST", f"{self._netem_control}/reset", {})
             if status != 200:
                 raise RuntimeError(f"delay links refused to reset their counters (HTTP {status}): {reply}")
             done.append("netem")
-        return {"isolated": True, "components": done}
+        return {"isolated": isolated, "components": done}
+
+    def _flush_external(self, replica: Component) -> str | None:
+        """Empty a running engine's prefix cache: SGLang's (and our simulator's) ``POST
+        /flush_cache``, else vLLM's ``POST /reset_prefix_cache``; None when neither answers 200.
+        Its counters and its queue are its own: an external replica is never fully fresh."""
+        for path in ("/flush_cache", "/reset_prefix_cache"):
+            status, _ = _http_json("POST", f"{replica.url}{path}", timeout_s=10.0)
+            if status == 200:
+                return f"POST {path}"
+        return None
 
     def _post_reset(self, component: Component, timeout_s: float = 30.0) -> None:
         def check() -> str | None:
@@ -224,18 +261,24 @@ class LocalDeployment(Deployment):
         wait_until(check, timeout_s, f"reset of {component.name}", interval_s=0.2)
 
     def _restart_router(self) -> None:
-        with self._lock:
-            old = [p for p in self._procs if p.name == "sglang-router"]
-            self._procs = [p for p in self._procs if p.name != "sglang-router"]
-        for proc in old:
-            proc.stop()
-            if self.settings.ledger is not None:
-                self.settings.ledger.stopped(proc.name, proc.pid)
+        self._stop_named({"sglang-router"})
         self._start_router()
+
+    def _stop_named(self, names: set[str]) -> None:
+        """Stop (and forget) our processes of these names: a balancer about to be started
+        again in a fresh state, since it has no reset endpoint."""
+        with self._lock:
+            old = [p for p in self._procs if p.name in names]
+            self._procs = [p for p in self._procs if p.name not in names]
+        stop_all(old)
+        if self.settings.ledger is not None:
+            for proc in old:
+                self.settings.ledger.stopped(proc.name, proc.pid)
 
     def host_lag(self) -> dict[str, dict[str, Any]]:
         """Every replica's, LB's, gateway's and the delay links' lag counters since the reset."""
-        components = [(c, "replica") for c in self.replicas]
+        # External replicas run on their own clocks (real engines keep no lag counters).
+        components = [(c, "replica") for c in self.replicas if not c.external]
         components += [(c, "sky_lb") for c in self.lbs] + [(c, "gateway") for c in self.gateways]
         out: dict[str, dict[str, Any]] = {c.name: read_component(kind, c.url) for c, kind in components}
         if self._netem_control is not None:
@@ -255,6 +298,7 @@ class LocalDeployment(Deployment):
         # a WAN delay would only skew its snapshot.
         targets = [{"name": c.name, "url": c.url, "kind": "sky_lb"} for c in self.lbs]
         targets += [{"name": c.name, "url": c.url, "kind": "gateway"} for c in self.gateways]
+        targets += [{"name": c.name, "url": c.url, "kind": "custom"} for c in self.customs]
         if self.router is not None:
             targets.append({"name": self.router.name, "url": self.router.url, "kind": "sglang_router"})
         targets += [{"name": c.name, "url": c.url, "kind": "replica"} for c in self.replicas]
@@ -264,11 +308,14 @@ class LocalDeployment(Deployment):
         versions: dict[str, str | None] = {"pytest_lbbench": __version__}
         if self.system.kind is BalancerKind.SGLANG_ROUTER:
             versions["sglang_router"] = package_version("sglang-router")
+        if self.system.kind is BalancerKind.CUSTOM:
+            versions["custom_command"] = self.system.command
         return {
             "backend": self.settings.backend_name,
             "system": self.system.to_dict(),
-            "replicas": [{"name": c.name, "region": c.region} for c in self.replicas],
-            "balancers": [{"name": c.name, "region": c.region} for c in self.lbs + self.gateways]
+            "replicas": [{"name": c.name, "region": c.region, **({"url": c.url} if c.external else {})}
+                         for c in self.replicas],
+            "balancers": [{"name": c.name, "region": c.region} for c in self.lbs + self.gateways + self.customs]
             + ([{"name": self.router.name, "region": self.router.region}] if self.router else []),
             "entry_points": {region: c.name for region, c in self._entry_for.items()},
             "links_one_way_ms": {name: spec["one_way_ms"] for name, spec in self._links.items()},
@@ -304,6 +351,9 @@ class LocalDeployment(Deployment):
         return procs
 
     def _start_replicas(self) -> None:
+        if self.settings.replica_urls:
+            self._use_external_replicas()
+            return
         regions = place_round_robin(self.settings.replicas, self.settings.replica_regions)
         names = [f"replica-{i}-{region}" for i, region in enumerate(regions)]
         procs = self._launch_all([
@@ -322,6 +372,23 @@ class LocalDeployment(Deployment):
             Component(name, region, int(proc.info["port"]))
             for name, region, proc in zip(names, regions, procs)
         ]
+
+    def _use_external_replicas(self) -> None:
+        """``--replica-url``: running servers as the replicas, each checked to answer
+        ``GET /v1/models`` (the client discovers the model there too)."""
+        self.replicas = []
+        for i, (region, url) in enumerate(self.settings.replica_urls):
+            parsed = urllib.parse.urlsplit(url)
+            if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
+                raise ValueError(f"--replica-url {region}={url}: expected http://HOST:PORT")
+            comp = Component(f"replica-{i}-{region}", region, parsed.port, host=parsed.hostname, external=True)
+
+            def check(comp: Component = comp) -> str | None:
+                status, body = _http_json("GET", f"{comp.url}/v1/models", timeout_s=5.0)
+                return None if status == 200 else f"GET /v1/models answered {status}: {str(body)[:200]}"
+
+            wait_until(check, self.settings.startup_timeout_s, f"--replica-url {region}={url}")
+            self.replicas.append(comp)
 
     def _lb_regions(self) -> list[str]:
         if self.system.placement is Placement.GLOBAL:
@@ -366,7 +433,7 @@ class LocalDeployment(Deployment):
         # Model time: the delay process runs it at --time-scale (as the LBs and engines do).
         one_way = self.settings.rtt.one_way_ms(src_region, target.region)
         self._links[name] = {
-            "name": name, "target_host": "127.0.0.1", "target_port": target.port,
+            "name": name, "target_host": target.host, "target_port": target.port,
             "one_way_ms": round(one_way, 4), "src_region": src_region, "target": target.name,
             "target_region": target.region,
         }
@@ -377,12 +444,13 @@ class LocalDeployment(Deployment):
     def _start_links(self) -> None:
         for client, entry in self._entry_for.items():
             self._add_link(self._client_link_name(client), client, entry)
-        balancers = self.lbs + self.gateways + ([self.router] if self.router is not None else [])
+        balancers = self.lbs + self.gateways + self.customs + ([self.router] if self.router is not None else [])
+        peer_group = self.lbs or self.customs  # LBs that talk to each other
         for balancer in balancers:
             for replica in self._replicas_of(balancer):
                 self._add_link(f"{balancer.name}>{replica.name}", balancer.region, replica)
-            for peer in self.lbs:
-                if peer is not balancer:
+            for peer in peer_group:
+                if peer is not balancer and balancer in peer_group:
                     self._add_link(f"{balancer.name}>{peer.name}", balancer.region, peer)
         specs = [
             {k: spec[k] for k in ("name", "target_host", "target_port", "one_way_ms")}
@@ -493,6 +561,57 @@ class LocalDeployment(Deployment):
             return f"{healthy} of {workers} workers healthy"
         return None
 
+    def _plan_customs(self) -> None:
+        """The instances of a ``--custom-system``: one in the entry region (``@global``) or one
+        per replica region (``@regional``), each on a free port the command is told."""
+        regions = self._lb_regions()
+        regional = self.system.placement is Placement.REGIONAL
+        self.customs = [
+            Component(f"{self.system.name}-{region}" if regional else self.system.name, region, free_port())
+            for region in regions
+        ]
+
+    def _custom_argv(self, comp: Component) -> list[str]:
+        assert self.system.command is not None
+        peers = [self._link_url(f"{comp.name}>{p.name}") for p in self.customs if p is not comp]
+        argv = render_command(self.system.command, {
+            "host": "127.0.0.1", "port": str(comp.port), "region": comp.region, "name": comp.name,
+            "worker_urls": [self._link_url(f"{comp.name}>{r.name}") for r in self._replicas_of(comp)],
+            "peer_urls": peers,
+        })
+        if not argv or shutil.which(argv[0]) is None:
+            raise SpawnError(f"{self.system.name}: command not found: {argv[0] if argv else '(empty)'!r} "
+                             f"(from --custom-system {self.system.name}={self.system.command!r}); give a "
+                             "program on PATH or its path")
+        return argv
+
+    def _start_customs(self) -> None:
+        procs = [self._launch(comp.name, self._custom_argv(comp), wait_ready_line=False, control=False)
+                 for comp in self.customs]
+        for comp, proc in zip(self.customs, procs):
+            self._wait_custom(comp, proc)
+
+    def _wait_custom(self, comp: Component, proc: ManagedProcess) -> None:
+        """Until ``GET /v1/models`` answers 200; an exit or the start-up timeout stops the run
+        with the command, its exit code and the tail of its log."""
+        command = shlex.join(proc.argv)
+
+        def ready() -> str | None:
+            if not proc.alive():
+                raise SpawnError(f"{comp.name} exited with code {proc.popen.returncode} before it was ready.\n"
+                                 f"command: {command}\nlog ({proc.log_path}):\n{proc.log_tail()}")
+            status, body = _http_json("GET", f"{comp.url}/v1/models", timeout_s=2.0)
+            return None if status == 200 else f"GET /v1/models answered {status}: {str(body)[:200]}"
+
+        try:
+            wait_until(ready, self.settings.startup_timeout_s, comp.name)
+        except TimeoutError as exc:
+            raise SpawnError(f"{exc}\ncommand: {command}\nlog ({proc.log_path}):\n{proc.log_tail()}") from None
+
+    def _restart_customs(self) -> None:
+        self._stop_named({c.name for c in self.customs})
+        self._start_customs()
+
     def _wait_endpoints(self) -> None:
         for region in self.settings.client_regions:
             url = self.endpoint_for(region)
@@ -508,10 +627,10 @@ class LocalDeployment(Deployment):
 
     def fault_targets(self) -> dict[str, list[str]]:
         """What a drill may name: components to crash, regions to partition, replicas to slow."""
-        ours = [c.name for c in [*self.replicas, *self.lbs, *self.gateways]]
+        ours = [c.name for c in [*self.replicas, *self.lbs, *self.gateways, *self.customs] if not c.external]
         regions = sorted({c.region for c in [*self.replicas, *self.lbs, *self.gateways]}
                          | set(self.settings.client_regions))
-        return {"crash": ours, "partition": regions, "slow": [r.name for r in self.replicas]}
+        return {"crash": ours, "partition": regions, "slow": [r.name for r in self.replicas if not r.external]}
 
     def entry_components(self) -> dict[str, str]:
         return {client: comp.name for client, comp in self._entry_for.items()}
@@ -526,7 +645,7 @@ class LocalDeployment(Deployment):
         return [client for client in self._entry_for if self._client_link_name(client) in cut]
 
     def _component(self, name: str) -> Component:
-        for comp in [*self.replicas, *self.lbs, *self.gateways]:
+        for comp in [*self.replicas, *self.lbs, *self.gateways, *self.customs]:
             if comp.name == name:
                 return comp
         raise KeyError(f"{self.system.name} has no component {name!r}")
@@ -574,6 +693,9 @@ class LocalDeployment(Deployment):
         if argv is None:
             return {"restarted": name, "note": "was not down"}
         # The same port: every link and peer still points at it (SO_REUSEADDR lets us rebind).
+        if comp in self.customs:
+            self._wait_custom(comp, self._launch(name, argv, wait_ready_line=False, control=False))
+            return {"restarted": name}
         argv = [str(comp.port) if i > 0 and argv[i - 1] == "--port" else a for i, a in enumerate(argv)]
         proc = self._launch(name, argv)
         proc.wait_ready(self.settings.startup_timeout_s)
@@ -715,6 +837,7 @@ class LocalBackend:
             time_scale=cfg.time_scale,
             profile=cfg.engine_profile,
             engine_metrics=cfg.engine_metrics,
+            replica_urls=cfg.replica_urls,
             ledger=ctx.ledger,
             backend_name=self.name,
             control_token=self.control_token(),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from pytest_lbbench.backends.base import ClientLauncher, Deployment
     from pytest_lbbench.backends.ledger import ProcessLedger
-    from pytest_lbbench.options import LbbenchConfig
+    from pytest_lbbench.runconfig import LbbenchConfig
     from pytest_lbbench.systems import SystemSpec
 
 

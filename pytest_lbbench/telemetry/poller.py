@@ -3,7 +3,8 @@
 The line keeps the original ``queue_fetcher`` shape — ``{"time": <epoch>, "<lb url>": {<the
 /conf object>, "raw_queue_size": …}, …}`` — so the authors' plotting code reads it, and adds
 the replicas (``kind: "replica"``: queue, running, KV usage, cache hit rate from ``/metrics``),
-the sglang-router (``kind: "sglang_router"``: its ``/workers`` view) and gateways (``/conf``).
+the sglang-router (``kind: "sglang_router"``: its ``/workers`` view), gateways (``/conf``) and a
+user's balancer (``kind: "custom"``: every sample of its Prometheus ``/metrics``, if it has one).
 All targets are polled concurrently (the original polled one after another, so its
 "snapshot" was skewed across LBs), each with a timeout; a failed poll is recorded as
 ``{"error": …}`` for that target and never stops the poller. No pytest import here.
@@ -21,7 +22,9 @@ import aiohttp
 
 from pytest_lbbench.prometheus import parse_samples
 
-KINDS = ("sky_lb", "replica", "sglang_router", "gateway")
+KINDS = ("sky_lb", "replica", "sglang_router", "gateway", "custom")
+#: At most this many samples of a custom balancer's /metrics per tick (a line stays small).
+MAX_CUSTOM_SAMPLES = 200
 
 REPLICA_GAUGES = {
     "sglang:num_queue_reqs": "num_queue_reqs",
@@ -29,6 +32,12 @@ REPLICA_GAUGES = {
     "sglang:token_usage": "token_usage",
     "sglang:cache_hit_rate": "cache_hit_rate",
     "sglang:gen_throughput": "gen_throughput",
+    # vLLM's names for the same gauges (a --replica-url replica may be vLLM): v1 and v0.
+    "vllm:num_requests_waiting": "num_queue_reqs",
+    "vllm:num_requests_running": "num_running_reqs",
+    "vllm:kv_cache_usage_perc": "token_usage",
+    "vllm:gpu_cache_usage_perc": "token_usage",
+    "vllm:gpu_prefix_cache_hit_rate": "cache_hit_rate",
 }
 
 
@@ -54,6 +63,13 @@ async def _poll_one(session: aiohttp.ClientSession, target: Target, timeout_s: f
             data: dict[str, Any] = {
                 short: samples[full] for full, short in REPLICA_GAUGES.items() if full in samples
             }
+        elif target.kind == "custom":
+            async with session.get(f"{target.url}/metrics", timeout=timeout) as resp:
+                if resp.status == 200:
+                    samples = parse_samples(await resp.text())
+                    data = {"metrics": dict(list(samples.items())[:MAX_CUSTOM_SAMPLES])}
+                else:  # no /metrics: say so once per tick, cheaply
+                    data = {"metrics": None, "status": resp.status}
         elif target.kind == "sglang_router":
             async with session.get(f"{target.url}/workers", timeout=timeout) as resp:
                 data = {"workers": json.loads(await resp.text())}

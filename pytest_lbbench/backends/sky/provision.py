@@ -30,7 +30,7 @@ from pytest_lbbench.backends.ledger import append_jsonl, read_jsonl
 from pytest_lbbench.backends.sky.render import Component
 from pytest_lbbench.backends.sky.sdk import RequestFailed, RequestState, ServiceInfo, SkySdk
 
-DEFAULT_MAX_PARALLEL = 4
+from pytest_lbbench.backends.sky.defaults import DEFAULT_MAX_PARALLEL  # noqa: F401 - re-exported
 
 ProgressFn = Callable[[str], None]
 

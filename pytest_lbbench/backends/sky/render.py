@@ -37,10 +37,12 @@ from pytest_lbbench.protocol import CONTROL_TOKEN_ENV
 from pytest_lbbench.regions import place_round_robin
 from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
 
-DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-DEFAULT_CLOUD = "aws"
-DEFAULT_ACCELERATOR = "L4:1"
-DEFAULT_SGLANG_VERSION = "0.4.5"  # the original llm.yaml (§4.1)
+from pytest_lbbench.backends.sky.defaults import (  # noqa: F401 - re-exported for the backend's users
+    DEFAULT_ACCELERATOR,
+    DEFAULT_CLOUD,
+    DEFAULT_MODEL,
+    DEFAULT_SGLANG_VERSION,
+)
 # The router's behaviour is pinned by SGLANG_ROUTER_ORIGINAL_ARGS; its version follows the local
 # install (the local backend runs the same binary), falling back to this one.
 FALLBACK_ROUTER_VERSION = "0.3.6"
@@ -391,6 +393,10 @@ def render_system(system: SystemSpec, settings: SkySettings, replicas: int,
             f"system {system.name!r} is a GKE Multi-Cluster Gateway, which SkyPilot does not "
             f"provision; it {GKE_HINT}, or give its URL with --endpoint {system.name}=URL."
         )
+    if system.kind is BalancerKind.CUSTOM:
+        raise UnsupportedSystem(
+            f"system {system.name!r} is a --custom-system, which runs on the local backend only; "
+            f"on a cloud, start it yourself and give its URL with --endpoint {system.name}=URL.")
     regions = place_round_robin(replicas, list(replica_regions))
     per_region: dict[str, int] = {}
     for region in regions:
