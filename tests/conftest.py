@@ -6,6 +6,13 @@ import os
 
 import pytest
 
+# Figures are drawn by in-process pytester runs too. matplotlib's C extensions cannot be loaded
+# twice in one process, and pytester drops the modules an inner run imported, so the first run
+# that drew a figure broke every later one ("cannot load module more than once per process"),
+# depending on test order. Loaded here, in the outer process, they stay loaded.
+import matplotlib.figure  # noqa: F401
+from matplotlib.backends import backend_agg  # noqa: F401
+
 from control_support import TOKEN
 from pytest_lbbench.control import CONTROL_TOKEN_ENV
 

@@ -100,7 +100,7 @@ def test_a_global_custom_balancer_runs_through_a_real_benchmark(bench: pytest.Py
     system = f"rr={sys.executable} {rr_lb} --port {{port}} --workers {{worker_urls}}"
     common = ("--custom-system", system, "--systems", "rr", "--regions", "us-east-2", "--output-dir", str(out),
               "--lbbench-storage", str(bench.path / "store"), *FAST)
-    # A subprocess: figures cannot be drawn twice in one process (matplotlib's C extension).
+    # In a subprocess, as a user runs it.
     first = bench.runpytest_subprocess(*common, "--lbbench-save", "base", timeout=300)
     first.assert_outcomes(passed=1)
     first.stdout.fnmatch_lines(["*lbbench: backend=local systems=rr *", "rr *all*"])

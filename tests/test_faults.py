@@ -101,6 +101,11 @@ def test_timeline_and_recovery_by_hand() -> None:
     # Before: the 5-10 s bin (0-5 s is ramp-up); back within 20 % in the 25-30 s bin: 20 s later.
     assert rec == {"fault_s": 10.0, "baseline_tok_s": 100.0, "lowest_tok_s": 0, "recovered_after_s": 20.0}
     assert recovery(line, fault_s=26.0)["recovered_after_s"] == 0.0  # never dropped after it
+    # A fall that comes a bin after the fault counts (a partition's cut streams end later) ...
+    late = {**line, "throughput_tok_s": [100, 100, 95, 10, 100, 100]}
+    assert recovery(late, fault_s=10.0)["recovered_after_s"] == 15.0
+    # ... but not one after the fault ended and a bin passed: that is the bins' own noise.
+    assert recovery(late, fault_s=5.0, fault_end_s=7.0)["recovered_after_s"] == 0.0
     assert recovery(fault_timeline(records[:5], t0, 30.0), fault_s=10.0)["recovered_after_s"] is None
 
 

@@ -70,11 +70,14 @@ def fault_timeline(records: Iterable[Mapping[str, Any]], t0: float, traffic_s: f
 
 
 def recovery(timeline: Mapping[str, Any], fault_s: float,
-             tolerance: float = RECOVERY_TOLERANCE) -> dict[str, Any]:
+             tolerance: float = RECOVERY_TOLERANCE, fault_end_s: float | None = None) -> dict[str, Any]:
     """Throughput before a fault at ``fault_s`` (seconds from the start), the lowest bin after
-    it, and ``recovered_after_s``: from the fault to the end of the first bin at or after it
-    that is back within ``tolerance`` of before (0 when it never dropped below; None when it
-    did not recover before the traffic ended, or there was no throughput before the fault)."""
+    it, and ``recovered_after_s``: from the fault to the end of the first bin back within
+    ``tolerance`` of before after the throughput fell below it (0 when it never fell below;
+    None when it did not recover before the traffic ended, or there was no throughput before
+    the fault). Only a fall that starts while the fault lasts (until ``fault_end_s`` plus one
+    bin; to the end of traffic without an end) is the fault's: 5 s bins swing by tens of
+    percent on their own, and a swing long after a healed partition is not its doing."""
     bin_s = float(timeline["bin_s"])
     starts: Sequence[float] = timeline["t_s"]
     tput: Sequence[float] = timeline["throughput_tok_s"]
@@ -92,11 +95,13 @@ def recovery(timeline: Mapping[str, Any], fault_s: float,
         return out  # nothing to recover to
     out["lowest_tok_s"] = min(v for _, v in after)
     floor = (1 - tolerance) * baseline
-    dipped = False
-    for t, value in after:
-        if value < floor:
-            dipped = True
-            continue
-        out["recovered_after_s"] = round(t + bin_s - fault_s, 3) if dipped else 0.0
+    window_end = math.inf if fault_end_s is None else fault_end_s + bin_s
+    first_dip = next((i for i, (t, value) in enumerate(after) if value < floor and t < window_end), None)
+    if first_dip is None:
+        out["recovered_after_s"] = 0.0
         return out
+    for t, value in after[first_dip + 1:]:
+        if value >= floor:
+            out["recovered_after_s"] = round(t + bin_s - fault_s, 3)
+            return out
     return out
