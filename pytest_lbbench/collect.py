@@ -8,7 +8,7 @@ into the test reports it sends to the controller; so this works the same with an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
 
 import pytest
 
@@ -38,15 +38,25 @@ def flat_properties(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     return flat
 
 
+def _is_summary(value: object, name: str) -> TypeGuard[dict[str, Any]]:
+    """An experiment summary (``lbbench_run`` puts one per experiment)."""
+    return name == PROPERTY_KEY and isinstance(value, dict)
+
+
+def _is_note(value: object, name: str) -> TypeGuard[Sequence[Any]]:
+    """A benchmark's ``(title, [lines])`` note."""
+    return name == NOTE_KEY and isinstance(value, (list, tuple)) and len(value) == 2
+
+
 def flatten_user_properties(report: pytest.TestReport) -> None:
     """Replace the structured lbbench entries of ``report.user_properties`` (the summary dict,
     a benchmark's note) by flat scalars, in place. Under xdist each report has its own list;
     without it the phases share the item's list, which is then flattened once."""
     flat: list[tuple[str, Any]] = []
     for name, value in report.user_properties:
-        if name == PROPERTY_KEY and isinstance(value, dict):
+        if _is_summary(value, name):
             flat.extend(flat_properties(value))
-        elif name == NOTE_KEY and isinstance(value, (list, tuple)) and len(value) == 2:
+        elif _is_note(value, name):
             flat.append((f"{NOTE_KEY}.{value[0]}", "\n".join(str(line) for line in value[1])))
         else:
             flat.append((name, value))
@@ -74,9 +84,9 @@ class LbbenchCollector:
             return
         if report.when == "call":
             for name, value in report.user_properties:
-                if name == PROPERTY_KEY and isinstance(value, dict):
+                if _is_summary(value, name):
                     self.experiments.append(value)
-                elif name == NOTE_KEY and isinstance(value, (list, tuple)) and len(value) == 2:
+                elif _is_note(value, name):
                     self.notes.append((str(value[0]), [str(line) for line in value[1]]))
         flatten_user_properties(report)
 

@@ -126,15 +126,28 @@ class FaultEvent:
     spec: str = ""
 
 
+#: The event that ends each fault (a ``+D`` duration, the end of the experiment, a later spec).
+UNDO = {"crash": "restart", "partition": "heal", "slow": "unslow"}
+
+
 def expand(specs: Sequence[FaultSpec]) -> list[FaultEvent]:
     """The events of ``specs`` (a fault with a duration is two events), in time order."""
     events: list[FaultEvent] = []
-    undo = {"crash": "restart", "partition": "heal", "slow": "unslow"}
     for spec in specs:
         events.append(FaultEvent(spec.at_s, spec.action, spec.target, spec.factor, spec.text))
-        if spec.end_s is not None and spec.action in undo:
-            events.append(FaultEvent(spec.end_s, undo[spec.action], spec.target, None, spec.text))
+        if spec.end_s is not None and spec.action in UNDO:
+            events.append(FaultEvent(spec.end_s, UNDO[spec.action], spec.target, None, spec.text))
     return sorted(events, key=lambda e: e.at_s)
+
+
+def undone_at_s(log: Sequence[Mapping[str, Any]], event: Mapping[str, Any], t0: float) -> float | None:
+    """When the fault of drill-log ``event`` was undone (the next restart, heal or unslow of its
+    target, by its own ``+D`` or a separate spec), in seconds from ``t0``; None when it lasted
+    to the end."""
+    undo = UNDO[event["action"]]
+    ends = [e["at"] - t0 for e in log
+            if e["action"] == undo and e["target"] == event["target"] and e["at"] >= event["at"]]
+    return min(ends) if ends else None
 
 
 class FaultTarget(Protocol):
@@ -235,10 +248,9 @@ class FaultDriller:
 
     def finish(self) -> list[dict[str, Any]]:
         """Undo whatever is still in effect (restart, heal, unslow); returns the full log."""
-        undo = {"crash": "restart", "partition": "heal", "slow": "unslow"}
         self._pending.clear()
         for (_, target), entry in list(self._active.items()):
-            self._do(FaultEvent(time.time() - self.t0, undo[entry["action"]], target, None, entry["spec"]),
+            self._do(FaultEvent(time.time() - self.t0, UNDO[entry["action"]], target, None, entry["spec"]),
                      undo=True)
         return self.log
 

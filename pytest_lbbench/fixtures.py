@@ -116,7 +116,7 @@ def lbbench_run(
     """
     from pytest_lbbench import cloud_plugin
     from pytest_lbbench.backends.local import telemetry_recorder
-    from pytest_lbbench.faults import FaultDriller, classify_failures
+    from pytest_lbbench.faults import FaultDriller, classify_failures, undone_at_s
     from pytest_lbbench.gate import check
     from pytest_lbbench.hostlag import judge as judge_host_lag
     from pytest_lbbench.report.faults import fault_timeline, recovery
@@ -167,7 +167,7 @@ def lbbench_run(
                 "t0": drill.t0, "events": drill.log, "counts": counts, "timeline": timeline,
                 "recovery": [
                     {"spec": e["spec"], "action": e["action"], "target": e["target"],
-                     **recovery(timeline, e["at"] - drill.t0, fault_end_s=_fault_end_s(drill.log, e, drill.t0))}
+                     **recovery(timeline, e["at"] - drill.t0, fault_end_s=undone_at_s(drill.log, e, drill.t0))}
                     for e in drill.log if e["action"] in ("crash", "partition", "slow") and not e["undo_at_end"]
                 ],
                 "windows": [{"spec": w.spec, "start": w.start, "end": w.end,
@@ -196,16 +196,6 @@ def lbbench_run(
         return result
 
     return run
-
-
-def _fault_end_s(log: list[dict[str, Any]], event: dict[str, Any], t0: float) -> float | None:
-    """When the fault of ``event`` was undone (the next restart, heal or unslow of its target,
-    by its own ``+D`` or a separate spec), in seconds from the start of traffic; None when it
-    lasted to the end."""
-    undo = {"crash": "restart", "partition": "heal", "slow": "unslow"}[event["action"]]
-    ends = [e["at"] - t0 for e in log
-            if e["action"] == undo and e["target"] == event["target"] and e["at"] >= event["at"]]
-    return min(ends) if ends else None
 
 
 def _drill_target(deployment: Deployment, system: str, faults: tuple[FaultSpec, ...]) -> Any:

@@ -113,7 +113,7 @@ class _Declarer:
 _INI_APPLIED = pytest.StashKey[bool]()
 
 
-def _given_on_command_line(config: pytest.Config) -> set[str]:
+def given_flags(config: pytest.Config) -> set[str]:
     """Every ``--flag`` the command line, ``PYTEST_ADDOPTS`` or the ini's ``addopts`` gave."""
     words = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))]
     try:
@@ -130,7 +130,7 @@ def apply_ini(config: pytest.Config) -> None:
     if config.stash.get(_INI_APPLIED, False):
         return
     config.stash[_INI_APPLIED] = True
-    given = _given_on_command_line(config)
+    given = given_flags(config)
     for option in DECLARED.values():
         if option.flag in given:
             continue

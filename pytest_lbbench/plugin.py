@@ -32,7 +32,7 @@ from pytest_lbbench.matrix import (  # noqa: F401 - hooks
     pytest_collection_modifyitems,
     pytest_generate_tests,
 )
-from pytest_lbbench.options import CONFIG_KEY, DECLARED, apply_ini
+from pytest_lbbench.options import CONFIG_KEY, DECLARED, apply_ini, given_flags
 from pytest_lbbench.options import pytest_addoption  # noqa: F401 - hook
 
 
@@ -159,12 +159,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     spread one by one, as "load" does. An explicit ``--dist load`` (or any other mode) is
     left to xdist."""
     dist = config.getoption("dist", None)
-    explicit = any(str(a) == "--dist" or str(a).startswith("--dist=") for a in config.invocation_params.args)
-    if dist != "loadgroup" and (dist != "load" or explicit):
+    if dist != "loadgroup" and (dist != "load" or "--dist" in given_flags(config)):
         return None
+    from pytest_lbbench.custom import parse_custom_system
     from pytest_lbbench.systems import SYSTEMS
     from pytest_lbbench.xdist_schedule import system_scheduler
 
+    # A --custom-system was checked at start-up (an lbbench option builds the config then).
     added = [spec.name for extra in config.hook.pytest_lbbench_systems(config=config) for spec in extra or []]
-    added += [text.partition("=")[0].partition("@")[0].strip() for text in config.getoption("custom_system")]
+    added += [parse_custom_system(text).name for text in config.getoption("custom_system")]
     return system_scheduler(config, log, [*SYSTEMS, *added])

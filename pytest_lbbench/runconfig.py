@@ -20,7 +20,7 @@ import pytest
 
 from pytest_lbbench import cloud_plugin
 from pytest_lbbench.backends.base import ExperimentSpec
-from pytest_lbbench.backends.local import LocalBackend
+from pytest_lbbench.backends.local import LocalBackend, parse_replica_url
 from pytest_lbbench.backends.registry import BackendRegistry
 from pytest_lbbench.runspec import RunKnobs, knob_fields, knobs_from
 from pytest_lbbench.benchstore import BaselineNotFound, load_baseline
@@ -204,13 +204,21 @@ def _region_overrides(region_to_args: dict[str, str], workloads: list[str],
     return overrides
 
 
+def _is_replica_url(url: str) -> bool:
+    try:
+        parse_replica_url(url)
+    except ValueError:
+        return False
+    return True
+
+
 def _parse_replica_urls(values: list[str], valid_regions: list[str]) -> list[tuple[str, str]]:
     """``--replica-url REGION=URL`` values → (region, URL) in the order given."""
     out: list[tuple[str, str]] = []
     for value in values:
         region, sep, url = value.partition("=")
         region, url = region.strip(), url.strip().rstrip("/")
-        if not sep or not url.startswith("http://") or ":" not in url[len("http://"):]:
+        if not sep or not _is_replica_url(url):
             _fail(f"--replica-url {value!r}: expected REGION=http://HOST:PORT, e.g. "
                   "us-east-2=http://127.0.0.1:30000.")
         _check_names("region", "--replica-url", [region], valid_regions)

@@ -116,6 +116,24 @@ def _http_json(method: str, url: str, body: Any | None = None, timeout_s: float 
         return status, raw.decode(errors="replace")
 
 
+def models_answer(url: str, timeout_s: float = 5.0) -> str | None:
+    """None when ``GET url/v1/models`` answers 200 (an OpenAI-compatible server is up), else why not."""
+    status, body = _http_json("GET", f"{url}/v1/models", timeout_s=timeout_s)
+    return None if status == 200 else f"GET /v1/models answered {status}: {str(body)[:200]}"
+
+
+def parse_replica_url(url: str) -> tuple[str, int]:
+    """``http://HOST:PORT`` of a ``--replica-url`` → (host, port); ``ValueError`` otherwise."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host = port = None
+    if parsed.scheme != "http" or not host or not port:
+        raise ValueError(f"{url!r} is not http://HOST:PORT")
+    return host, port
+
+
 def wait_until(check: Callable[[], str | None], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
     """Poll ``check`` (``None`` = ready, else the reason it is not) until ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -378,16 +396,10 @@ class LocalDeployment(Deployment):
         ``GET /v1/models`` (the client discovers the model there too)."""
         self.replicas = []
         for i, (region, url) in enumerate(self.settings.replica_urls):
-            parsed = urllib.parse.urlsplit(url)
-            if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
-                raise ValueError(f"--replica-url {region}={url}: expected http://HOST:PORT")
-            comp = Component(f"replica-{i}-{region}", region, parsed.port, host=parsed.hostname, external=True)
-
-            def check(comp: Component = comp) -> str | None:
-                status, body = _http_json("GET", f"{comp.url}/v1/models", timeout_s=5.0)
-                return None if status == 200 else f"GET /v1/models answered {status}: {str(body)[:200]}"
-
-            wait_until(check, self.settings.startup_timeout_s, f"--replica-url {region}={url}")
+            host, port = parse_replica_url(url)
+            comp = Component(f"replica-{i}-{region}", region, port, host=host, external=True)
+            wait_until(lambda: models_answer(comp.url), self.settings.startup_timeout_s,
+                       f"--replica-url {region}={url}")
             self.replicas.append(comp)
 
     def _lb_regions(self) -> list[str]:
@@ -600,8 +612,7 @@ class LocalDeployment(Deployment):
             if not proc.alive():
                 raise SpawnError(f"{comp.name} exited with code {proc.popen.returncode} before it was ready.\n"
                                  f"command: {command}\nlog ({proc.log_path}):\n{proc.log_tail()}")
-            status, body = _http_json("GET", f"{comp.url}/v1/models", timeout_s=2.0)
-            return None if status == 200 else f"GET /v1/models answered {status}: {str(body)[:200]}"
+            return models_answer(comp.url, timeout_s=2.0)
 
         try:
             wait_until(ready, self.settings.startup_timeout_s, comp.name)
@@ -616,11 +627,8 @@ class LocalDeployment(Deployment):
         for region in self.settings.client_regions:
             url = self.endpoint_for(region)
 
-            def check(url: str = url) -> str | None:
-                status, body = _http_json("GET", f"{url}/v1/models", timeout_s=5.0)
-                return None if status == 200 else f"GET /v1/models answered {status}: {body}"
-
-            wait_until(check, self.settings.startup_timeout_s, f"{self.system.name} entry for {region}")
+            wait_until(lambda: models_answer(url), self.settings.startup_timeout_s,
+                       f"{self.system.name} entry for {region}")
 
 
     # ---- fault drills (pytest_lbbench.faults) -----------------------------------------------
