@@ -181,8 +181,6 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
             check_gke_backend(gke_contexts)
         except GkePreflightError as exc:
             _fail(f"--gke-contexts: {exc}")
-    if backend == "sky":
-        _check_sky_workloads(cfg)
     if run_preflight is None:
         run_preflight = backend == "sky" and not result.plan and not result.cleanup
     needs_sky = bool(service_names) or (backend == "sky")
@@ -196,21 +194,6 @@ def cloud_config(pytest_config: pytest.Config, lbbench_config: LbbenchConfig, *,
                   + " (--lbbench-plan shows what would be created without any of this.)")
         result = CloudConfig(**{**result.__dict__, "notes": check.notes})
     return result
-
-
-def _check_sky_workloads(cfg: LbbenchConfig) -> None:
-    """What the remote clients cannot do yet: they build their plan on the client VM from the
-    command line, so a workload that lives in a ``conftest.py`` or data on this machine's disk
-    would not be there."""
-    hooked = [w for w in cfg.hook_workloads if w in cfg.workloads]
-    if hooked:
-        _fail(f"--backend sky runs the built-in workloads only; {', '.join(hooked)} comes from the "
-              "pytest_lbbench_workloads hook, whose code the client VMs do not have. Run it with the "
-              "local backend or against --endpoint URLs.")
-    if cfg.dataset_path:
-        _fail(f"--dataset-path {cfg.dataset_path} is a path on this machine, which the client VMs of "
-              "--backend sky do not have. Use --dataset-source hf (the VMs download the data with "
-              "HF_TOKEN) or the synthetic default.")
 
 
 # ---- --lbbench-plan / --lbbench-cleanup -------------------------------------------------------
@@ -232,6 +215,12 @@ def make_plan(cloud_cfg: CloudConfig, cfg: LbbenchConfig, yaml_dir: Path | None 
     plan = build_plan(systems, cloud_cfg.settings, replicas=cfg.replicas, replica_regions=cfg.replica_regions,
                       client_regions=cfg.regions, endpoints=given, client_argv=client_argv, yaml_dir=yaml_dir,
                       gke_plan=lambda system: gke_plan_note(cloud_cfg))
+    if yaml_dir is not None:
+        # The written LB and client YAMLs mount the staged package copy: make it exist, so that
+        # `sky launch` of a written YAML by hand finds it.
+        from pytest_lbbench.backends.sky.package import stage_package
+
+        stage_package(cloud_cfg.settings.package_dir)
     plan.header = (
         f"pytest-lbbench plan (--backend sky, nothing provisioned): cloud {cloud_cfg.settings.cloud}, "
         f"{len(systems)} system(s), {cfg.replicas} replica(s) each over {', '.join(cfg.replica_regions)} "

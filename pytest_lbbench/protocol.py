@@ -57,6 +57,8 @@ QUEUE_SIZE_HEADER = "X-Sky-Serve-Queue-Size"
 
 #: ``POST`` the membership (:class:`LbMembership` / :class:`GatewayMembership`) to a balancer.
 MEMBERSHIP_PATH = "/lbbench/membership"
+#: ``GET``: an LB is up (the original LB's readiness path, reference §2.5); peers probe it too.
+LB_HEALTH_PATH = "/sky-lb-health"
 #: ``POST``: back to the state of a fresh process (409 while requests are in flight).
 RESET_PATH = "/lbbench/reset"
 CONTROL_TOKEN_ENV = "LBBENCH_CONTROL_TOKEN"

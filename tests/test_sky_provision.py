@@ -3,8 +3,14 @@
 :class:`FakeSky` implements :class:`~pytest_lbbench.backends.sky.sdk.SkySdk` the way the 0.14
 API server behaves: every call returns a request id at once; a request is PENDING until one of
 the server's long-request workers is free, RUNNING for its duration, then SUCCEEDED, FAILED or
-CANCELLED (``api_cancel``); a cancelled launch leaves a half-made (INIT) cluster; a service goes
-CONTROLLER_INIT → REPLICA_INIT → READY, or FAILED. Time is a fake clock advanced by ``sleep``.
+CANCELLED (``api_cancel``); a cancelled launch leaves a half-made (INIT) cluster. What needs a
+cloud is stood in; SkyPilot's own rules are not: replica, service and job statuses are the real
+``sky`` enums, and a service's status is computed by the real
+``ServiceStatus.from_replica_statuses`` from its READY replicas only, as 0.14.1's serve_utils
+does (so NO_REPLICA while replicas start). A failed replica is replaced by a new one, as SkyServe
+does below target. A launched cluster's first job is its detached setup (SETTING_UP, then RUNNING
+with a ``run``, SUCCEEDED without). Time is a fake clock advanced by ``sleep``. The tests against
+a real local API server are in test_sky_api_server.py.
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ from pytest_lbbench.backends.sky.render import Component, SkySettings, render_cl
 from pytest_lbbench.backends.sky.sdk import ReplicaInfo, RequestFailed, RequestState, ServiceInfo
 from pytest_lbbench.systems import SYSTEMS
 
+serve_state = pytest.importorskip("sky.serve.serve_state")
+job_lib = pytest.importorskip("sky.skylet.job_lib")
+ReplicaStatus = serve_state.ReplicaStatus
+ServiceStatus = serve_state.ServiceStatus
+JobStatus = job_lib.JobStatus
+
 SECRET = "hf_SECRET_do_not_leak_123"
 
 
@@ -49,11 +61,23 @@ class Req:
 
 
 @dataclass
+class Replica:
+    replica_id: int
+    started: float
+    fails: bool  # this launch ends FAILED_PROVISION half-way
+    failed_at: float | None = None
+
+
+@dataclass
 class Svc:
     name: str
     replicas: int
     created: float
-    fail: bool = False
+    fail_launches: int = 0  # how many replica launches fail before they succeed (-1: all)
+    controller_failed: bool = False
+    app_fails: bool = False
+    fleet: list[Replica] = field(default_factory=list)
+    launches: int = 0
 
 
 class FakeSky:
@@ -72,7 +96,15 @@ class FakeSky:
         self.jobs: dict[tuple[str, int], float] = {}  # (cluster, job) -> finish time
         self.fail: dict[str, str] = {}  # target -> error of its launch / serve up
         self.durations: dict[str, float] = {}
-        self.failing_services: set[str] = set()
+        self.failing_services: dict[str, int] = {}  # service -> replica launches that fail (-1: all)
+        self.controller_failed: set[str] = set()
+        self.app_failing: set[str] = set()  # every replica's app exits before it is ready
+        self.setup_s = 40.0  # a cluster's detached setup job
+        self.setup_done: dict[str, float] = {}  # cluster -> when its setup job finished
+        self.has_run: dict[str, bool] = {}
+        self.status_errors = 0  # the next N status requests fail (API server restarting)
+        self.state_errors = 0  # the next N api_status polls raise (network blip)
+        self.exec_times: list[tuple[float, str]] = []
         self.interrupt_at: float | None = None
         self.max_unfinished_long = 0
         self.cancelled: list[str] = []
@@ -125,11 +157,16 @@ class FakeSky:
         req.state = RequestState.SUCCEEDED
         if req.op == "launch":
             self.clusters[req.target] = "UP"
+            # Job 1 runs the setup, detached: it is still running when launch returns.
+            self.setup_done[req.target] = self.now + self.setup_s
+            self.has_run[req.target] = "\nrun:" in "\n" + req.yaml
             req.value = 1
         elif req.op == "serve_up":
             replicas = int(req.yaml.split("replicas: ")[1].split("\n")[0])
             self.services[req.target] = Svc(req.target, replicas, self.now,
-                                            fail=req.target in self.failing_services)
+                                            fail_launches=self.failing_services.get(req.target, 0),
+                                            controller_failed=req.target in self.controller_failed,
+                                            app_fails=req.target in self.app_failing)
             req.value = f"http://{req.target}.controller:30001"
         elif req.op == "down":
             if self.clusters.pop(req.target, None) is None:
@@ -138,20 +175,54 @@ class FakeSky:
             if self.services.pop(req.target, None) is None:
                 req.state, req.error = RequestState.FAILED, f"ValueError: No service {req.target}"
         elif req.op == "exec":
-            job = len(self.jobs) + 1
+            job = 1 + len([k for k in self.jobs if k[0] == req.target]) + (req.target in self.setup_done)
             self.jobs[(req.target, job)] = self.now + 30.0
+            self.exec_times.append((self.now, req.target))
             req.value = job
 
+    def _replica_status(self, svc: Svc, rep: Replica) -> ReplicaStatus:
+        age = self.now - rep.started
+        if svc.app_fails and age >= self.ready_s * 0.75:
+            # The app exited before it was ever ready: SkyServe's autoscaler stops scaling
+            # (sky/serve/replica_managers.py, ReplicaStatusProperty.unrecoverable_failure).
+            return ReplicaStatus.FAILED
+        if rep.fails and age >= self.ready_s / 2:
+            if rep.failed_at is None:
+                rep.failed_at = rep.started + self.ready_s / 2
+                self._launch_replica(svc, at=rep.failed_at)  # a failed launch is retried
+            return ReplicaStatus.FAILED_PROVISION
+        if age < self.ready_s / 2:
+            return ReplicaStatus.PROVISIONING
+        return ReplicaStatus.STARTING if age < self.ready_s else ReplicaStatus.READY
+
+    def _launch_replica(self, svc: Svc, at: float) -> None:
+        svc.launches += 1
+        fails = svc.fail_launches < 0 or svc.launches <= svc.fail_launches
+        svc.fleet.append(Replica(svc.launches, at, fails))
+
     def _service_info(self, svc: Svc) -> ServiceInfo:
-        age = self.now - svc.created
-        if svc.fail and age >= self.ready_s / 2:
-            reps = tuple(ReplicaInfo(i + 1, "FAILED_PROVISION", None) for i in range(svc.replicas))
-            return ServiceInfo(svc.name, "FAILED", None, reps)
-        if age < self.ready_s:
-            reps = tuple(ReplicaInfo(i + 1, "STARTING", None) for i in range(svc.replicas))
-            return ServiceInfo(svc.name, "REPLICA_INIT", None, reps)
-        reps = tuple(ReplicaInfo(i + 1, "READY", f"http://10.0.{i}.1:8081") for i in range(svc.replicas))
-        return ServiceInfo(svc.name, "READY", "http://ctrl:30001", reps)
+        if not svc.fleet:
+            for _ in range(svc.replicas):
+                self._launch_replica(svc, at=svc.created)
+        statuses: list[tuple[Replica, ReplicaStatus]] = []
+        i = 0
+        while i < len(svc.fleet):  # replacements may be appended while we look
+            statuses.append((svc.fleet[i], self._replica_status(svc, svc.fleet[i])))
+            i += 1
+        if svc.controller_failed and self.now - svc.created > 30:
+            status = ServiceStatus.CONTROLLER_FAILED
+        elif self.now - svc.created < 10:
+            status = ServiceStatus.CONTROLLER_INIT
+        else:
+            # sky/serve/serve_utils.py: set_service_status_and_active_versions_from_replica
+            # passes the READY replicas only.
+            status = ServiceStatus.from_replica_statuses(
+                [st for _, st in statuses if st is ReplicaStatus.READY])
+        reps = tuple(ReplicaInfo(r.replica_id, st.value,
+                                 f"http://10.0.{r.replica_id}.1:8081" if st is ReplicaStatus.READY else None)
+                     for r, st in statuses)
+        ready = status is ServiceStatus.READY
+        return ServiceInfo(svc.name, status.value, "http://ctrl:30001" if ready else None, reps)
 
     # -- SkySdk -----------------------------------------------------------------------------
     def launch(self, yaml_text: str, cluster: str, secrets: Mapping[str, str]) -> str:
@@ -169,28 +240,48 @@ class FakeSky:
     def serve_down(self, service: str) -> str:
         return self._submit("serve_down", service, duration=20.0)
 
-    def serve_status(self, services: Sequence[str]) -> str:
-        rid = self._submit("serve_status", ",".join(services), long=False)
-        self.reqs[rid].value = [self._service_info(self.services[s]) for s in services if s in self.services]
+    def _status_request(self, op: str, target: str, value: Any) -> str:
+        rid = self._submit(op, target, long=False)
+        if self.status_errors > 0:
+            self.status_errors -= 1
+            self.reqs[rid].state = RequestState.FAILED
+            self.reqs[rid].error = "RuntimeError: Failed to refresh services status due to network error."
+        else:
+            self.reqs[rid].value = value
         return rid
 
-    def cluster_status(self, clusters: Sequence[str]) -> str:
-        rid = self._submit("status", ",".join(clusters), long=False)
-        self.reqs[rid].value = {c: self.clusters[c] for c in clusters if c in self.clusters}
-        return rid
+    def serve_status(self, services: Sequence[str]) -> str:
+        return self._status_request("serve_status", ",".join(services),
+                                    [self._service_info(self.services[s]) for s in services if s in self.services])
+
+    def cluster_status(self, clusters: Sequence[str], refresh: bool = False) -> str:
+        self.refreshed = getattr(self, "refreshed", []) + [refresh]
+        return self._status_request("status", ",".join(clusters),
+                                    {c: self.clusters[c] for c in clusters if c in self.clusters})
 
     def endpoint(self, cluster: str, port: int) -> str:
         rid = self._submit("endpoint", cluster, long=False)
         self.reqs[rid].value = f"http://{cluster}.example:{port}"
         return rid
 
-    def job_status(self, cluster: str, job_id: int) -> str:
-        rid = self._submit("job_status", cluster, long=False)
+    def _job_status(self, cluster: str, job_id: int) -> JobStatus | None:
+        if job_id == 1 and cluster in self.setup_done:  # the launch's setup job
+            if self.now < self.setup_done[cluster]:
+                return JobStatus.SETTING_UP
+            return JobStatus.RUNNING if self.has_run.get(cluster) else JobStatus.SUCCEEDED
         finish = self.jobs.get((cluster, job_id))
-        self.reqs[rid].value = None if finish is None else ("SUCCEEDED" if self.now >= finish else "RUNNING")
-        return rid
+        if finish is None:
+            return None
+        return JobStatus.SUCCEEDED if self.now >= finish else JobStatus.RUNNING
+
+    def job_status(self, cluster: str, job_id: int) -> str:
+        status = self._job_status(cluster, job_id)
+        return self._status_request("job_status", cluster, None if status is None else status.value)
 
     def request_states(self, request_ids: Sequence[str]) -> dict[str, RequestState]:
+        if self.state_errors > 0:
+            self.state_errors -= 1
+            raise ConnectionError("API server at http://127.0.0.1:46580 is not reachable")
         self._advance()
         return {rid: self.reqs[rid].state for rid in request_ids}
 
@@ -297,16 +388,96 @@ def test_launch_failure_cancels_in_flight_and_tears_down(tmp_path: Path) -> None
     assert not_submitted, "nothing more is submitted after the failure"
 
 
-def test_service_failed_tears_down(tmp_path: Path) -> None:
+def test_a_service_whose_replicas_are_still_starting_is_waited_for(tmp_path: Path) -> None:
+    # 25 minutes of PROVISIONING / STARTING (VM, SGLang install, model download): SkyPilot
+    # reports the service NO_REPLICA the whole time, which is not a failure.
+    fake = FakeSky(workers=8, ready_s=1500)
+    lines: list[str] = []
+    comps = components(1)
+    prov = make(tmp_path, fake, max_parallel=8, lines=lines)
+    result = prov.up(comps)
+    assert fake.now >= 1500
+    svc = next(c for c in comps if c.kind == "service")
+    assert f"service {svc.name}: NO_REPLICA, 0/{svc.count} replicas ready" in lines
+    assert result.services[svc.name].status == "READY"
+    assert all(r.status == "READY" for r in result.services[svc.name].replicas)
+    assert fake.live() == {c.name for c in comps}
+
+
+def test_a_failed_replica_is_replaced_and_waited_for(tmp_path: Path) -> None:
     fake = FakeSky(workers=8)
     comps = components(1)
     svc = next(c for c in comps if c.kind == "service")
-    fake.failing_services.add(svc.name)
-    prov = make(tmp_path, fake, max_parallel=8)
-    with pytest.raises(ProvisionError, match=f"service '{svc.name}' failed"):
+    fake.failing_services[svc.name] = 1  # the first replica launch fails, SkyServe relaunches
+    lines: list[str] = []
+    prov = make(tmp_path, fake, max_parallel=8, lines=lines)
+    result = prov.up(comps)
+    info = result.services[svc.name]
+    assert sum(r.status == "READY" for r in info.replicas) == svc.count
+    assert any(r.status == "FAILED_PROVISION" for r in info.replicas)  # still listed, as SkyServe does
+    assert any("replica 1 FAILED_PROVISION; SkyServe replaces it" in line for line in lines)
+
+
+def test_a_service_whose_replicas_are_not_replaced_fails_after_the_grace_time(tmp_path: Path) -> None:
+    fake = FakeSky(workers=8)
+    comps = components(1)
+    svc = next(c for c in comps if c.kind == "service")
+    fake.app_failing.add(svc.name)
+    prov = make(tmp_path, fake, max_parallel=8,
+                timeouts=Timeouts(launch_s=3600, ready_s=7200, teardown_s=600, poll_s=5, replica_grace_s=900))
+    with pytest.raises(ProvisionError, match=f"service '{svc.name}' failed: only .* of {svc.count} "
+                                             "replicas alive for 9"):
         prov.up(comps)
+    assert fake.now < 7200  # the grace time, not the ready timeout, ended it
     assert fake.live() == set()
     assert prov.ledger.live() == {}
+
+
+def test_a_failed_controller_fails_the_service_at_once(tmp_path: Path) -> None:
+    fake = FakeSky(workers=8)
+    comps = components(1)
+    svc = next(c for c in comps if c.kind == "service")
+    fake.controller_failed.add(svc.name)
+    prov = make(tmp_path, fake, max_parallel=8)
+    with pytest.raises(ProvisionError, match=f"service '{svc.name}' failed \\(CONTROLLER_FAILED"):
+        prov.up(comps)
+    assert fake.live() == set()
+
+
+def test_transient_status_errors_are_retried(tmp_path: Path) -> None:
+    fake = FakeSky(workers=8)
+    comps = components(1)
+    lines: list[str] = []
+    prov = make(tmp_path, fake, max_parallel=8, lines=lines)
+    fake.state_errors = 2  # api_status raises twice during the launch wave
+    real_serve_status = fake.serve_status
+
+    def serve_status(services: Sequence[str]) -> str:
+        if not getattr(fake, "broke", False):
+            fake.broke, fake.status_errors = True, 3  # then three serve-status requests fail
+        return real_serve_status(services)
+
+    fake.serve_status = serve_status  # type: ignore[method-assign]
+    prov.up(comps)
+    assert fake.live() == {c.name for c in comps}
+    assert sum("request-status poll failed (ConnectionError" in line for line in lines) == 2
+    assert sum("serve status: status request failed" in line for line in lines) == 3
+
+
+def test_persistent_status_errors_stop_the_wait(tmp_path: Path) -> None:
+    fake = FakeSky(workers=8)
+    comps = components(1)
+    prov = make(tmp_path, fake, max_parallel=8)
+    real_serve_status = fake.serve_status
+
+    def serve_status(services: Sequence[str]) -> str:
+        fake.status_errors = 1
+        return real_serve_status(services)
+
+    fake.serve_status = serve_status  # type: ignore[method-assign]
+    with pytest.raises(ProvisionError, match="serve status: 5 status requests in a row failed.*network error"):
+        prov.up(comps)
+    assert fake.live() == set()
 
 
 def test_keyboard_interrupt_cancels_and_tears_down(tmp_path: Path) -> None:
@@ -343,6 +514,7 @@ def test_keep_up_then_reuse(tmp_path: Path) -> None:
 
     second = make(tmp_path, fake)  # a later run, without --keep-up
     result = second.up(comps)
+    assert fake.refreshed == [True]  # asked the cloud, not SkyPilot's cached state
     assert {c.name for c in result.reused} == {c.name for c in comps}
     assert result.created == []
     assert len(fake.submitted("launch")) + len(fake.submitted("serve_up")) == launched
@@ -426,6 +598,34 @@ def test_teardown_reports_errors_without_raising(tmp_path: Path) -> None:
     assert set(prov.ledger.live()) == {victim.name}  # still listed, so cleanup can retry
 
 
+def test_the_first_exec_on_a_fresh_cluster_waits_for_its_setup(tmp_path: Path) -> None:
+    fake = FakeSky(workers=8, launch_s=60)
+    fake.setup_s = 300
+    client = next(c for c in components(1) if c.role == "client")
+    prov = make(tmp_path, fake)
+    prov.up([client])
+    launched_at = fake.now
+    prov.exec_job(client.name, "run: echo\n", "client")
+    (exec_at, target), = fake.exec_times
+    assert target == client.name and exec_at >= fake.setup_done[client.name] > launched_at
+    prov.exec_job(client.name, "run: echo\n", "client")  # no second wait
+    assert fake.exec_times[1][0] - exec_at < 10
+
+
+def test_a_failed_setup_stops_before_the_exec(tmp_path: Path) -> None:
+    fake = FakeSky(workers=8)
+    client = next(c for c in components(1) if c.role == "client")
+    prov = make(tmp_path, fake)
+    prov.up([client])
+    fake.has_run[client.name] = False
+    real = fake._job_status
+    fake._job_status = lambda cluster, job_id: (  # type: ignore[method-assign]
+        JobStatus.FAILED_SETUP if job_id == 1 else real(cluster, job_id))
+    with pytest.raises(ProvisionError, match=f"setup job 1 on {client.name} ended FAILED_SETUP"):
+        prov.exec_job(client.name, "run: echo\n", "client")
+    assert fake.exec_times == []
+
+
 def test_job_wait(tmp_path: Path) -> None:
     fake = FakeSky(workers=8)
     prov = make(tmp_path, fake)
@@ -441,7 +641,7 @@ def test_job_wait(tmp_path: Path) -> None:
 
 # ---- SkyDeployment / SkyClientLauncher on the stand-in ------------------------------------------
 
-def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
+def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import base64
     import gzip
 
@@ -450,22 +650,29 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
     from pytest_lbbench.backends.sky.deployment import SkyClientLauncher, SkyDeployment, SkySession
     from pytest_lbbench.backends.sky.render import RESULT_BEGIN, RESULT_END
 
+    monkeypatch.setenv("LBBENCH_SHIP_DIR", str(tmp_path / "ship"))  # the staged package copy
     fake = FakeSky(workers=8)
     posts: list[tuple[str, Any]] = []
 
+    gets: list[str] = []
+
     def http(method: str, url: str, body: Any, timeout_s: float,
              headers: Any = None) -> tuple[int, Any]:
+        if method == "GET":
+            gets.append(url)
         if method == "POST":
+            # The LB answered its health check before it was told its membership.
+            assert url.replace("/lbbench/membership", "/sky-lb-health") in gets
             posts.append((url, body))
             assert headers == {"X-Lbbench-Control-Token": "sky-run-secret"}, headers
         return 200, {}
 
-    payload = {"workload": "arena_syn", "metrics": [{"uid": 1}]}
+    settings = SkySettings(prefix="t")
+    payload = {"workload": "arena_syn", "metrics": [{"uid": 1}], "client": {"code_hash": settings.code_hash}}
     encoded = base64.encodebytes(gzip.compress(json.dumps(payload).encode())).decode()
     fake.job_log = lambda cluster, job_id: (  # type: ignore[method-assign]
         f"(task, pid=1) {RESULT_BEGIN}\n" + "".join(f"(task, pid=1) {l}\n" for l in encoded.splitlines())
         + f"(task, pid=1) {RESULT_END}\n")
-    settings = SkySettings(prefix="t")
     prov = make(tmp_path, fake, max_parallel=8)
     session = SkySession(prov, settings, systems=[SYSTEMS["sky_push_pull"], SYSTEMS["sgl"]], replicas=4,
                          replica_regions=["us-east-2", "ap-northeast-1"],
@@ -492,7 +699,16 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
     assert json.loads(files["us-east-2"].read_text()) == payload
     execs = [r for r in fake.reqs.values() if r.op == "exec"]
     assert {r.target for r in execs} == {"t-client-us-east-2", "t-client-ap-northeast-1"}
-    assert all("pytest_lbbench.client" in r.yaml for r in execs)
+    assert all("pytest_lbbench.client --job-file sky_workdir/" in r.yaml for r in execs)
+    # Each client ran only after its cluster's setup job had finished.
+    assert all(at >= fake.setup_done[target] for at, target in fake.exec_times)
+    # The jobs were built here, plans included, and shipped as the exec's workdir.
+    from pytest_lbbench.client.job import ClientJob
+
+    job_dir = tmp_path / "plans" / spec.exp_name
+    job = ClientJob.from_json((job_dir / "us-east-2.json").read_text())
+    assert job.backend_url == push.endpoint_for("us-east-2") and job.plan.users
+    assert all(f'workdir: "{job_dir}"' in r.yaml for r in execs)
     # The token reaches the client jobs (for --dataset-source hf) but not their YAML.
     assert all(r.secrets == {"HF_TOKEN": SECRET} and SECRET not in r.yaml for r in execs)
 
@@ -510,7 +726,8 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path) -> None:
     assert prov.ledger.live() == {}
 
 
-def test_sky_deployment_refuses_gke(tmp_path: Path) -> None:
+def test_sky_deployment_refuses_gke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LBBENCH_SHIP_DIR", str(tmp_path / "ship"))
     from pytest_lbbench.backends.sky.deployment import SkyDeployment, SkySession
     from pytest_lbbench.backends.sky.render import UnsupportedSystem
 

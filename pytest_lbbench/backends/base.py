@@ -87,9 +87,10 @@ class ExperimentSpec:
                          exp_name=self.exp_name, output_file=str(output_file))
 
     def client_argv(self, region: str, region_index: int, backend_url: str, output_file: Path) -> list[str]:
-        """Arguments of ``python -m pytest_lbbench.client`` that build the same job on a machine
-        without a job file (a cloud VM builds its plan itself): every knob stated, then the
-        options that differ from their defaults."""
+        """Arguments of ``python -m pytest_lbbench.client`` that build the same job by hand, on a
+        machine without the job file (what ``--lbbench-plan`` shows; runs ship the job file):
+        every knob stated, then the options that differ from their defaults. A built-in
+        workload only: a hook workload's code is where pytest runs."""
         from pytest_lbbench.client.planning import COMMON_OPTIONS
 
         knobs, options = self.region_settings(region)

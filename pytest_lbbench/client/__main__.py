@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from pytest_lbbench import __version__
+from pytest_lbbench import __version__, code_hash
 from pytest_lbbench.client.job import job_from_args
 from pytest_lbbench.client.planning import parse_args
 from pytest_lbbench.client.records import RequestRecord
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "loop_lag": run.loop_lag,
             "client_bound": run.loop_lag.get("client_bound", False),
             "pytest_lbbench": __version__,
+            "code_hash": code_hash(),  # which code ran (on a cloud VM: the shipped copy's)
             "python": platform.python_version(),
         },
     }

@@ -94,6 +94,7 @@ from typing import Any, Union
 
 from pytest_lbbench.protocol import (
     FROM_LB_HEADER,
+    LB_HEALTH_PATH,
     QUEUE_SIZE_HEADER,
     HopTiming,
     LbDecision,
@@ -123,8 +124,6 @@ log = logging.getLogger("pytest_lbbench.lb")
 
 REPLICA_HEALTH_PATH = "/health"
 """Probed on every replica: SGLang's (and vLLM's) liveness endpoint, answered by our simulator."""
-LB_HEALTH_PATH = "/sky-lb-health"
-"""Probed on every peer LB: the original LB's readiness path (reference §2.5)."""
 
 Clock = Callable[[], float]
 """Seconds since the epoch (wall time under the HTTP shell, model time in a simulation)."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from pytest_lbbench.protocol import LB_HEALTH_PATH
+
 __all__ = ["fetch_conf", "measure_latency", "post_steal"]
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ async def measure_latency(
         start = loop.time()
         try:
             async with session.get(
-                url.rstrip("/") + "/sky-lb-health", timeout=aiohttp.ClientTimeout(total=timeout_s)
+                url.rstrip("/") + LB_HEALTH_PATH, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as resp:
                 await resp.read()
                 if resp.status == 200:

@@ -40,6 +40,7 @@ from aiohttp import web
 from pytest_lbbench.protocol import (
     FROM_LB_HEADER,
     HASH_KEY_HEADER,
+    LB_HEALTH_PATH,
     MEMBERSHIP_PATH,
     QUEUE_SIZE_HEADER,
     RESET_PATH,
@@ -230,7 +231,7 @@ class LoadBalancer:
             middlewares=[control_middleware(self.control_token, CONTROL_PATHS,
                                             max_body_bytes=_MAX_BODY_BYTES, server=f"LB {self.name}")],
         )
-        app.router.add_get("/sky-lb-health", self._health)
+        app.router.add_get(LB_HEALTH_PATH, self._health)
         app.router.add_get("/conf", self._conf)
         app.router.add_post(MEMBERSHIP_PATH, self._membership)
         app.router.add_post(RESET_PATH, self._reset)

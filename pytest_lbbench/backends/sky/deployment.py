@@ -23,6 +23,7 @@ import base64
 import gzip
 import json
 import os
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pytest_lbbench import __version__
 from pytest_lbbench.backends.base import Deployment, ExperimentSpec
+from pytest_lbbench.backends.sky.package import stage_package
 from pytest_lbbench.backends.sky.provision import Op, ProvisionError, Provisioner
 from pytest_lbbench.backends.sky.render import (
     SECRET_NAMES,
@@ -48,7 +50,7 @@ from pytest_lbbench.backends.sky.render import (
     router_run_task,
     to_yaml,
 )
-from pytest_lbbench.protocol import CONTROL_TOKEN_HEADER, MEMBERSHIP_PATH, LbMembership
+from pytest_lbbench.protocol import CONTROL_TOKEN_HEADER, LB_HEALTH_PATH, MEMBERSHIP_PATH, LbMembership
 from pytest_lbbench.regions import RttMatrix
 from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
 
@@ -104,6 +106,8 @@ class SkySession:
             except UnsupportedSystem:
                 continue  # refused when its deployment is created
         self.clients = render_clients(settings, self.client_regions, worker)
+        # The package copy the LB and client VMs mount (the rendered YAMLs point at it).
+        stage_package(settings.package_dir)
         self._up: set[str] = set()
         self._reused: set[str] = set()
         self._released: set[str] = set()  # systems whose tests are done: not provisioned again
@@ -232,7 +236,8 @@ class SkyDeployment(Deployment):
                             "count": c.count, "fingerprint": c.fingerprint,
                             "reused": self.session.was_reused(c.name)} for c in self.layout.components],
             "entry_points": dict(self._entry),
-            "versions": {"pytest_lbbench": __version__, "sglang_router": s.effective_router_version()
+            "versions": {"pytest_lbbench": __version__, "code_hash": s.code_hash,
+                         "sglang_router": s.effective_router_version()
                          if self.system.kind is BalancerKind.SGLANG_ROUTER else None},
         }
 
@@ -255,6 +260,10 @@ class SkyDeployment(Deployment):
             self.lb_urls[comp.name] = self.session.cluster_url(comp.name, port)
         names = self.layout.lb_names
         for comp in self.layout.lbs:
+            # The LB starts after its cluster's detached setup (pip install), as the launch job's
+            # run: the membership must wait for it to answer.
+            self.session.provisioner.wait_setup(comp.name, names[comp.name])
+            self._wait_http(f"{self.lb_urls[comp.name]}{LB_HEALTH_PATH}", f"{names[comp.name]} ({comp.name})")
             served = (self.replica_urls if self.system.placement is Placement.GLOBAL
                       else {comp.region: self.replica_urls.get(comp.region, [])})
             replica_map = {f"replica-{i}-{r}": u for r, urls in served.items() for i, u in enumerate(urls)}
@@ -265,9 +274,13 @@ class SkyDeployment(Deployment):
                 regions={**{names[c.name]: c.region for c in self.layout.lbs},
                          **{f"replica-{i}-{r}": r for r, urls in served.items() for i, _ in enumerate(urls)}},
             )
-            status, reply = self.session.http(
-                "POST", f"{self.lb_urls[comp.name]}{MEMBERSHIP_PATH}", membership.to_json(), 30.0,
-                {CONTROL_TOKEN_HEADER: self.session.control_token} if self.session.control_token else None)
+            headers = {CONTROL_TOKEN_HEADER: self.session.control_token} if self.session.control_token else None
+            for _attempt in range(3):  # a network error (status 0) is retried; a refusal is not
+                status, reply = self.session.http(
+                    "POST", f"{self.lb_urls[comp.name]}{MEMBERSHIP_PATH}", membership.to_json(), 30.0, headers)
+                if status != 0:
+                    break
+                self.session.provisioner.sleep(min(5.0, self.session.provisioner.timeouts.poll_s))
             if status != 200:
                 raise ProvisionError(f"{names[comp.name]} ({comp.name}) refused its membership "
                                      f"(HTTP {status}): {reply}")
@@ -288,18 +301,22 @@ class SkyDeployment(Deployment):
         for client in self.session.client_regions:
             self._entry[client] = self.router_url
 
-    def _wait_entries(self) -> None:
+    def _wait_http(self, url: str, what: str) -> None:
+        """Poll ``GET url`` until it answers 200, at most ``endpoint_timeout_s``."""
         prov = self.session.provisioner
+        start = prov.clock()
+        while True:
+            status, body = self.session.http("GET", url, None, 10.0, None)
+            if status == 200:
+                return
+            if prov.clock() - start > self.session.endpoint_timeout_s:
+                raise ProvisionError(f"{self.system.name}: {what} not ready after "
+                                     f"{self.session.endpoint_timeout_s:.0f} s (GET {url}: {status} {body})")
+            prov.sleep(min(5.0, prov.timeouts.poll_s))
+
+    def _wait_entries(self) -> None:
         for region, url in self._entry.items():
-            start = prov.clock()
-            while True:
-                status, body = self.session.http("GET", f"{url}/v1/models", None, 10.0, None)
-                if status == 200:
-                    break
-                if prov.clock() - start > self.session.endpoint_timeout_s:
-                    raise ProvisionError(f"{self.system.name}: entry {url} for {region} not ready after "
-                                         f"{self.session.endpoint_timeout_s:.0f} s (GET /v1/models: {status} {body})")
-                prov.sleep(min(5.0, prov.timeouts.poll_s))
+            self._wait_http(f"{url}/v1/models", f"entry {url} for {region}")
 
 
 def _exec_submit(prov: Provisioner, cluster: str, yaml_text: str) -> Callable[[], str]:
@@ -308,16 +325,47 @@ def _exec_submit(prov: Provisioner, cluster: str, yaml_text: str) -> Callable[[]
     return lambda: prov.sdk.exec(yaml_text, cluster, prov.secrets_named(SECRET_NAMES))
 
 
+# Terminal escapes (CSI sequences: colours, cursor moves) and the prefix a job's log puts before
+# each line of its output: Ray's ``(task, pid=123)`` (or ``(<task name>, pid=…, ip=…)``,
+# ``(head, rank=0, pid=…)``), coloured cyan (sky/backends/task_codegen.py names the task;
+# Ray prints the prefix with colorama's Fore.CYAN … Style.RESET_ALL).
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_LOG_LINE_PREFIX = re.compile(r"^\s*\([^()]*\bpid=\d+[^()]*\)\s?")
+
+
+def strip_log_line(line: str) -> str:
+    """One job-log line as the job printed it: no colours, no ``(task, pid=N)`` prefix."""
+    return _LOG_LINE_PREFIX.sub("", _ANSI_ESCAPE.sub("", line.replace("\r", "")), count=1)
+
+
 def decode_result(log: str) -> bytes:
-    """The result file a client job printed between the markers (gzip + base64)."""
+    """The result file a client job printed between the markers (gzip + base64).
+
+    ``log`` is the job's log as SkyPilot returns it: every line may carry Ray's coloured
+    ``(task, pid=N)`` prefix and terminal escapes, which are removed first.
+    """
+    lines = [strip_log_line(line).strip() for line in log.splitlines()]
     try:
-        start = log.index(RESULT_BEGIN) + len(RESULT_BEGIN)
-        end = log.index(RESULT_END, start)
+        start = lines.index(RESULT_BEGIN) + 1
+        end = lines.index(RESULT_END, start)
     except ValueError:
         raise ValueError("the client job printed no result (markers missing)") from None
-    # SkyPilot prefixes job log lines ("(task, pid=123) "); keep only the base64 payload.
-    lines = [line.split(") ", 1)[-1].strip() for line in log[start:end].splitlines()]
-    return gzip.decompress(base64.b64decode("".join(lines)))
+    payload = "".join(lines[start:end])
+    try:
+        return gzip.decompress(base64.b64decode(payload, validate=True))
+    except (ValueError, OSError, EOFError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"the client job's result between the markers does not decode "
+                         f"({type(exc).__name__}: {exc}); first line: {lines[start:start + 1]}") from None
+
+
+def ran_code(result: bytes) -> str | None:
+    """The code hash a client result says it was produced by (``None`` if it does not say)."""
+    try:
+        client = json.loads(result).get("client") or {}
+    except (ValueError, AttributeError):
+        return None
+    value = client.get("code_hash") if isinstance(client, dict) else None
+    return str(value) if value else None
 
 
 class SkyClientLauncher:
@@ -334,13 +382,18 @@ class SkyClientLauncher:
         metric_dir.mkdir(parents=True, exist_ok=True)
         ops: list[Op] = []
         clusters: dict[str, str] = {}
+        # The jobs (plans included) are built here and shipped as each exec's workdir: the VM
+        # runs exactly what pytest planned, as the local backend's clients do.
+        job_dir = metric_dir.parent.parent / "plans" / spec.exp_name
         for region in spec.client_regions:
             index = self.session.rtt.shard_index(region)
-            argv = spec.client_argv(region, index, deployment.endpoint_for(region),
-                                    Path(remote_result_path(spec.exp_name, region)))
+            job = spec.client_job(region, index, deployment.endpoint_for(region),
+                                  Path(remote_result_path(spec.exp_name, region)))
+            job.write(job_dir / f"{region}.json")
             cluster = client_cluster_name(self.session.settings, region, self.session.worker)
             clusters[region] = cluster
-            yaml_text = to_yaml(client_job_task(spec.exp_name, region, argv))
+            prov.wait_setup(cluster, f"client {region}")
+            yaml_text = to_yaml(client_job_task(spec.exp_name, region, job_dir))
             ops.append(Op(region, f"sky exec {cluster} ({spec.exp_name})",
                           _exec_submit(prov, cluster, yaml_text)))
         jobs = prov.runner.run(ops, prov.timeouts.launch_s, f"client jobs of {spec.exp_name}").results
@@ -354,14 +407,20 @@ class SkyClientLauncher:
             log = prov.sdk.job_log(cluster, job_id)
             out = metric_dir / f"{region}.json"
             try:
-                out.write_bytes(decode_result(log))
+                data = decode_result(log)
+                out.write_bytes(data)
                 outputs[region] = out
             except (ValueError, OSError) as exc:
                 failures.append(f"{region}: job {job_id} on {cluster} ended {status}; {exc}. "
                                 f"Log tail:\n{log[-2000:]}")
-            else:
-                if status != "SUCCEEDED":
-                    failures.append(f"{region}: job {job_id} on {cluster} ended {status} (result kept)")
+                continue
+            if status != "SUCCEEDED":
+                failures.append(f"{region}: job {job_id} on {cluster} ended {status} (result kept)")
+            ran = ran_code(data)
+            if ran != self.session.settings.code_hash:
+                failures.append(f"{region}: the client on {cluster} ran code {ran}, but this run ships "
+                                f"{self.session.settings.code_hash} (result kept): a stale mount? "
+                                "`pytest --lbbench-cleanup` removes the kept-up clusters.")
         if failures:
             raise RuntimeError("client runs failed:\n" + "\n".join(failures))
         return outputs

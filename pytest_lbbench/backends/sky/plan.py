@@ -22,6 +22,7 @@ from pytest_lbbench.backends.sky.render import (
     SkySettings,
     UnsupportedSystem,
     client_cluster_name,
+    remote_job_file,
     render_clients,
     render_system,
 )
@@ -258,9 +259,13 @@ def build_plan(
                 if system.kind is BalancerKind.GATEWAY and system.name not in endpoints:
                     continue
                 argv = client_argv(system, comp.region)
+                # What runs is the job file pytest builds (plan included), shipped as the exec's
+                # workdir; the arguments show what it holds (and build it by hand on a VM).
                 commands.append(
                     f"sky exec {client_cluster_name(settings, comp.region, worker)} -- "
-                    + shlex.quote("python -m pytest_lbbench.client " + " ".join(shlex.quote(a) for a in argv))
+                    + shlex.quote(f"python -m pytest_lbbench.client --job-file {remote_job_file(comp.region)}")
+                    + "  # the job built here: python -m pytest_lbbench.client "
+                    + " ".join(shlex.quote(a) for a in argv)
                 )
         plan.items.append(PlanItem(**{**item.__dict__, "commands": tuple(commands)}))
     if any_provisioned:

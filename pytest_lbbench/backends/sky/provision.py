@@ -12,6 +12,12 @@ every request still in flight before re-raising, so nothing keeps provisioning b
 services' replicas to be READY, and tears down what it created if any of that fails or is
 interrupted. :meth:`Provisioner.release` tears down (or, with ``--keep-up``, records as kept).
 
+Waits are tolerant where the cloud is slow, not where it is broken: status polls survive a few
+errors in a row (:meth:`Provisioner.poll`), a service is waited for while SkyServe reports
+NO_REPLICA (its replicas are still starting) or relaunches a failed replica, and the first
+``sky exec`` on a fresh cluster waits for that cluster's detached setup job
+(:meth:`Provisioner.wait_setup`).
+
 Every submit, success, keep and removal is a JSON line in ``<output-dir>/.lbbench/cloud.jsonl``
 (:class:`CloudLedger`), written *before* the request is sent, so a crash at any point leaves a
 record that :func:`cleanup` (``pytest --lbbench-cleanup``) can act on. Ledger lines carry names,
@@ -34,9 +40,26 @@ from pytest_lbbench.backends.sky.defaults import DEFAULT_MAX_PARALLEL  # noqa: F
 
 ProgressFn = Callable[[str], None]
 
-# Statuses after which a service will not become READY without help.
-SERVICE_FAILED = ("FAILED", "CONTROLLER_FAILED", "FAILED_CLEANUP", "NO_REPLICA")
-REPLICA_FAILED_PREFIX = "FAILED"
+# SkyPilot 0.14.1's status values, as strings (``sky`` is not imported at module level; a test
+# checks these against the real enums).
+#
+# A service's status is computed from its READY replicas only
+# (sky/serve/serve_utils.py, set_service_status_and_active_versions_from_replica, passes
+# ``ready_replicas`` to ServiceStatus.from_replica_statuses): while every replica is still
+# PENDING / PROVISIONING / STARTING the service reads NO_REPLICA, and FAILED cannot be reached on
+# that path. So NO_REPLICA, CONTROLLER_INIT and REPLICA_INIT mean "wait"; only the statuses of
+# ServiceStatus.failed_statuses() (sky/serve/serve_state.py) mean the service itself is broken.
+SERVICE_FAILED = ("CONTROLLER_FAILED", "FAILED_CLEANUP")
+# ReplicaStatus.failed_statuses(): SkyServe terminates such a replica and launches a new one
+# while the service is below its target, so one failed replica is not the end of a service.
+REPLICA_FAILED = ("FAILED", "FAILED_CLEANUP", "FAILED_INITIAL_DELAY", "FAILED_PROBING",
+                  "FAILED_PROVISION", "UNKNOWN")
+# Replicas on their way out (being terminated, or preempted and recycled): not counted as alive.
+REPLICA_LEAVING = ("SHUTTING_DOWN", "PREEMPTED")
+# sky.skylet.job_lib.JobStatus: terminal (is_terminal()), and the states before a job's run
+# starts (a cluster's first job runs its setup, detached, after ``sky launch`` returns).
+JOB_TERMINAL = ("SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED")
+JOB_NOT_STARTED = ("INIT", "PENDING", "SETTING_UP")
 # Messages of a down request for something that is already gone: that is a success.
 _ALREADY_GONE = ("does not exist", "not found", "No service", "not exist")
 
@@ -58,6 +81,13 @@ class Timeouts:
     teardown_s: float = 1800.0
     job_s: float = 3600.0  # a client job (the launcher passes the experiment's own bound)
     poll_s: float = 5.0
+    # How long a service may have fewer live (not failed, not leaving) replicas than it wants
+    # before the run gives up on it: SkyServe relaunches failed replicas, which takes a new VM,
+    # the install and the model download again.
+    replica_grace_s: float = 1800.0
+    # Status polls in a row that may fail (API server restarting, a network blip) before a wait
+    # gives up; one transient error must not tear down every VM of the run.
+    max_poll_errors: int = 5
 
 
 # ---- ledger ----------------------------------------------------------------------------------
@@ -125,12 +155,13 @@ class RequestRunner:
     def __init__(self, sdk: SkySdk, max_parallel: int = DEFAULT_MAX_PARALLEL, poll_s: float = 5.0,
                  progress: ProgressFn | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, max_poll_errors: int = 5) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
         self.sdk = sdk
         self.max_parallel = max_parallel
         self.poll_s = poll_s
+        self.max_poll_errors = max_poll_errors
         self.progress = progress or (lambda line: None)
         self.clock = clock
         self.sleep = sleep
@@ -141,6 +172,7 @@ class RequestRunner:
         in_flight: dict[str, Op] = {}
         outcome = Outcome()
         start = self.clock()
+        state_errors = 0
         try:
             while pending or in_flight:
                 while pending and len(in_flight) < self.max_parallel:
@@ -150,7 +182,20 @@ class RequestRunner:
                     op.submitted_at = self.clock()
                     in_flight[op.request_id] = op
                     self.progress(f"{op.label}: submitted (request {op.request_id[:8]})")
-                states = self.sdk.request_states(list(in_flight))
+                try:
+                    states = self.sdk.request_states(list(in_flight))
+                    state_errors = 0
+                except Exception as exc:  # the requests go on on the server: ask again
+                    state_errors += 1
+                    if state_errors >= self.max_poll_errors:
+                        raise ProvisionError(
+                            f"{what}: {state_errors} request-status polls in a row failed, the last "
+                            f"with {type(exc).__name__}: {exc}. Is the SkyPilot API server up "
+                            "(`sky api info`)?") from exc
+                    self.progress(f"{what}: request-status poll failed ({type(exc).__name__}: {exc}); "
+                                  f"retrying ({state_errors}/{self.max_poll_errors})")
+                    self.sleep(self.poll_s)
+                    continue
                 for rid, op in list(in_flight.items()):
                     state = states.get(rid, op.state or RequestState.PENDING)
                     if state != op.state:
@@ -228,8 +273,13 @@ class Provisioner:
         self._secrets = dict(secrets or {})
         self.clock = clock
         self.sleep = sleep
-        self.runner = RequestRunner(sdk, max_parallel, timeouts.poll_s, self.progress, clock, sleep)
+        self.runner = RequestRunner(sdk, max_parallel, timeouts.poll_s, self.progress, clock, sleep,
+                                    max_poll_errors=timeouts.max_poll_errors)
         self.owned: dict[str, Component] = {}  # created by this run and not yet removed
+        # Cluster → the job id its ``sky launch`` returned: on a fresh cluster that first job runs
+        # the setup (detached, after launch returns); see :meth:`wait_setup`.
+        self.launch_jobs: dict[str, int] = {}
+        self._setup_done: set[str] = set()
 
     def _secrets_for(self, comp: Component) -> dict[str, str]:
         return self.secrets_named(comp.secrets)
@@ -262,8 +312,10 @@ class Provisioner:
                 "serve status", lambda: self.sdk.serve_status(services), self.timeouts.launch_s)
             up |= {i.name for i in infos if i.status == "READY"}
         if clusters:
+            # Refreshed from the cloud: the cached status still says UP for a VM that was
+            # terminated from the console or preempted.
             statuses: dict[str, str] = self.runner.one(
-                "status", lambda: self.sdk.cluster_status(clusters), self.timeouts.launch_s)
+                "status", lambda: self.sdk.cluster_status(clusters, refresh=True), self.timeouts.launch_s)
             up |= {name for name, status in statuses.items() if status == "UP"}
         return [c for c in candidates if c.name in up]
 
@@ -277,9 +329,13 @@ class Provisioner:
                 return self.sdk.serve_up(comp.yaml, comp.name, secrets)
             return self.sdk.launch(comp.yaml, comp.name, secrets)
 
+        def done(value: Any) -> None:
+            self.ledger.record("up", comp.ledger_fields())
+            if comp.kind == "cluster" and value is not None:
+                self.launch_jobs[comp.name] = int(value)
+
         verb = "serve up" if comp.kind == "service" else "launch"
-        return Op(comp.name, f"{verb} {comp.name} ({comp.region})", submit,
-                  on_done=lambda _value: self.ledger.record("up", comp.ledger_fields()))
+        return Op(comp.name, f"{verb} {comp.name} ({comp.region})", submit, on_done=done)
 
     def up(self, components: Sequence[Component]) -> UpResult:
         """Provision ``components`` in parallel and wait for every service to be READY.
@@ -309,36 +365,78 @@ class Provisioner:
         result.created, result.reused = todo, reused
         return result
 
+    def poll(self, label: str, submit: Callable[[], str]) -> Any:
+        """One status request, retried: up to ``max_poll_errors`` failures in a row are reported
+        and waited out (the API server restarting, a network blip); the next one raises."""
+        errors = 0
+        while True:
+            try:
+                return self.runner.one(label, submit, self.timeouts.launch_s)
+            except Exception as exc:  # KeyboardInterrupt is not an Exception: it goes through
+                errors += 1
+                if errors >= self.timeouts.max_poll_errors:
+                    raise ProvisionError(
+                        f"{label}: {errors} status requests in a row failed, the last with "
+                        f"{type(exc).__name__}: {exc}. Is the SkyPilot API server up "
+                        "(`sky api info`)?") from exc
+                self.progress(f"{label}: status request failed ({type(exc).__name__}: {exc}); "
+                              f"retrying ({errors}/{self.timeouts.max_poll_errors})")
+                self.sleep(self.timeouts.poll_s)
+
     def wait_services_ready(self, services: Sequence[Component]) -> dict[str, ServiceInfo]:
-        """Poll ``sky.serve.status`` until every service has all its replicas READY."""
+        """Poll ``sky.serve.status`` until every service has all its replicas READY.
+
+        A service fails at once only in a status SkyPilot counts as failed (``SERVICE_FAILED``);
+        a failed replica is reported and waited for (SkyServe relaunches it), and the service
+        fails only when it has had fewer live replicas than wanted for ``replica_grace_s``.
+        """
         if not services:
             return {}
         names = [c.name for c in services]
         wanted = {c.name: c.count for c in services}
         start = self.clock()
         last: dict[str, str] = {}
+        short_since: dict[str, float] = {}  # service → since when it has too few live replicas
+        seen_failed: set[tuple[str, int, str]] = set()
         while True:
-            infos: list[ServiceInfo] = self.runner.one(
-                "serve status", lambda: self.sdk.serve_status(names), self.timeouts.ready_s)
+            infos: list[ServiceInfo] = self.poll("serve status", lambda: self.sdk.serve_status(names))
             by_name = {i.name: i for i in infos}
             ready: dict[str, ServiceInfo] = {}
+            now = self.clock()
             for name in names:
                 info = by_name.get(name)
                 if info is None:
                     raise ProvisionError(f"service {name!r} disappeared while waiting for it to be READY")
                 n_ready = sum(1 for r in info.replicas if r.status == "READY")
-                failed = [r for r in info.replicas if r.status.startswith(REPLICA_FAILED_PREFIX)]
+                failed = [r for r in info.replicas if r.status in REPLICA_FAILED]
+                alive = [r for r in info.replicas
+                         if r.status not in REPLICA_FAILED and r.status not in REPLICA_LEAVING]
                 summary = f"{info.status}, {n_ready}/{wanted[name]} replicas ready"
                 if last.get(name) != summary:
                     last[name] = summary
                     self.progress(f"service {name}: {summary}")
-                if info.status in SERVICE_FAILED or failed:
-                    detail = ", ".join(f"replica {r.replica_id} {r.status}" for r in failed)
+                for r in failed:
+                    if (name, r.replica_id, r.status) not in seen_failed:
+                        seen_failed.add((name, r.replica_id, r.status))
+                        self.progress(f"service {name}: replica {r.replica_id} {r.status}; SkyServe "
+                                      f"replaces it (`sky serve logs {name} {r.replica_id}`)")
+                detail = ", ".join(f"replica {r.replica_id} {r.status}" for r in failed)
+                if info.status in SERVICE_FAILED:
                     raise ProvisionError(
                         f"service {name!r} failed ({info.status}{'; ' + detail if detail else ''}). "
-                        f"See `sky serve logs {name} 1` for the replica's log."
+                        f"See `sky serve logs --controller {name}`."
                     )
-                if info.status == "READY" and n_ready >= wanted[name]:
+                if len(alive) < wanted[name] and failed:
+                    since = short_since.setdefault(name, now)
+                    if now - since > self.timeouts.replica_grace_s:
+                        raise ProvisionError(
+                            f"service {name!r} failed: only {len(alive)} of {wanted[name]} replicas "
+                            f"alive for {now - since:.0f} s ({detail}). See `sky serve logs {name} "
+                            f"{failed[-1].replica_id}` for the replica's log."
+                        )
+                else:
+                    short_since.pop(name, None)
+                if n_ready >= wanted[name]:
                     ready[name] = info
             if len(ready) == len(names):
                 return ready
@@ -352,7 +450,34 @@ class Provisioner:
 
     # ---- jobs --------------------------------------------------------------------------------
 
+    def wait_setup(self, cluster: str, label: str) -> None:
+        """Wait until the setup of a cluster this run launched has finished.
+
+        ``sky launch`` returns once the VM is up; its setup then runs detached, as the cluster's
+        first job (sky/backends/cloud_vm_ray_backend.py, ``_setup`` with ``detach_setup``). A
+        ``sky exec`` or a request to the cluster before that would race the install. A reused
+        (kept-up) cluster was set up by the run that launched it.
+        """
+        job_id = self.launch_jobs.get(cluster)
+        if job_id is None or cluster in self._setup_done:
+            return
+        start = self.clock()
+        while True:
+            status = self.poll(f"{label}: setup status", lambda: self.sdk.job_status(cluster, job_id))
+            if status is not None and status not in JOB_NOT_STARTED:
+                if status in JOB_TERMINAL and status != "SUCCEEDED":
+                    raise ProvisionError(
+                        f"{label}: the setup job {job_id} on {cluster} ended {status}; "
+                        f"see `sky logs {cluster} {job_id}`")
+                self._setup_done.add(cluster)
+                return
+            if self.clock() - start > self.timeouts.ready_s:
+                raise ProvisionTimeout(f"{label}: setup of {cluster} (job {job_id}) still {status} "
+                                       f"after {self.timeouts.ready_s:.0f} s")
+            self.sleep(self.timeouts.poll_s)
+
     def exec_job(self, cluster: str, yaml_text: str, label: str, secrets: Mapping[str, str] | None = None) -> int:
+        self.wait_setup(cluster, label)
         job_id = self.runner.one(label, lambda: self.sdk.exec(yaml_text, cluster, dict(secrets or {})),
                                  self.timeouts.launch_s)
         if job_id is None:
@@ -365,9 +490,8 @@ class Provisioner:
         start = self.clock()
         status: str | None = None
         while True:
-            status = self.runner.one(f"{label} status", lambda: self.sdk.job_status(cluster, job_id),
-                                     self.timeouts.launch_s)
-            if status in ("SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED"):
+            status = self.poll(f"{label} status", lambda: self.sdk.job_status(cluster, job_id))
+            if status in JOB_TERMINAL:
                 return str(status)
             elapsed = self.clock() - start
             if on_poll is not None:

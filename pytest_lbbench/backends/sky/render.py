@@ -13,8 +13,12 @@ What the original ran by hand (reference/skypilot-lb.md §4), as data:
 * **the sglang-router** (system ``sgl``) — a CPU VM in the entry region; its setup is launched
   with the rest, and the router itself is started with ``sky exec`` once the worker URLs exist.
 * **clients** — one CPU VM per client region; each experiment is a ``sky exec`` of
-  ``python -m pytest_lbbench.client`` that prints its result file (gzip + base64) between
-  markers, so results come back through the job log with a local or a remote API server.
+  ``python -m pytest_lbbench.client --job-file`` (the job and its plan built here, shipped as
+  the task's workdir) that prints its result file (gzip + base64) between markers, so results
+  come back through the job log with a local or a remote API server.
+
+The LB and client VMs mount a staged copy of this machine's package (:mod:`.package`): same
+code, same version, and a content hash in every YAML that mounts it.
 
 Secrets never appear in a rendered YAML: ``HF_TOKEN`` is declared as a ``secrets:`` entry with
 no value, and its value is attached to the task object at launch time (see :mod:`.sdk`).
@@ -33,6 +37,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import pytest_lbbench
+from pytest_lbbench.backends.sky.package import staged_path
+from pytest_lbbench.identity import code_hash
 from pytest_lbbench.protocol import CONTROL_TOKEN_ENV
 from pytest_lbbench.regions import place_round_robin
 from pytest_lbbench.systems import BalancerKind, Placement, SystemSpec
@@ -84,6 +90,17 @@ class SkySettings:
     # while it happens.
     readiness_initial_delay_s: int = 1200
     package_dir: str = field(default_factory=lambda: str(Path(pytest_lbbench.__file__).resolve().parent))
+
+    @property
+    def code_hash(self) -> str:
+        """The content hash of the package the LB and client VMs get (see :mod:`.package`)."""
+        return code_hash(self.package_dir)
+
+    @property
+    def shipped_dir(self) -> str:
+        """The local source of the VMs' package mount: the staged, stamped copy (its path
+        holds the hash, so a code change changes the YAMLs and the reuse key)."""
+        return str(staged_path(self.package_dir))
 
     def effective_router_version(self) -> str:
         if self.router_version:
@@ -226,6 +243,11 @@ def _remote_python_setup() -> str:
     )
 
 
+def _code_envs(settings: SkySettings) -> dict[str, str]:
+    # Which code the VM gets, in plain sight in the YAML (and in its fingerprint).
+    return {"LBBENCH_VERSION": pytest_lbbench.__version__, "LBBENCH_CODE_HASH": settings.code_hash}
+
+
 def _module_cmd(module: str, argv: Sequence[str]) -> str:
     return f"cd ~ && PYTHONPATH={REMOTE_SRC} python3 -u -m {module} " + " ".join(shlex.quote(a) for a in argv)
 
@@ -298,9 +320,10 @@ def lb_task(system: SystemSpec, settings: SkySettings, cluster: str, region: str
     """An LB VM in ``region``; ``lb_region`` is the LB's own notion (``global`` for one global LB)."""
     return {
         "name": cluster,
+        "envs": _code_envs(settings),
         "resources": {"infra": _infra(settings, region), "cpus": settings.lb_cpus,
                       "ports": settings.lb_port},
-        "file_mounts": {f"{REMOTE_SRC}/pytest_lbbench": settings.package_dir},
+        "file_mounts": {f"{REMOTE_SRC}/pytest_lbbench": settings.shipped_dir},
         "setup": _remote_python_setup(),
         "run": _module_cmd("pytest_lbbench.lb", lb_argv(system, settings, lb_name, lb_region)) + "\n",
     }
@@ -332,8 +355,9 @@ def router_run_task(system: SystemSpec, settings: SkySettings, cluster: str,
 def client_cluster_task(settings: SkySettings, cluster: str, region: str) -> dict[str, Any]:
     return {
         "name": cluster,
+        "envs": _code_envs(settings),
         "resources": {"infra": _infra(settings, region), "cpus": settings.client_cpus},
-        "file_mounts": {f"{REMOTE_SRC}/pytest_lbbench": settings.package_dir},
+        "file_mounts": {f"{REMOTE_SRC}/pytest_lbbench": settings.shipped_dir},
         "setup": _remote_python_setup(),
     }
 
@@ -342,9 +366,22 @@ def remote_result_path(exp_name: str, region: str) -> str:
     return f"{REMOTE_RESULTS}/metric/{exp_name}/{region}.json"
 
 
-def client_job_task(exp_name: str, region: str, client_argv: Sequence[str]) -> dict[str, Any]:
-    """One experiment's client run on a client VM; the result file comes back in the log."""
+def remote_job_file(region: str) -> str:
+    """Where a client job finds its job file on the VM (relative to ``~``): ``sky exec`` syncs
+    the task's ``workdir`` to ``~/sky_workdir`` (sky/skylet/constants.py, SKY_REMOTE_WORKDIR)."""
+    return f"sky_workdir/{region}.json"
+
+
+def client_job_task(exp_name: str, region: str, job_dir: str | Path) -> dict[str, Any]:
+    """One experiment's client run on a client VM, from the job file built on this machine.
+
+    ``job_dir`` holds ``<region>.json`` (:meth:`~pytest_lbbench.client.job.ClientJob.write`, its
+    plan included): it goes to the VM as the task's workdir, so the VM runs exactly the plan
+    pytest built (conftest workloads and local datasets included) and needs no dataset
+    library. The result file comes back in the log, between markers.
+    """
     out = remote_result_path(exp_name, region)
+    client_argv = ["--job-file", remote_job_file(region)]
     emit = (
         'import base64, gzip, sys; data = open(sys.argv[1], "rb").read(); '
         f'print("{RESULT_BEGIN}"); print(base64.encodebytes(gzip.compress(data)).decode(), end=""); '
@@ -358,7 +395,7 @@ def client_job_task(exp_name: str, region: str, client_argv: Sequence[str]) -> d
         + f"if [ -f {shlex.quote(out)} ]; then python3 -c {shlex.quote(emit)} {shlex.quote(out)}; fi\n"
         + "exit $rc\n"
     )
-    return {"name": sky_name("lbb", exp_name, region), "run": run}
+    return {"name": sky_name("lbb", exp_name, region), "workdir": str(job_dir), "run": run}
 
 
 # ---- a system's components -------------------------------------------------------------------

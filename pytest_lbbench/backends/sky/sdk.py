@@ -9,7 +9,7 @@ package, imported lazily (the ``pytest-lbbench[sky]`` extra).
 
 Secrets: the YAML text handed to :meth:`SkySdk.launch` / :meth:`SkySdk.serve_up` never carries
 secret values; they arrive in the separate ``secrets`` mapping and are attached to the in-memory
-``sky.Task`` only (``Task.update_secrets``), which SkyPilot redacts in its own logs.
+``sky.Task`` only (:func:`task_with_secrets`), which SkyPilot redacts in its own logs.
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ class SkySdk(Protocol):
         """``sky.serve.status``; result: ``list[ServiceInfo]`` (missing services are absent)."""
         ...
 
-    def cluster_status(self, clusters: Sequence[str]) -> str:
-        """``sky.status``; result: ``dict[name, status]`` with UP / INIT / STOPPED."""
+    def cluster_status(self, clusters: Sequence[str], refresh: bool = False) -> str:
+        """``sky.status`` (``refresh``: ask the cloud, not the cached state); result:
+        ``dict[name, status]`` with UP / INIT / STOPPED."""
         ...
 
     def endpoint(self, cluster: str, port: int) -> str:
@@ -114,6 +115,36 @@ class SkySdk(Protocol):
         ...
 
 
+def task_with_secrets(yaml_text: str, secrets: Mapping[str, str]) -> Any:
+    """The ``sky.Task`` of a rendered YAML with secret values attached, SkyPilot's own way.
+
+    The values go in as ``secrets_overrides`` of ``Task.from_yaml_config`` (what ``sky launch
+    --secret NAME=value`` does). A name the YAML declares with no value (``HF_TOKEN: null``) would
+    otherwise become a *managed* secret reference (sky/task.py), which the API server refuses to
+    launch without a secrets provider ("No value available for secret(s)",
+    sky/execution.py ``_resolve_managed_secrets``); so a declared name without a value here is
+    dropped, and the task is checked to carry no reference.
+    """
+    from sky import Task
+    from sky.utils import yaml_utils
+
+    config = yaml_utils.safe_load(yaml_text)
+    declared = config.get("secrets")
+    if isinstance(declared, dict):
+        kept = {k: v for k, v in declared.items() if v is not None}
+        if kept:
+            config["secrets"] = kept
+        else:
+            config.pop("secrets")
+    # from_yaml_config keeps this text as the user's YAML (shown, redacted, by SkyPilot).
+    config["_user_specified_yaml"] = yaml_text
+    task = Task.from_yaml_config(config, secrets_overrides=sorted(secrets.items()) or None)
+    if task.managed_secret_refs:  # pragma: no cover - guarded by the code above
+        names = ", ".join(ref.name for ref in task.managed_secret_refs)
+        raise ValueError(f"the task would need a managed secrets provider for: {names}")
+    return task
+
+
 def _http_url(endpoint: str | None) -> str | None:
     if not endpoint:
         return None
@@ -138,12 +169,7 @@ class RealSkySdk:
 
     @staticmethod
     def _task(yaml_text: str, secrets: Mapping[str, str]) -> Any:
-        import sky
-
-        task = sky.Task.from_yaml_str(yaml_text)
-        if secrets:
-            task.update_secrets(dict(secrets))
-        return task
+        return task_with_secrets(yaml_text, secrets)
 
     def launch(self, yaml_text: str, cluster: str, secrets: Mapping[str, str]) -> str:
         import sky
@@ -178,10 +204,12 @@ class RealSkySdk:
 
         return self._track("serve_status", sky.serve.status(list(services)))
 
-    def cluster_status(self, clusters: Sequence[str]) -> str:
+    def cluster_status(self, clusters: Sequence[str], refresh: bool = False) -> str:
         import sky
+        from sky.utils.common import StatusRefreshMode
 
-        return self._track("status", sky.status(list(clusters)))
+        mode = StatusRefreshMode.FORCE if refresh else StatusRefreshMode.NONE
+        return self._track("status", sky.status(list(clusters), refresh=mode))
 
     def endpoint(self, cluster: str, port: int) -> str:
         import sky
@@ -248,11 +276,24 @@ class RealSkySdk:
             return None if status is None else _enum_value(status)
         return value
 
-    def cancel(self, request_ids: Sequence[str]) -> None:
+    def cancel(self, request_ids: Sequence[str], timeout_s: float = 30.0) -> None:
+        import time
+
         import sky
 
-        if request_ids:
-            sky.api_cancel(list(request_ids), silent=True)
+        if not request_ids:
+            return
+        # api_cancel is itself a request: wait (bounded) until the server has carried it out, so
+        # a process that exits right after a Ctrl-C has really stopped what it started.
+        cancel_id = sky.api_cancel(list(request_ids), silent=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = self.request_states([str(cancel_id)])
+            if states.get(str(cancel_id), RequestState.PENDING).finished:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the API server did not carry out the cancel of {list(request_ids)} "
+                           f"within {timeout_s:.0f} s")
 
     def job_log(self, cluster: str, job_id: int) -> str:
         import sky
