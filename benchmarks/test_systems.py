@@ -5,4 +5,4 @@ Run ``pytest benchmarks -k push_push --regions us-east-2 --duration 30`` for one
 ``pytest --pyargs pytest_lbbench.benchmarks ...``.
 """
 
-from pytest_lbbench.benchmarks.test_systems import test_benchmark  # noqa: F401 - collected here
+from pytest_lbbench.benchmarks.test_systems import test_benchmark, test_capacity  # noqa: F401 - collected here

@@ -1,9 +1,11 @@
 """Runs stored in pytest-benchmark's own format, so ``pytest-benchmark list/compare`` work.
 
-Each experiment becomes two pytest-benchmark entries, ``<system>-<workload>[ttft]`` and
-``[e2e]``, whose ``stats`` are those of the per-request latencies (seconds; ``rounds`` is the
-number of successful requests) and whose ``extra_info`` holds every summary metric, which is
-what the regression gates read back. Files go to ``<storage>/<machine id>/NNNN_<name>.json``
+Each experiment key (``<system>-<workload>[-<load>]``, its repetitions together) becomes two
+pytest-benchmark entries, ``<key>[ttft]`` and ``[e2e]``, whose ``stats`` are those of the
+per-request latencies (seconds; ``rounds`` is the number of successful requests) and whose
+``extra_info`` holds every summary metric (the repetitions' means, and their spread under
+``repeats``), which is what the regression gates read back; a capacity search adds
+``<key>[capacity]``. Files go to ``<storage>/<machine id>/NNNN_<name>.json``
 exactly where ``--benchmark-save`` would put them.
 """
 
@@ -21,6 +23,8 @@ from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_commit_info, get_machine_id
 
 from pytest_lbbench import __version__
+from pytest_lbbench.gate import REPEATS_KEY
+from pytest_lbbench.report.repeats import group_repetitions, repeated_summary
 
 SAMPLE_METRICS = {"ttft": "ttft_s", "e2e": "e2e_s"}
 _log = logging.getLogger(__name__)
@@ -30,37 +34,51 @@ def _storage(path: Path) -> FileStorage:
     return FileStorage(path, logger=_log, default_machine_id=get_machine_id())
 
 
-def benchmark_entries(experiments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _entry(key: str, system: str, workload: str, metric: str, values: list[float],
+           extra_info: dict[str, Any]) -> dict[str, Any]:
+    stats = Stats()
+    for v in values:
+        stats.update(v)
+    name = f"{key}[{metric}]"
+    return {
+        "group": workload,
+        "name": name,
+        "fullname": f"lbbench::{name}",
+        "params": {"system": system, "workload": workload, "metric": metric, "key": key},
+        "param": f"{key}-{metric}",
+        "extra_info": extra_info,
+        "options": {"lbbench": True},
+        "stats": {**stats.as_dict(), "iterations": 1},
+    }
+
+
+def benchmark_entries(experiments: list[dict[str, Any]],
+                      capacities: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Per experiment key (its repetitions together: samples pooled, ``extra_info`` their means
+    and, under ``repeats``, their spread), and per capacity search (``[capacity]``)."""
     entries = []
-    for exp in experiments:
-        label = f"{exp['system']}-{exp['workload']}"
-        for metric, key in SAMPLE_METRICS.items():
-            values = (exp.get("samples") or {}).get(key) or []
-            if not values:
-                continue
-            stats = Stats()
-            for v in values:
-                stats.update(v)
-            name = f"{label}[{metric}]"
-            entries.append({
-                "group": exp["workload"],
-                "name": name,
-                "fullname": f"lbbench::{name}",
-                "params": {"system": exp["system"], "workload": exp["workload"], "metric": metric},
-                "param": f"{label}-{metric}",
-                "extra_info": {k: v for k, v in exp["overall"].items() if isinstance(v, (int, float))},
-                "options": {"lbbench": True},
-                "stats": {**stats.as_dict(), "iterations": 1},
-            })
+    for key, runs in group_repetitions(experiments).items():
+        first = runs[0]
+        summary = repeated_summary([r["overall"] for r in runs])
+        extra = {k: v for k, v in summary.items() if isinstance(v, (int, float)) or k == REPEATS_KEY}
+        for metric, sample_key in SAMPLE_METRICS.items():
+            values = [v for r in runs for v in (r.get("samples") or {}).get(sample_key) or []]
+            if values:
+                entries.append(_entry(key, first["system"], first["workload"], metric, values, extra))
+    for cap in capacities or []:
+        if cap.get("capacity") is not None:
+            entries.append(_entry(cap["key"], cap["system"], cap["workload"], "capacity",
+                                  [float(cap["capacity"])], {"capacity": cap["capacity"]}))
     return entries
 
 
-def save_run(experiments: list[dict[str, Any]], name: str, storage: Path) -> Path:
+def save_run(experiments: list[dict[str, Any]], name: str, storage: Path,
+             capacities: list[dict[str, Any]] | None = None) -> Path:
     """Write one stored run; returns its path."""
     payload = {
         "machine_info": pytest_benchmark_generate_machine_info(),
         "commit_info": get_commit_info(),
-        "benchmarks": benchmark_entries(experiments),
+        "benchmarks": benchmark_entries(experiments, capacities),
         "datetime": datetime.now(timezone.utc).isoformat(),
         "version": f"pytest-lbbench {__version__}",
     }
@@ -102,5 +120,6 @@ def load_baseline(ref: str, storage: Path) -> tuple[str, dict[str, dict[str, Any
     for bench in data.get("benchmarks", []):
         params = bench.get("params") or {}
         if "system" in params and "workload" in params:
-            out[f"{params['system']}-{params['workload']}"] = bench.get("extra_info") or {}
+            key = str(params.get("key") or f"{params['system']}-{params['workload']}")
+            out.setdefault(key, {}).update(bench.get("extra_info") or {})
     return Path(files[0]).name, out

@@ -7,12 +7,13 @@ into the test reports it sends to the controller; so this works the same with an
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
 
 import pytest
 
-from pytest_lbbench.fixtures import PROPERTY_KEY
+from pytest_lbbench.fixtures import CAPACITY_KEY, PROPERTY_KEY
 
 if TYPE_CHECKING:
     from pytest_lbbench.report.build import ReportFiles
@@ -43,6 +44,11 @@ def _is_summary(value: object, name: str) -> TypeGuard[dict[str, Any]]:
     return name == PROPERTY_KEY and isinstance(value, dict)
 
 
+def _is_capacity(value: object, name: str) -> TypeGuard[dict[str, Any]]:
+    """A capacity search's result (``lbbench_capacity`` puts one per search)."""
+    return name == CAPACITY_KEY and isinstance(value, dict)
+
+
 def _is_note(value: object, name: str) -> TypeGuard[Sequence[Any]]:
     """A benchmark's ``(title, [lines])`` note."""
     return name == NOTE_KEY and isinstance(value, (list, tuple)) and len(value) == 2
@@ -56,11 +62,50 @@ def flatten_user_properties(report: pytest.TestReport) -> None:
     for name, value in report.user_properties:
         if _is_summary(value, name):
             flat.extend(flat_properties(value))
+        elif _is_capacity(value, name):
+            flat.append((f"{PROPERTY_KEY}.capacity", value.get("capacity")))
         elif _is_note(value, name):
             flat.append((f"{NOTE_KEY}.{value[0]}", "\n".join(str(line) for line in value[1])))
         else:
             flat.append((name, value))
     report.user_properties[:] = flat
+
+
+class LiveProgress:
+    """Under xdist, on the controller: prints the workers' progress events as they come
+    (workers cannot write to the terminal; they append to ``<run-dir>/.progress/``)."""
+
+    def __init__(self, config: pytest.Config, run_dir: Path, poll_s: float = 1.0) -> None:
+        from pytest_lbbench.report.live import EventReader
+
+        self.config = config
+        self.reader = EventReader(run_dir)
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lbbench-progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._print()  # what arrived since the last poll
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._print()
+
+    def _print(self) -> None:
+        from pytest_lbbench.report.live import Snapshot, format_line
+
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        for event in self.reader.read():
+            snap = Snapshot(int(event["done"]), int(event["failed"]), event.get("ttft_p50_s"))
+            reporter.write_line("  " + format_line(str(event["label"]), float(event["elapsed_s"]),
+                                                   float(event["duration_s"]), snap))
 
 
 class LbbenchCollector:
@@ -69,11 +114,26 @@ class LbbenchCollector:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.experiments: list[dict[str, Any]] = []
+        self.capacities: list[dict[str, Any]] = []
         self.notes: list[tuple[str, list[str]]] = []
         self.saved: Path | None = None
         self.report: ReportFiles | None = None
         self.lost: list[tuple[str, str]] = []  # (test id, why) of experiments with no result
         self.crashed_workers: list[str] = []
+        self.live: LiveProgress | None = None
+
+    @pytest.hookimpl
+    def pytest_sessionstart(self) -> None:
+        """Under xdist, show the workers' progress here (on a controller that runs tests)."""
+        if not self.config.getoption("numprocesses", None) or self.config.getoption("collectonly"):
+            return
+        if self.config.get_verbosity() < 0:
+            return
+        from pytest_lbbench.runconfig import current_run_id
+
+        run_dir = Path(self.config.getoption("output_dir")).resolve() / current_run_id(self.config)
+        self.live = LiveProgress(self.config, run_dir)
+        self.live.start()
 
     @pytest.hookimpl(tryfirst=True)  # before JUnit XML writes the properties
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -86,6 +146,8 @@ class LbbenchCollector:
             for name, value in report.user_properties:
                 if _is_summary(value, name):
                     self.experiments.append(value)
+                elif _is_capacity(value, name):
+                    self.capacities.append(value)
                 elif _is_note(value, name):
                     self.notes.append((str(value[0]), [str(line) for line in value[1]]))
         flatten_user_properties(report)
@@ -98,21 +160,26 @@ class LbbenchCollector:
 
     @pytest.hookimpl
     def pytest_sessionfinish(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
         self.saved = None
         if not self.experiments:
             return
         from pytest_lbbench.benchstore import save_run
+        from pytest_lbbench.report.rundirs import ensure_run_dir
         from pytest_lbbench.report.build import build_report
         from pytest_lbbench.runconfig import get_config
 
         cfg = get_config(self.config)
         # Data first (summary files), then pictures; a failing plot is a warning, never a loss.
         self.report = build_report(
-            cfg.output_dir, self.experiments,
+            ensure_run_dir(cfg.output_dir, cfg.run_id), self.experiments,
             {"config": cfg.to_dict(), "lost": [nodeid for nodeid, _ in self.lost]}, slo=cfg.slo,
+            capacities=self.capacities,
         )
         if cfg.save_name:
-            self.saved = save_run(self.experiments, cfg.save_name, cfg.storage)
+            self.saved = save_run(self.experiments, cfg.save_name, cfg.storage, self.capacities)
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -120,12 +187,27 @@ class LbbenchCollector:
         if not self.experiments and not self.notes and not self.lost:
             return
         if self.experiments:
-            from pytest_lbbench.report.table import fault_lines, summary_lines
+            from pytest_lbbench.report.table import (
+                baseline_lines,
+                capacity_lines,
+                fault_lines,
+                noise_lines,
+                summary_lines,
+            )
             from pytest_lbbench.runconfig import get_config
 
+            cfg = get_config(self.config)
             tr.write_sep("=", "lbbench results (TTFT in ms, E2E in s)")
             for line in summary_lines(self.experiments):
                 tr.write_line(line)
+            for block in (capacity_lines(self.capacities), noise_lines(self.experiments),
+                          baseline_lines(self.experiments, self.capacities, cfg.baseline,
+                                         cfg.baseline_name or "?", cfg.thresholds)
+                          if cfg.baseline_name else []):
+                if block:
+                    tr.write_line("")
+                    for line in block:
+                        tr.write_line(line)
             drills = fault_lines(self.experiments)
             if drills:
                 tr.write_line("")
@@ -155,7 +237,8 @@ class LbbenchCollector:
                     )
                 for reason, count in (exp.get("failure_reasons") or {}).items():
                     tr.write_line(f"  {count} failed: {reason}")
-            out = get_config(self.config).output_dir
+            out = cfg.run_dir
+            tr.write_line(f"run {cfg.run_id}: {out} (and {cfg.output_dir / 'latest'})")
             tr.write_line(f"results: {out / 'metric'}  telemetry: {out / 'queue_size'}  logs: {out / 'logs'}")
             if self.report is not None:
                 page = self.report.index_html or "(not written)"

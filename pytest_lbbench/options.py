@@ -160,6 +160,21 @@ def _from_ini(option: DeclaredOption, raw: Any) -> Any:
     return value
 
 
+def _as_levels(flag: str, kwargs: dict[str, Any], kind: str) -> dict[str, Any]:
+    """``--num-users`` / ``--request-rate`` as one value or a comma list of load levels."""
+    from pytest_lbbench.loads import parse_levels
+
+    def levels(text: str) -> tuple[float, ...]:
+        try:
+            return parse_levels(text, kind)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return {**kwargs, "type": levels, "metavar": f"{kwargs.get('metavar', 'N')}[,{kwargs.get('metavar', 'N')}...]",
+            "help": kwargs.get("help", "") + "; a comma list runs each system at each level "
+            "(the load axis: test ids gain u<N> / r<RPS>)"}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = _Declarer(parser, parser.getgroup(
         "lbbench", "pytest-lbbench: multi-region LLM load-balancer benchmarks "
@@ -190,7 +205,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"workloads to run, comma-separated or repeated (default: arena_syn): {', '.join(WORKLOADS)}")
     # --duration, --num-users, --seed, --max-tokens, --request-timeout, --drain-timeout,
     # --lag-threshold-ms, --warmup: declared once, with their defaults, in runspec.RunKnobs.
-    add_knob_options(add)
+    # --num-users also takes a list of levels: the load axis (pytest_lbbench.loads).
+    add_knob_options(lambda flag, **kw: add(flag, **(_as_levels(flag, kw, "users") if flag == "--num-users" else kw)))
     add("--scenario", default=None, metavar="NAME",
         help="run one of the paper's experiments: sets client regions and users per region, the "
         "replica layout, workloads and systems (options you give explicitly win). One of: "
@@ -233,7 +249,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="compare with a saved run: its number (0001), its NAME, a path, or 'last'")
     add("--lbbench-fail", action="append", default=[], metavar="METRIC:PCT%",
         help="with --lbbench-compare: fail a test whose METRIC got worse by more than PCT%%, "
-        "e.g. ttft_p90_s:10%% or throughput_tpt_per_s:5%% (repeatable)")
+        "e.g. ttft_p90_s:10%%, goodput_requests_per_s:5%% or capacity:10%% (repeatable; an "
+        "unknown METRIC is refused with the valid names)")
+    add("--lbbench-sla", default=None, metavar="METRIC=BOUND,...",
+        help="find each system's capacity at these targets instead of running one load: the "
+        "highest load (bisection within --lbbench-sla-range) whose experiment keeps every "
+        "latency METRIC at or under its BOUND (higher-is-better ones at or over), e.g. "
+        "ttft_p90_s=1.0,e2e_p90_s=30")
+    add("--lbbench-sla-load", default="users", choices=["users", "rate"],
+        help="what the SLA search varies: users per client region (closed loop) or the "
+        "request rate per client region (open loop). Default: users")
+    add("--lbbench-sla-range", default=None, metavar="LO,HI",
+        help="the load range the SLA search bisects. Default: 1,200 users or 0.25,32 req/s")
+    add("--lbbench-sla-probes", type=int, default=7, metavar="N",
+        help="at most N experiments per system in the SLA search (>= 2). Default: 7")
+    add("--lbbench-repeat", type=int, default=1, metavar="N",
+        help="run each experiment N times (seeds --seed, --seed+1, ...); the summary gives each "
+        "metric's mean and 95%% confidence interval, and gates then fail only past the noise")
+    add("--lbbench-repeat-same-seed", action="store_true", default=False,
+        help="with --lbbench-repeat: every repetition uses --seed itself (the noise of the "
+        "system alone, not of the workload)")
     add("--engine-profile", default="l4-llama3.1-8b", metavar="NAME|FILE",
         help="simulated replica profile: a registered name or a JSON file such as "
         '{"base": "l4-llama3.1-8b", "kv_capacity_tokens": 30000}. Default: l4-llama3.1-8b')
@@ -253,7 +288,8 @@ def add_workload_options(parser: pytest.Parser) -> None:
     group = _Declarer(parser, parser.getgroup("lbbench-workloads", "pytest-lbbench: workloads (see README)"))
     add = group.addoption
     for option in COMMON_OPTIONS:
-        add(option.flag, **option.parser_kwargs())
+        kwargs = option.parser_kwargs()
+        add(option.flag, **(_as_levels(option.flag, kwargs, "rate") if option.flag == "--request-rate" else kwargs))
     seen: dict[str, tuple[str, WorkloadOption]] = {}
     for name, workload in WORKLOADS.items():
         for option in workload.options:

@@ -19,9 +19,12 @@ import pytest
 
 from pytest_lbbench.collect import LbbenchCollector
 from pytest_lbbench.fixtures import (  # noqa: F401 - fixtures are registered by import
+    lbbench_capacity,
     lbbench_config,
     lbbench_deployment,
     lbbench_ledger,
+    lbbench_load,
+    lbbench_repeat,
     lbbench_run,
     lbbench_system,
     lbbench_workload,
@@ -147,9 +150,17 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
         f"workloads={','.join(cfg.workloads)} clients={','.join(cfg.regions)} "
         f"replicas={cfg.replicas} over {','.join(cfg.replica_regions)} "
         f"duration={cfg.knobs.duration_s:g}s users/region={cfg.knobs.num_users} seed={cfg.knobs.seed} "
-        f"output={cfg.output_dir}"
+        f"output={cfg.run_dir}"
         + (f"\nlbbench: {cfg.scenario_layout}" if cfg.scenario_layout else "")
     )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: every worker writes into the controller's run directory."""
+    from pytest_lbbench.runconfig import RUN_ID_INPUT, current_run_id
+
+    node.workerinput[RUN_ID_INPUT] = current_run_id(node.config)
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own DSession picks one

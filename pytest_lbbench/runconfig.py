@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as _dt
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,10 @@ from pytest_lbbench.runspec import RunKnobs, knob_fields, knobs_from
 from pytest_lbbench.benchstore import BaselineNotFound, load_baseline
 from pytest_lbbench.custom import CustomSystemError, parse_custom_systems
 from pytest_lbbench.faults import FaultError, FaultSpec, parse_faults
+from pytest_lbbench.capacity import DEFAULT_RANGE as DEFAULT_SLA_RANGE
+from pytest_lbbench.capacity import SlaTarget, parse_range, parse_sla
 from pytest_lbbench.gate import Threshold, parse_threshold
+from pytest_lbbench.loads import Load, LoadKind
 from pytest_lbbench.hostlag import DEFAULT_THRESHOLD_MS as DEFAULT_HOST_LAG_THRESHOLD_MS
 from pytest_lbbench.options import (
     CONFIG_KEY,
@@ -39,6 +43,7 @@ from pytest_lbbench.options import (
 )
 from pytest_lbbench.regions import DEFAULT_REPLICA_REGIONS, RttMatrix
 from pytest_lbbench.report.__main__ import parse_slo
+from pytest_lbbench.report.store import new_run_id
 from pytest_lbbench.scenarios import SCENARIOS, ScenarioLayout
 from pytest_lbbench.systems import SYSTEMS, BalancerKind, SystemSpec
 from pytest_lbbench.workloads import WORKLOADS
@@ -80,6 +85,19 @@ class LbbenchConfig:
     baseline_name: str | None = None
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     slo: dict[str, float] | None = None
+    #: The load axis (``--num-users 10,50`` / ``--request-rate 1,2``): one experiment per level.
+    #: One level (the default) is no axis: test ids and result folders do not name it.
+    loads: tuple[Load, ...] = ()
+    #: ``--lbbench-sla`` targets (empty: no capacity search) and the search's settings.
+    sla: tuple[SlaTarget, ...] = ()
+    sla_kind: LoadKind = "users"
+    sla_range: tuple[float, float] = (1.0, 200.0)
+    sla_probes: int = 7
+    #: This run's id: its results go to ``output_dir / run_id`` (:attr:`run_dir`).
+    run_id: str = "run"
+    #: ``--lbbench-repeat``: runs of each experiment, and whether they share ``--seed``.
+    repeat: int = 1
+    repeat_same_seed: bool = False
     engine_profile: str = "l4-llama3.1-8b"
     engine_metrics: str = "sglang"
     # Values of every selected workload's own options and of the shared arrival/dataset
@@ -113,16 +131,48 @@ class LbbenchConfig:
         return {o.dest: self.workload_options.get(o.dest, o.default)
                 for o in (*COMMON_OPTIONS, *self.workload_catalog[workload].options)}
 
-    def experiment_spec(self, system: str, workload: str) -> ExperimentSpec:
-        """The experiment ``system`` × ``workload`` as this run's options define it."""
+    @property
+    def run_dir(self) -> Path:
+        """Where this run's results, telemetry, logs, figures and summary go
+        (``<output-dir>/<run-id>``; ``<output-dir>/latest`` points at the newest). The ledgers
+        stay in ``output_dir`` for ``--lbbench-cleanup``."""
+        return self.output_dir / self.run_id
+
+    @property
+    def load_axis(self) -> bool:
+        """Whether the load is an axis of the matrix (more than one level)."""
+        return len(self.loads) > 1
+
+    def experiment_key(self, system: str, workload: str, load: Load | None = None) -> str:
+        """``<system>-<workload>[-<load>]``: what repetitions share, and what a baseline and
+        a gate compare (the load is named when it is an axis or a search probe)."""
+        return f"{system}-{workload}" + (f"-{load.id}" if load is not None else "")
+
+    def experiment_spec(self, system: str, workload: str, load: Load | None = None,
+                        repeat: int = 1) -> ExperimentSpec:
+        """The experiment ``system`` × ``workload`` as this run's options define it; ``load``
+        replaces ``--num-users`` / ``--request-rate`` (and is named in the result folder),
+        ``repeat`` (1-based) derives its seed from ``--seed`` unless the repetitions share it."""
+        knobs, options = self.knobs, self.options_for(workload)
+        suffix = ""
+        if load is not None:
+            suffix += f"-{load.id}"
+            if load.users is not None:
+                knobs = dataclasses.replace(knobs, num_users=load.users)
+            else:
+                options = {**options, "request_rate": load.rate}
+        if self.repeat > 1:
+            suffix += f"-rep{repeat}"
+            if not self.repeat_same_seed:
+                knobs = dataclasses.replace(knobs, seed=knobs.seed + repeat - 1)
         return ExperimentSpec(
             system=system,
             workload=workload,
             definition=self.workload_catalog[workload],
-            exp_name=f"{self.exp_prefix(workload)}_{system}",
+            exp_name=f"{self.exp_prefix(workload)}{suffix}_{system}",
             client_regions=self.regions,
-            knobs=self.knobs,
-            workload_options=self.options_for(workload),
+            knobs=knobs,
+            workload_options=options,
             region_overrides=self.region_overrides,
         )
 
@@ -145,9 +195,12 @@ class LbbenchConfig:
         data["backends"] = self.backends.names()
         data["hook_workloads"] = list(self.hook_workloads)
         data["output_dir"] = str(self.output_dir)
+        data["run_dir"] = str(self.run_dir)
         data["storage"] = str(self.storage)
         data["thresholds"] = [f"{t.metric}:{t.max_worse_pct:g}%" for t in self.thresholds]
         data["faults"] = [spec.text for spec in self.faults]
+        data["loads"] = [load.to_dict() for load in self.loads]
+        data["sla"] = [t.text for t in self.sla]
         data["catalog"] = {name: spec.to_dict() for name, spec in self.catalog.items()}
         return data
 
@@ -301,8 +354,42 @@ def _common_option_values(opt: Any) -> dict[str, Any]:
         value = opt(option.dest)
         if option.dest == "dataset_path" and value:
             value = str(Path(value).resolve())  # the client may run in another directory
+        if option.dest == "request_rate" and value is not None:
+            value = float(value[0])  # one level or a list (the load axis): the first
         values[option.dest] = value
     return values
+
+
+def _load_levels(users: tuple[float, ...] | None, rates: tuple[float, ...] | None) -> tuple[Load, ...]:
+    """The load axis: a list of ``--num-users`` or of ``--request-rate`` levels (not both)."""
+    if users and rates and len(users) > 1 and len(rates) > 1:
+        _fail("--num-users and --request-rate both list several levels; sweep one of them "
+              "(the other takes one value).")
+    if rates and len(rates) > 1:
+        return tuple(Load("rate", r) for r in rates)
+    if users and len(users) > 1:
+        return tuple(Load("users", u) for u in users)
+    return ()
+
+
+def _sla_options(opt: Any, loads: tuple[Load, ...]) -> tuple[tuple[SlaTarget, ...], LoadKind, tuple[float, float]]:
+    kind: LoadKind = opt("lbbench_sla_load")
+    if not opt("lbbench_sla"):
+        for flag, dest in (("--lbbench-sla-range", "lbbench_sla_range"),):
+            if opt(dest):
+                _fail(f"{flag} needs --lbbench-sla METRIC=BOUND (e.g. ttft_p90_s=1.0).")
+        return (), kind, DEFAULT_SLA_RANGE[kind]
+    try:
+        sla = parse_sla(opt("lbbench_sla"))
+        sla_range = parse_range(opt("lbbench_sla_range"), kind) if opt("lbbench_sla_range") else DEFAULT_SLA_RANGE[kind]
+    except ValueError as exc:
+        _fail(f"{exc}.")
+    if loads:
+        _fail(f"--lbbench-sla searches the load itself; drop the list of {loads[0].kind} levels "
+              f"({', '.join(l.id for l in loads)}), or drop --lbbench-sla to sweep them.")
+    if opt("lbbench_sla_probes") < 2:
+        _fail(f"--lbbench-sla-probes must be at least 2, got {opt('lbbench_sla_probes')!r}.")
+    return sla, kind, sla_range
 
 
 def check_workloads(cfg: LbbenchConfig) -> None:
@@ -391,6 +478,9 @@ def build_config(config: pytest.Config, *, run_preflight: bool | None = None) ->
         replicas = len(replica_urls)
         replica_regions = list(dict.fromkeys(region for region, _ in replica_urls))
     knob_values = {f.name: opt(f.name) for f, _ in knob_fields()}
+    loads = _load_levels(opt("num_users"), opt("request_rate"))
+    if knob_values["num_users"] is not None:  # one level or a list: the knob is the first
+        knob_values["num_users"] = int(knob_values["num_users"][0])
     if knob_values["num_users"] is None and layout is not None:
         knob_values["num_users"] = max(layout.clients.values())
     try:
@@ -447,6 +537,12 @@ def build_config(config: pytest.Config, *, run_preflight: bool | None = None) ->
             _fail(f"--lbbench-compare: {exc}")
     elif thresholds:
         _fail("--lbbench-fail needs a baseline: add --lbbench-compare REF (e.g. 'last').")
+    sla, sla_kind, sla_range = _sla_options(opt, loads)
+    repeat = opt("lbbench_repeat")
+    if repeat < 1:
+        _fail(f"--lbbench-repeat must be at least 1, got {repeat!r}.")
+    if opt("lbbench_repeat_same_seed") and repeat == 1:
+        _fail("--lbbench-repeat-same-seed needs --lbbench-repeat N with N >= 2.")
     cfg = LbbenchConfig(
         backend=backend,
         regions=tuple(dict.fromkeys(regions)),
@@ -471,6 +567,14 @@ def build_config(config: pytest.Config, *, run_preflight: bool | None = None) ->
         baseline_name=baseline_name,
         baseline=baseline,
         slo=slo,
+        loads=loads,
+        sla=sla,
+        sla_kind=sla_kind,
+        sla_range=sla_range,
+        sla_probes=opt("lbbench_sla_probes"),
+        repeat=repeat,
+        repeat_same_seed=opt("lbbench_repeat_same_seed"),
+        run_id=current_run_id(config),
         engine_profile=_check_profile(opt("engine_profile")),
         engine_metrics=opt("engine_metrics"),
         workload_options={**_workload_values(config, workloads, workloads_known), **_common_option_values(opt)},
@@ -502,6 +606,20 @@ def _check_time_scale(cfg: LbbenchConfig, *, gke_contexts_given: bool) -> None:
         if not cfg.backends.get(name).scales_time:
             _fail(f"--time-scale {cfg.time_scale:g}: the {name} backend runs real engines on real "
                   "clocks and cannot scale time. Drop --time-scale (or give 1), or run the local backend.")
+
+
+_RUN_ID = pytest.StashKey[str]()
+RUN_ID_INPUT = "lbbench_run_id"  # the key in an xdist worker's workerinput
+
+
+def current_run_id(config: pytest.Config) -> str:
+    """This session's run id: the controller's under xdist (it hands it to every worker in
+    ``workerinput``), else made here once."""
+    if _RUN_ID not in config.stash:
+        given = getattr(config, "workerinput", {}).get(RUN_ID_INPUT)
+        config.stash[_RUN_ID] = str(given) if given else new_run_id(
+            _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0))
+    return config.stash[_RUN_ID]
 
 
 def get_config(config: pytest.Config) -> LbbenchConfig:

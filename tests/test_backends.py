@@ -90,7 +90,7 @@ def test_a_conftest_backend_runs_a_system_end_to_end(bench: pytest.Pytester) -> 
     result.assert_outcomes(passed=1)
     assert (bench.path / "deployed.txt").read_text().split() == ["sky_push_push"]
     assert (bench.path / "closed.txt").read_text() == "yes"
-    data = json.loads((out / "metric" / "arena_syn_sky_push_push" / "us-east-2.json").read_text())
+    data = json.loads((out / "latest" / "metric" / "arena_syn_sky_push_push" / "us-east-2.json").read_text())
     assert data["metrics"] and all(not r.get("failed") for r in data["metrics"])
     assert data["deployment"]["backend"] == "recording"
 

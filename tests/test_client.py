@@ -112,6 +112,9 @@ def test_cli_writes_the_original_layout_and_no_partial_file(replica: ManagedProc
     assert data["workload"] == "arena_syn" and data["workload_args"]["num_users"] == 2
     assert len(data["metrics"]) == data["sent"] > 0
     assert not out.with_name(out.name + ".partial.jsonl").exists()
+    # The per-request JSONL stays beside the result, one record per line.
+    lines = out.with_suffix(".jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == data["metrics"]
 
 
 def test_served_by_reads_replica_and_lb_headers() -> None:

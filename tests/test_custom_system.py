@@ -104,15 +104,15 @@ def test_a_global_custom_balancer_runs_through_a_real_benchmark(bench: pytest.Py
     first = bench.runpytest_subprocess(*common, "--lbbench-save", "base", timeout=300)
     first.assert_outcomes(passed=1)
     first.stdout.fnmatch_lines(["*lbbench: backend=local systems=rr *", "rr *all*"])
-    data = json.loads((out / "metric" / "arena_syn_rr" / "us-east-2.json").read_text())
+    data = json.loads((out / "latest" / "metric" / "arena_syn_rr" / "us-east-2.json").read_text())
     records = data["metrics"]
     assert records and not [r for r in records if r["failed"]]
     # Round robin over every replica (global: one instance over all three regions' replicas).
     assert len({r["replica"] for r in records}) == 3
     assert data["deployment"]["system"]["kind"] == "custom"
     assert data["deployment"]["balancers"] == [{"name": "rr", "region": "us-east-2"}]
-    assert list((out / "fig").glob("*.png")), "no figures"
-    ticks = [json.loads(line) for line in (out / "queue_size" / "arena_syn_rr.txt").read_text().splitlines()]
+    assert list((out / "latest" / "fig").glob("*.png")), "no figures"
+    ticks = [json.loads(line) for line in (out / "latest" / "queue_size" / "arena_syn_rr.txt").read_text().splitlines()]
     assert "custom" in {v.get("kind") for tick in ticks for k, v in tick.items() if k != "time"}
     # Gates by its name: the compare finds rr-arena_syn in the saved run and holds it to 10000 %.
     second = bench.runpytest(*common, "--lbbench-compare", "base", "--lbbench-fail", "ttft_p90_s:10000%")
@@ -127,13 +127,13 @@ def test_a_regional_custom_balancer_gets_its_region_and_its_peers(bench: pytest.
                              "--output-dir", str(out), *FAST)
     result.assert_outcomes(passed=1)
     for region in ("us-east-2", "ap-northeast-1"):
-        data = json.loads((out / "metric" / "arena_syn_rr" / f"{region}.json").read_text())
+        data = json.loads((out / "latest" / "metric" / "arena_syn_rr" / f"{region}.json").read_text())
         # Each client reaches its own region's instance, which knows only that region's replica.
         assert {r["replica"] for r in data["metrics"]} == {f"replica-{'0' if region == 'us-east-2' else '1'}-{region}"}
     balancers = {b["name"] for b in data["deployment"]["balancers"]}
     assert balancers == {"rr-us-east-2", "rr-ap-northeast-1", "rr-eu-central-1"}
     # Its two peers, through their delay links (one line per start: at start-up and at the reset).
-    log = (out / "logs" / "rr" / "rr-us-east-2.log").read_text()
+    log = (out / "latest" / "logs" / "rr" / "rr-us-east-2.log").read_text()
     starts = [line for line in log.splitlines() if line.startswith("peers:")]
     assert len(starts) == 2 and starts[-1].count("http://127.0.0.1:") == 2, log
 

@@ -224,7 +224,7 @@ def test_a_drill_through_the_plugin_reports_what_the_fault_hit(bench: pytest.Pyt
     result = bench.runpytest_subprocess("-k", "sky_push_push", "--duration", "4", "--output-dir", str(out),
                                         "--fault", "crash:replica-0-us-east-2@1s+2s", *FAST)
     result.assert_outcomes(passed=1)
-    data = json.loads((out / "metric" / "arena_syn_sky_push_push" / f"{US}.json").read_text())
+    data = json.loads((out / "latest" / "metric" / "arena_syn_sky_push_push" / f"{US}.json").read_text())
     faults = data["faults"]
     assert faults["drill"] == ["crash:replica-0-us-east-2@1s+2s"]
     assert [e["action"] for e in faults["events"]] == ["crash", "restart"]
@@ -232,7 +232,7 @@ def test_a_drill_through_the_plugin_reports_what_the_fault_hit(bench: pytest.Pyt
     hit = [r for r in data["metrics"] if r.get("fault")]
     assert len(hit) == faults["counts"]["fault_hit"]
     assert faults["timeline"]["bin_s"] == 5.0 and [r["action"] for r in faults["recovery"]] == ["crash"]
-    assert (out / "fig" / "arena_syn_faults.png").stat().st_size > 0
+    assert (out / "latest" / "fig" / "arena_syn_faults.png").stat().st_size > 0
     result.stdout.fnmatch_lines(["fault drills*", "*sky_push_push-arena_syn*crash:replica-0-us-east-2@1s+2s*"])
 
 

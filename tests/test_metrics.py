@@ -102,3 +102,14 @@ def test_served_remote_share_counts_known_replicas_of_successes() -> None:
     ]
     assert summarize(records, regions)["served_remote_share"] == pytest.approx(2 / 3)
     assert summarize(records)["served_remote_share"] is None
+
+
+def test_confidence_intervals_and_welch() -> None:
+    from pytest_lbbench.stats import mean_ci95, t_critical_95, welch_differs
+
+    m, half = mean_ci95([1.0, 2.0, 3.0])
+    assert m == 2.0 and half == pytest.approx(4.303 / 3 ** 0.5)  # t(0.975, 2) · s / √n, s = 1
+    assert mean_ci95([5.0]) == (5.0, None) and mean_ci95([]) == (None, None)
+    assert t_critical_95(35) == 2.042 and t_critical_95(1000) == 1.980
+    assert welch_differs(10.0, 1.0, 5, 20.0, 1.0, 5)
+    assert not welch_differs(10.0, 5.0, 3, 11.0, 5.0, 3)

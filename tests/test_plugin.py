@@ -70,7 +70,7 @@ def test_a_conftest_adds_a_system_through_the_hook(bench: pytest.Pytester) -> No
                              f"--junitxml={junit}", *FAST)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["sky_push_push_ll*all*"])
-    data = json.loads((out / "metric" / "arena_syn_sky_push_push_ll" / "us-east-2.json").read_text())
+    data = json.loads((out / "latest" / "metric" / "arena_syn_sky_push_push_ll" / "us-east-2.json").read_text())
     assert data["deployment"]["system"]["policy"] == "least_load"
     # JUnit XML gets flat scalars (for CI dashboards), not a repr of the summary and its samples.
     import xml.etree.ElementTree as ET
@@ -141,31 +141,31 @@ def test_both_systems_in_parallel_workers(bench: pytest.Pytester) -> None:
     ])
     for system in ("sgl", "sky_push_push"):
         for region in ("us-east-2", "ap-northeast-1"):
-            data = json.loads((out / "metric" / f"arena_syn_{system}" / f"{region}.json").read_text())
+            data = json.loads((out / "latest" / "metric" / f"arena_syn_{system}" / f"{region}.json").read_text())
             assert set(data) >= {"workload", "latency", "metrics", "backend_url", "workload_args"}
             assert data["metrics"] and len(data["metrics"]) == data["sent"]
             assert all(m["client_region"] == region for m in data["metrics"])
             assert data["deployment"]["system"]["name"] == system
-        telemetry = (out / "queue_size" / f"arena_syn_{system}.txt").read_text().splitlines()
+        telemetry = (out / "latest" / "queue_size" / f"arena_syn_{system}.txt").read_text().splitlines()
         assert len(telemetry) >= 3  # one line per second of a >= 3 s run
         assert all("time" in json.loads(line) for line in telemetry)
-    sgl = json.loads((out / "metric" / "arena_syn_sgl" / "us-east-2.json").read_text())
+    sgl = json.loads((out / "latest" / "metric" / "arena_syn_sgl" / "us-east-2.json").read_text())
     assert sgl["deployment"]["versions"]["sglang_router"]
     assert not live_entries(ledger_path(out)), "processes left running after the run"
 
     # The report: one summary row per system (plus per client region), every figure, a page.
-    rows = (out / "summary.csv").read_text().splitlines()
+    rows = (out / "latest" / "summary.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3  # header; per system: all + 2 client regions
-    figures = sorted(p.name for p in (out / "fig").glob("*.png"))
+    figures = sorted(p.name for p in (out / "latest" / "fig").glob("*.png"))
     for kind in ("throughput", "ttft_box", "e2e_box", "ttft_cdf", "cache_hit", "region_latency"):
         assert f"arena_syn_{kind}.png" in figures
     assert {"queue_arena_syn_sgl.png", "queue_arena_syn_sky_push_push.png"} <= set(figures)
-    screenshot = _screenshot(out / "index.html", bench.path / "index.png")
+    screenshot = _screenshot(out / "latest" / "index.html", bench.path / "index.png")
     assert screenshot.stat().st_size > 50_000  # a page with a table and figures, not a blank one
 
     # Redrawing from the stored files alone gives the same figures.
     copy = bench.path / "copy"
-    shutil.copytree(out, copy)
+    shutil.copytree(out / "latest", copy)
     shutil.rmtree(copy / "fig")
     redraw = subprocess.run([sys.executable, "-m", "pytest_lbbench.report", str(copy)],
                             capture_output=True, text=True, timeout=300)
@@ -214,12 +214,37 @@ def test_save_then_gate_against_the_saved_run(bench: pytest.Pytester) -> None:
     third = bench.runpytest_subprocess(*slower, "--lbbench-compare", "0001",
                                        "--lbbench-fail", "ttft_p50_s:1000%", timeout=300)
     third.assert_outcomes(passed=1)
+    # Goodput is in every experiment's summary, so it can be gated: under an SLO no request
+    # can meet (TTFT <= 1 ms) it drops to zero, and the gate fails the test. The run ends with
+    # the table of each gated metric, baseline against now.
+    fourth = bench.runpytest_subprocess(*common, "--lbbench-compare", "base", "--slo", "ttft_s=0.001",
+                                        "--lbbench-fail", "goodput_requests_per_s:20%", timeout=300)
+    fourth.assert_outcomes(failed=1)
+    fourth.stdout.fnmatch_lines([
+        "*sky_push_push-arena_syn: goodput_requests_per_s dropped from * (baseline 0001_base.json) to 0 (-100.0%)*",
+        "*against baseline 0001_base.json*",
+        "*experiment*metric*baseline*now*change*allowed*verdict*",
+        "*sky_push_push-arena_syn*goodput_requests_per_s*-100.0%*20% worse*FAIL*",
+    ])
 
 
 def test_gate_options_are_validated(bench: pytest.Pytester) -> None:
     result = bench.runpytest("--lbbench-fail", "ttft_p90_s:10%")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--lbbench-fail needs a baseline*"])
+    # A misspelt metric would be a gate that never fires: refused, naming the valid ones.
+    result = bench.runpytest("--lbbench-fail", "ttft_p90:10%")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown metric 'ttft_p90'. Did you mean ttft_p90_s*Valid metrics: "
+                                 "throughput_tpt_per_s, *goodput_requests_per_s, slo_attainment, capacity*"])
+    for bad, why in ((["--lbbench-sla", "ttft_p99=1"], "*--lbbench-sla: unknown metric 'ttft_p99'*"),
+                     (["--lbbench-sla-range", "1,5"], "*--lbbench-sla-range needs --lbbench-sla*"),
+                     (["--num-users", "5,x"], "*--num-users: 'x' is not a number*"),
+                     (["--lbbench-repeat", "0"], "*--lbbench-repeat must be at least 1*"),
+                     (["--num-users", "2,4", "--lbbench-sla", "ttft_p90_s=1"], "*--lbbench-sla searches the load itself*")):
+        result = bench.runpytest(*bad)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, bad
+        result.stderr.fnmatch_lines([why])
     result = bench.runpytest("--lbbench-compare", "nope", "--lbbench-storage", str(bench.path / "s"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*no saved run matches 'nope'*Save one with --lbbench-save NAME*"])
@@ -253,7 +278,7 @@ def test_a_killed_worker_loses_only_its_experiment(pytester: pytest.Pytester) ->
         "LOST test_bench.py::test_benchmark[[]sgl-arena_syn[]]*crashed while running*",
         "crashed workers: gw*",
     ])
-    assert (out / "metric" / "arena_syn_sky_push_push" / "us-east-2.json").exists()
+    assert (out / "latest" / "metric" / "arena_syn_sky_push_push" / "us-east-2.json").exists()
     # The dead worker's replicas, router and links went with it (parent-death signal).
     deadline = time.monotonic() + 15
     while live_entries(ledger_path(out)) and time.monotonic() < deadline:

@@ -61,11 +61,11 @@ def test_a_conftest_adds_a_workload_through_the_hook(bench: pytest.Pytester) -> 
     out = bench.path / "results"
     result = bench.runpytest("-k", "sky_push_push", "--workloads", "support", "--output-dir", str(out), *FAST)
     result.assert_outcomes(passed=1)
-    data = json.loads((out / "metric" / "support_sky_push_push" / "us-east-2.json").read_text())
+    data = json.loads((out / "latest" / "metric" / "support_sky_push_push" / "us-east-2.json").read_text())
     assert data["workload"] == "support"
     assert data["metrics"] and {r["hash_key"] for r in data["metrics"]} <= {f"customer{i}" for i in range(7)}
     # The client ran the plan built in the pytest process: it cannot import the conftest.
-    assert (out / "plans" / "support_sky_push_push" / "us-east-2.json").exists()
+    assert (out / "latest" / "plans" / "support_sky_push_push" / "us-east-2.json").exists()
 
 
 CUSTOMERS_CONFTEST = SUPPORT_CONFTEST.replace(
@@ -109,7 +109,7 @@ def test_hf_without_a_token_fails_at_start_up(bench: pytest.Pytester, monkeypatc
     ("args", "expected"),
     [
         (("--workloads", "tot", "--request-rate", "5"), "*--request-rate drives chat workloads*"),
-        (("--request-rate", "-1"), "*--request-rate must be > 0*"),
+        (("--request-rate", "-1"), "*--request-rate must be positive*"),
         (("--workloads", "arena_syn", "--num-conv", "0"), "*--workloads arena_syn*num-conv*"),
         (("--dataset-source", "s3"), "*--dataset-source: unknown source 's3'. Valid sources: synthetic, hf*"),
         (("--warmup", "-2"), "*--warmup must be >= 0*"),
@@ -126,10 +126,10 @@ def test_warmup_requests_are_kept_but_not_counted(bench: pytest.Pytester) -> Non
     out = bench.path / "results"
     result = bench.runpytest("-k", "sky_push_push", "--warmup", "1.5", "--output-dir", str(out), *FAST)
     result.assert_outcomes(passed=1)
-    data = json.loads((out / "metric" / "arena_syn_sky_push_push" / "us-east-2.json").read_text())
+    data = json.loads((out / "latest" / "metric" / "arena_syn_sky_push_push" / "us-east-2.json").read_text())
     warm = [r for r in data["metrics"] if r["warmup"]]
     assert warm and len(warm) < len(data["metrics"]) == data["sent"]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "latest" / "summary.json").read_text())
     row = next(r for r in summary["records"] if r["client_region"] == "all")
     assert row["requests"] == len(data["metrics"]) - len(warm)
     assert row["warmup"] == 1.5
@@ -139,7 +139,7 @@ def test_a_tree_workload_runs_end_to_end(bench: pytest.Pytester) -> None:
     out = bench.path / "results"
     result = bench.runpytest("-k", "sky_push_push", "--workloads", "tot", "--output-dir", str(out), *FAST)
     result.assert_outcomes(passed=1)
-    data = json.loads((out / "metric" / "tot_sky_push_push" / "us-east-2.json").read_text())
+    data = json.loads((out / "latest" / "metric" / "tot_sky_push_push" / "us-east-2.json").read_text())
     assert {r["turn_index"] for r in data["metrics"]} >= {0, 1}
     assert all(r["branch"] for r in data["metrics"])
     assert data["workload_args"]["num_branches"] == 2

@@ -39,7 +39,7 @@ def test_running_servers_serve_as_the_replicas(bench: pytest.Pytester, outside_r
     result.stdout.fnmatch_lines(["*replicas=2 over us-east-2,ap-northeast-1*"])
     records = []
     for region in ("us-east-2", "ap-northeast-1"):
-        data = json.loads((out / "metric" / "arena_syn_sky_push_push" / f"{region}.json").read_text())
+        data = json.loads((out / "latest" / "metric" / "arena_syn_sky_push_push" / f"{region}.json").read_text())
         records += data["metrics"]
     assert data["deployment"]["replicas"] == [
         {"name": "replica-0-us-east-2", "region": "us-east-2", "url": east},

@@ -839,7 +839,7 @@ class LocalBackend:
             replicas=cfg.replicas,
             replica_regions=cfg.replica_regions,
             client_regions=cfg.regions,
-            log_dir=cfg.output_dir / "logs" / system.name,
+            log_dir=cfg.run_dir / "logs" / system.name,
             rtt=cfg.rtt,
             replica_seed=cfg.knobs.seed,
             time_scale=cfg.time_scale,
@@ -852,7 +852,7 @@ class LocalBackend:
         ))
 
     def client_launcher(self, system: SystemSpec, ctx: BackendContext) -> LocalClientLauncher:
-        return LocalClientLauncher(ctx.config.output_dir / "logs" / system.name, ctx.ledger, ctx.config.rtt)
+        return LocalClientLauncher(ctx.config.run_dir / "logs" / system.name, ctx.ledger, ctx.config.rtt)
 
     def plan(self, ctx: BackendContext) -> str | None:
         return None  # processes on this machine: nothing to provision

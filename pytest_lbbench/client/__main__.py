@@ -7,7 +7,9 @@ run on client VMs. It writes, in the original ``sky.lbbench`` layout:
   in a ``--job-file``, its ``output_file``): one JSON object
   ``{"workload", "latency", "metrics": [records], "backend_url", "workload_args", ...}``;
 * ``<output-file>.partial.jsonl`` while running: one record per line, flushed as each request
-  completes, so a crash keeps every finished request (removed once the final file exists).
+  completes, so a crash keeps every finished request; once the final file exists it stays, as
+  ``<output-file minus .json>.jsonl`` (every request's record, one per line, for tools that
+  stream).
 
 Exit status: 0 on a completed run (failed requests are data, not errors), 2 on bad arguments,
 3 when the endpoint never became ready.
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     _write_result_atomic(out, payload, partial_path)
-    partial_path.unlink(missing_ok=True)
+    partial_path.replace(out.with_suffix(".jsonl"))  # the per-request records stay
     return 0
 
 

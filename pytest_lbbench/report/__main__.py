@@ -1,4 +1,7 @@
-"""``python -m pytest_lbbench.report DIR``: recompute a run's summary and redraw its report.
+"""``python -m pytest_lbbench.report DIR [DIR...]``: recompute a run's summary and redraw its report.
+
+DIR is one run's directory (``<output-dir>/<run-id>``) or an output directory, which means
+its ``latest`` run; several runs go side by side into ``--out``.
 
 Reads only stored files: ``DIR/metric/<exp>/<client-region>.json`` (ours, or the original
 ``sky.lbbench`` layout, also under ``DIR/result/metric``) and ``DIR/queue_size/*.txt``,
@@ -17,9 +20,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pytest_lbbench.report.build import build_report
-from pytest_lbbench.report.metrics import SLO_KEYS, validate_slo
+from pytest_lbbench.report.metrics import DEFAULT_SLO, SLO_KEYS, validate_slo
 from pytest_lbbench.report.resultdir import BadResultDir, experiment_dict, load_result_dir
-from pytest_lbbench.report.store import DEFAULT_SLO, SUMMARY_JSON, SummarySchemaError, load_summary
+from pytest_lbbench.report.rundirs import resolve_run_dir
+from pytest_lbbench.report.store import SUMMARY_JSON, SummarySchemaError, load_summary
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -52,8 +56,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Recompute summary.csv/summary.json and redraw fig/*.png and index.html "
                     "from a result directory (pytest-lbbench's or the original sky.lbbench's).",
     )
-    parser.add_argument("dir", type=Path, metavar="DIR",
-                        help="the run's output directory (holding metric/<exp>/<region>.json)")
+    parser.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                        help="a run's directory (holding metric/<exp>/<region>.json), or an "
+                             "--output-dir (its latest run); several DIRs (with --out) are "
+                             "drawn side by side, each system named SYSTEM@RUN")
     default = ",".join(f"{k}={v:g}" for k, v in DEFAULT_SLO.items())
     parser.add_argument("--slo", type=parse_slo, default=None, metavar="KEY=S,...",
                         help=f"latency objectives for goodput, seconds; keys {', '.join(SLO_KEYS)}. "
@@ -78,23 +84,48 @@ def _previous_run_meta(out_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def _previous_capacities(run_dir: Path) -> list[dict[str, Any]]:
+    """The capacity searches an existing summary recorded (they are not in the result files)."""
+    try:
+        return list(load_summary(run_dir / SUMMARY_JSON).get("capacity") or [])
+    except (OSError, ValueError, SummarySchemaError):
+        return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
-    result_dir: Path = args.dir
+    parser = _parser()
+    args = parser.parse_args(argv)
+    run_dirs = [resolve_run_dir(d) for d in args.dirs]
+    if len(run_dirs) > 1 and args.out is None:
+        parser.error("several DIRs are drawn side by side into one new report: give --out OUT")
+    result_dir: Path = run_dirs[0]
     out_dir: Path = args.out or result_dir
-    try:
-        results = load_result_dir(result_dir)
-    except BadResultDir as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    experiments = [experiment_dict(r, result_dir) for r in results]
+    experiments: list[dict[str, Any]] = []
+    capacities: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        try:
+            results = load_result_dir(run_dir)
+        except BadResultDir as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        found = [experiment_dict(r, run_dir) for r in results]
+        caps = _previous_capacities(run_dir)
+        if len(run_dirs) > 1:  # one run's systems beside another's: name them apart
+            for exp in (*found, *caps):
+                exp["system"] = f"{exp['system']}@{run_dir.name}"
+                if "key" in exp:
+                    exp["key"] = f"{exp['key']}@{run_dir.name}"
+            for exp in found:
+                exp["label"] = f"{exp['label']} ({run_dir.name})"
+        experiments += found
+        capacities += caps
     # A redraw keeps the run's metadata (config, scenario, SLO): from the summary it replaces,
     # else (--out into a new directory) from the one beside the results.
     run_meta = _previous_run_meta(out_dir) or _previous_run_meta(result_dir)
-    run_meta["regenerated_from"] = str(result_dir)
+    run_meta["regenerated_from"] = ", ".join(str(d) for d in run_dirs)
     try:
-        report = build_report(out_dir, experiments, run_meta, slo=args.slo)
+        report = build_report(out_dir, experiments, run_meta, slo=args.slo, capacities=capacities)
     except OSError as exc:
         print(f"error: cannot write the report to {out_dir}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

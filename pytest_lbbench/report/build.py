@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pytest_lbbench.report.html import write_index
+from pytest_lbbench.report.loadplots import load_figures
 from pytest_lbbench.report.paper import FIGURE_NAME, comparison_lines, paper_comparison, plot_comparison
 from pytest_lbbench.report.plots import FIG_DIR, draw_figures
 from pytest_lbbench.report.store import add_to_summary, load_summary, write_summary
@@ -39,6 +40,7 @@ def build_report(
     experiments: list[dict[str, Any]],
     run_meta: dict[str, Any],
     slo: Mapping[str, float] | None = None,
+    capacities: Sequence[Mapping[str, Any]] = (),
 ) -> ReportFiles:
     """Write ``summary.csv``/``summary.json``, ``fig/*.png`` and ``index.html`` under ``out_dir``.
 
@@ -47,7 +49,7 @@ def build_report(
     returned in ``warnings`` for the caller to show.
     """
     out_dir = Path(out_dir)
-    csv_path, json_path = write_summary(out_dir, experiments, run_meta, slo=slo)
+    csv_path, json_path = write_summary(out_dir, experiments, run_meta, slo=slo, capacities=capacities)
     summary = load_summary(json_path)
     paper_warnings: list[str] = []
     try:
@@ -55,6 +57,12 @@ def build_report(
     except Exception as exc:  # noqa: BLE001 - the comparison is derived; the summary is on disk
         paper_warnings.append(f"paper comparison not computed: {type(exc).__name__}: {exc}")
     figures, warnings = draw_figures(summary, out_dir, out_dir / FIG_DIR)
+    for path, draw in load_figures(summary, out_dir / FIG_DIR):
+        try:
+            draw()
+            figures.append(path)
+        except Exception as exc:  # noqa: BLE001 - one figure's failure must not stop the rest
+            warnings.append(f"figure {path.name} not drawn: {type(exc).__name__}: {exc}")
     comparison = summary.get(PAPER_KEY)
     if comparison and any(r.get("status") == "compared" for r in comparison.get("rows") or []):
         path = out_dir / FIG_DIR / FIGURE_NAME

@@ -141,6 +141,8 @@ def failure_reasons(records: Iterable[Record], limit: int = 5) -> dict[str, int]
 
 #: Thresholds a service-level objective may set, all in seconds.
 SLO_KEYS: tuple[str, ...] = ("ttft_s", "e2e_s", "tpot_s")
+#: The objective goodput is measured against when the run names none (seconds).
+DEFAULT_SLO: dict[str, float] = {"ttft_s": 1.0, "e2e_s": 30.0, "tpot_s": 0.1}
 
 
 def validate_slo(slo: Mapping[str, float]) -> dict[str, float]:

@@ -13,7 +13,9 @@ JSONs it points to, and the 1 Hz ``queue_size/<exp>.txt`` telemetry. Outputs: PN
 * ``<group>_region_latency.png``: TTFT and E2E boxes per system, one per client region;
 * ``queue_<exp>.png``: queue size over time, per LB (top) and per replica (bottom);
 * ``<group>_faults.png`` (runs with ``--fault``): throughput, TTFT p90 and failures per 5 s,
-  one line per system, the drill's events marked.
+  one line per system, the drill's events marked;
+* ``<workload>_load.png`` and ``<workload>_capacity.png``: across loads and capacity at SLO
+  (:mod:`~pytest_lbbench.report.loadplots`).
 
 Systems appear in catalog order under their display labels. Each figure is drawn in its
 own ``try``: a failure becomes a warning string for the caller and never stops the others

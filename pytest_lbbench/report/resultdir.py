@@ -147,6 +147,10 @@ def queue_log_path(result_dir: Path, exp_name: str) -> Path | None:
 def experiment_dict(result: ExperimentResult, result_dir: Path) -> dict[str, Any]:
     """What the plugin collects per experiment (``properties()``), plus label and telemetry path."""
     props = result.properties()
+    # Which experiment of the run this was (its key, load level, repetition, probe): written
+    # into the files by lbbench_run, so a redraw keeps load curves and repetitions apart.
+    first = next(iter(result.payloads.values()), {})
+    props.update(first.get("experiment") or {})
     spec = _deployment_system(result.payloads.values())
     props["label"] = str(spec.get("label") or system_label(result.system))
     queue = queue_log_path(result_dir, result.exp_name)

@@ -11,9 +11,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from pytest_lbbench.report.metrics import failure_reasons, measured, summarize
+from pytest_lbbench.report.metrics import DEFAULT_SLO, failure_reasons, goodput, measured, summarize
 from pytest_lbbench.report.replicas import replica_counts, replica_shares
 
 
@@ -26,6 +26,9 @@ class ExperimentResult:
     exp_name: str
     files: dict[str, Path]
     payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The summary this experiment reported (``lbbench_run`` sets it: :meth:`properties` and
+    #: the load, repetition and key).
+    reported: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, system: str, workload: str, exp_name: str, files: dict[str, Path]) -> ExperimentResult:
@@ -93,8 +96,12 @@ class ExperimentResult:
             return None
         return {key: faults.get(key) for key in ("drill", "counts", "recovery")}
 
-    def properties(self) -> dict[str, Any]:
-        """A JSON-able summary for ``user_properties`` (travels to the xdist controller)."""
+    def properties(self, slo: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """A JSON-able summary for ``user_properties`` (travels to the xdist controller).
+
+        ``overall`` holds every metric of :func:`summarize` and goodput / SLO attainment under
+        ``slo`` (default :data:`DEFAULT_SLO`), so gates and SLA targets can name them."""
+        overall = {**self.summary(), **goodput(self.records, slo or DEFAULT_SLO)}
         return {
             "system": self.system,
             "workload": self.workload,
@@ -105,7 +112,7 @@ class ExperimentResult:
             "host_bound": self.host_bound,
             "host_lag": self.host_lag,
             "loop_lag": {r: p.get("client", {}).get("loop_lag") for r, p in self.payloads.items()},
-            "overall": self.summary(),
+            "overall": overall,
             "regions": self.region_summaries(),
             "failure_reasons": failure_reasons(self.records),
             # Which replica served how much (the records' ``replica`` field), for the table.

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from pytest_lbbench import __version__
-from pytest_lbbench.report.metrics import SLO_KEYS, goodput, validate_slo
+from pytest_lbbench.report.metrics import DEFAULT_SLO, SLO_KEYS, goodput, validate_slo
 from pytest_lbbench.report.replicas import queue_log_beside, replica_counts, replica_shares, telemetry_spread
+from pytest_lbbench.report.repeats import aggregates
 from pytest_lbbench.report.resultdir import exp_group, system_label, system_sort_key
 
 SCHEMA_VERSION = 1
@@ -40,12 +41,13 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 ALL_REGIONS = "all"
 
-#: The objective goodput is measured against when the run names none (seconds).
-DEFAULT_SLO: dict[str, float] = {"ttft_s": 1.0, "e2e_s": 30.0, "tpot_s": 0.1}
 
 IDENTITY_COLUMNS: tuple[str, ...] = (
     "schema_version", "run_id", "system", "label", "workload", "exp_group", "exp_name",
     "client_region",
+    # The experiment key (what repetitions share), its load level when the load is an axis or
+    # an SLA probe, the repetition, and whether it was a probe of a capacity search.
+    "key", "load_kind", "load", "repeat", "probe",
 )
 
 #: ``summarize()`` key → column name, where the key alone does not say what it counts.
@@ -232,8 +234,11 @@ def summary_rows(
         payloads = _read_payloads(exp, notes)
         label = str(exp.get("label") or _payload_label(payloads) or system_label(system))
         group = exp_group(exp_name, system, workload)
+        load = exp.get("load") or {}
         ident = {"system": system, "label": label, "workload": workload, "exp_group": group,
-                 "exp_name": exp_name}
+                 "exp_name": exp_name, "key": exp.get("key") or f"{system}-{workload}",
+                 "load_kind": load.get("kind"), "load": load.get("value"),
+                 "repeat": exp.get("repeat") or 1, "probe": bool(exp.get("probe"))}
         region_knobs = {r: _knobs(p.get("workload_args"), config) for r, p in payloads.items()}
         knob_names.update(k for knobs in region_knobs.values() for k in knobs)
         knob_names.update(_knobs(None, config))
@@ -353,6 +358,7 @@ def write_summary(
     experiments: list[dict[str, Any]],
     run_meta: dict[str, Any],
     slo: Mapping[str, float] | None = None,
+    capacities: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[Path, Path]:
     """Write ``<out_dir>/summary.csv`` and ``summary.json``; return their paths.
 
@@ -398,6 +404,10 @@ def write_summary(
         "columns": cols,
         "experiments": jsonable(index),
         "records": [{c: r.get(c) for c in cols} for r in rows],
+        # --lbbench-repeat: each experiment key's mean, spread and 95 % interval per metric.
+        "repetitions": jsonable(aggregates(experiments)),
+        # --lbbench-sla: each system × workload's capacity at the targets.
+        "capacity": jsonable(list(capacities)),
         "notes": notes,
     }
     csv_path, json_path = out_dir / SUMMARY_CSV, out_dir / SUMMARY_JSON

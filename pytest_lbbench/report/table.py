@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from pytest_lbbench.gate import REPEATS_KEY
+from pytest_lbbench.report.repeats import group_repetitions, repeated_summary
 from pytest_lbbench.report.replicas import format_shares, format_spread, queue_log_beside, telemetry_spread
 
 Row = dict[str, Any]
@@ -34,6 +36,10 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _rate(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 @dataclass(frozen=True)
 class Column:
     """A table column: header, summary key, formatter, and which way is better."""
@@ -51,6 +57,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("E2E p50 s", "e2e_p50_s", _s, "min"),
     Column("p90", "e2e_p90_s", _s, "min"),
     Column("p99", "e2e_p99_s", _s, "min"),
+    Column("TPOT p50 ms", "tpot_p50_s", _ms, "min"),
+    Column("ITL p50 ms", "itl_p50_s", _ms, "min"),
+    Column("goodput req/s", "goodput_requests_per_s", _rate, "max"),
     Column("TPT tok/s", "throughput_tpt_per_s", _num, "max"),
     Column("out tok/s", "output_tokens_per_s", _num, "max"),
     Column("cache hit", "cache_hit_rate", _pct, "max"),
@@ -87,25 +96,43 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], label_co
 
 def _cells(summary: Row, best: dict[str, Any]) -> list[str]:
     cells = []
+    ci = ((summary.get(REPEATS_KEY) or {}).get("ci95") or {})
     for col in COLUMNS:
         value = summary.get(col.key)
         text = col.fmt(value)
+        if value is not None and ci.get(col.key) is not None:
+            text += "±" + col.fmt(ci[col.key])  # the 95 % interval's half-width
         if value is not None and best.get(col.key) is not None and value == best[col.key]:
             text += BEST_MARK
         cells.append(text)
     return cells
 
 
+def _load_order(exp: Row) -> float:
+    return float((exp.get("load") or {}).get("value") or 0.0)
+
+
+def _row_label(exp: Row, runs: int) -> str:
+    load = (exp.get("load") or {}).get("id")
+    flag = (" (client-bound!)" if exp.get("client_bound") else "") + (
+        " (host-bound!)" if exp.get("host_bound") else "")
+    return str(exp["system"]) + (f" {load}" if load else "") + (f" (n={runs})" if runs > 1 else "") + flag
+
+
 def workload_table(experiments: Sequence[Row]) -> list[str]:
-    """The table of one workload: each system's overall row, then its client regions."""
-    overall = [e["overall"] for e in experiments]
-    best = {col.key: best_value(overall, col) for col in COLUMNS}
+    """The table of one workload: each system's overall row (per load level, when the load is
+    an axis), then its client regions. Repetitions are one row of means ± 95 % intervals."""
+    groups = group_repetitions(experiments)
+    rows_in: list[tuple[Row, Row, int]] = []  # (identity, overall, runs)
+    for repetitions in groups.values():
+        overall = (dict(repetitions[0]["overall"]) if len(repetitions) == 1
+                   else repeated_summary([r["overall"] for r in repetitions]))
+        rows_in.append((dict(repetitions[0]), overall, len(repetitions)))
+    best = {col.key: best_value([o for _, o, _ in rows_in], col) for col in COLUMNS}
     rows: list[list[str]] = []
-    for exp in sorted(experiments, key=lambda e: e["system"]):
-        flag = (" (client-bound!)" if exp.get("client_bound") else "") + (
-            " (host-bound!)" if exp.get("host_bound") else "")
-        rows.append([exp["system"] + flag, "all"] + _cells(exp["overall"], best))
-        if len(exp["regions"]) > 1:
+    for exp, overall, count in sorted(rows_in, key=lambda t: (t[0]["system"], _load_order(t[0]))):
+        rows.append([_row_label(exp, count), "all"] + _cells(overall, best))
+        if count == 1 and len(exp.get("regions") or {}) > 1:
             for region, summary in sorted(exp["regions"].items()):
                 rows.append(["", region] + _cells(summary, {}))
     return render_table(["system", "clients"] + [c.header for c in COLUMNS], rows, label_cols=2)
@@ -168,3 +195,123 @@ def fault_lines(experiments: Sequence[Row]) -> list[str]:
     return ["fault drills (throughput in output tokens/s per 5 s; recovered = back within 20 %)"] + [
         "  " + line for line in render_table(headers, rows, label_cols=2)
     ]
+
+
+def capacity_lines(capacities: Sequence[Row]) -> list[str]:
+    """The capacity at SLO of each system × workload (``--lbbench-sla``), best marked."""
+    if not capacities:
+        return []
+    lines: list[str] = []
+    for workload in sorted({c["workload"] for c in capacities}):
+        group = [c for c in capacities if c["workload"] == workload]
+        values = [c["capacity"] for c in group if c.get("capacity") is not None]
+        best = max(values) if len(set(values)) > 1 else None
+        rows = []
+        for cap in sorted(group, key=lambda c: (-(c.get("capacity") or 0.0), c["system"])):
+            value = cap.get("capacity")
+            text = "-" if value is None else f"{value:g}"
+            rows.append([cap["system"], text + (BEST_MARK if best is not None and value == best else ""),
+                         "-" if cap.get("first_miss") is None else f"{cap['first_miss']:g}",
+                         str(len(cap.get("probes") or [])), "yes" if cap.get("converged") else "no",
+                         cap.get("text", "")])
+        unit = "users/region" if group[0].get("kind") == "users" else "req/s/region"
+        lines.append(f"capacity at SLO, workload {workload} ({'; '.join(group[0].get('targets') or [])}; "
+                     f"{unit}, range {group[0]['range'][0]:g}-{group[0]['range'][1]:g})")
+        lines += ["  " + line for line in render_table(
+            ["system", "capacity", "first miss", "probes", "converged", ""], rows, label_cols=1)]
+    return lines
+
+
+#: What the baseline table shows when no --lbbench-fail names a metric.
+SHOWN_METRICS = ("ttft_p90_s", "e2e_p90_s", "throughput_tpt_per_s", "goodput_requests_per_s")
+
+
+def baseline_lines(experiments: Sequence[Row], capacities: Sequence[Row],
+                   baseline: dict[str, dict[str, Any]], baseline_name: str,
+                   thresholds: Sequence[Any]) -> list[str]:
+    """Each gated metric (or a few key ones), baseline vs now, per experiment key."""
+    from pytest_lbbench.gate import compare
+
+    gated = [t for t in thresholds if t.metric != "capacity"]
+    shown = () if gated else SHOWN_METRICS
+    rows: list[list[str]] = []
+    missing: list[str] = []
+    for key, runs in group_repetitions(experiments).items():
+        base = baseline.get(key)
+        if base is None:
+            missing.append(key)
+            continue
+        now = runs[0]["overall"] if len(runs) == 1 else repeated_summary([r["overall"] for r in runs])
+        for row in compare(key, now, base, list(gated), shown):
+            rows.append(_compare_row(row))
+    cap_gates = [t for t in thresholds if t.metric == "capacity"]
+    for cap in capacities:
+        base = baseline.get(cap["key"])
+        if base is not None and "capacity" in base:
+            for row in compare(cap["key"], {"capacity": cap.get("capacity")}, base, cap_gates,
+                               () if cap_gates else ("capacity",)):
+                rows.append(_compare_row(row))
+    lines = [f"against baseline {baseline_name} (change: + is more; verdict from --lbbench-fail)"]
+    if rows:
+        lines += ["  " + line for line in render_table(
+            ["experiment", "metric", "baseline", "now", "change", "allowed", "verdict"], rows, label_cols=2)]
+    if missing:
+        lines.append(f"  not in the baseline (nothing compared): {', '.join(missing)}")
+    return lines
+
+
+def _compare_row(row: Any) -> list[str]:
+    change = row.change_pct
+    if row.allowed_pct is None:
+        verdict = "(not gated)"
+    elif row.breached:
+        verdict = "FAIL"
+    elif row.worse_pct is not None and row.worse_pct > row.allowed_pct:
+        verdict = "ok (within noise)"
+    else:
+        verdict = "ok"
+    return [row.label, row.metric, "-" if row.baseline is None else f"{row.baseline:.4g}",
+            "-" if row.current is None else f"{row.current:.4g}",
+            "-" if change is None else f"{change:+.1f}%",
+            "-" if row.allowed_pct is None else f"{row.allowed_pct:g}% worse", verdict]
+
+
+NOISE_METRICS = ("throughput_tpt_per_s", "ttft_p90_s", "goodput_requests_per_s")
+
+
+def noise_lines(experiments: Sequence[Row]) -> list[str]:
+    """With repetitions: does the best system's lead on each key metric exceed the noise?"""
+    from pytest_lbbench.report.repeats import difference
+
+    groups = group_repetitions(experiments)
+    by_cell: dict[tuple[str, str], list[tuple[str, Row]]] = {}
+    for runs in groups.values():
+        if len(runs) < 2:
+            continue
+        first = runs[0]
+        cell = (first["workload"], str((first.get("load") or {}).get("id") or ""))
+        by_cell.setdefault(cell, []).append((first["system"], repeated_summary([r["overall"] for r in runs])))
+    lines: list[str] = []
+    for (workload, load), systems in sorted(by_cell.items()):
+        if len(systems) < 2:
+            continue
+        for metric in NOISE_METRICS:
+            known = [(name, s) for name, s in systems if s.get(metric) is not None]
+            if len(known) < 2:
+                continue
+            upper = metric.endswith("_s")
+            best_name, best = (min if upper else max)(known, key=lambda t: float(t[1][metric]))
+            parts = []
+            for name, other in known:
+                if name == best_name:
+                    continue
+                diff = difference(best, other, metric)
+                if diff is not None:
+                    parts.append(f"vs {name} {diff['change_pct']:+.1f}% "
+                                 f"({'beyond' if diff['beyond_noise'] else 'within'} the noise)")
+            if parts:
+                where = f"{workload}{' ' + load if load else ''}"
+                lines.append(f"{where}: best {metric} {best_name}: " + ", ".join(parts))
+    if lines:
+        lines.insert(0, "differences between systems (repetitions' means; noise = Welch's t-test, 95 %)")
+    return lines
