@@ -82,6 +82,7 @@ def test_repetitions_give_means_and_intervals(matrix: pytest.Pytester) -> None:
     seeds = {json.loads(p.read_text())["workload_args"]["seed"]
              for p in (out / "latest" / "metric").glob("arena_syn-rep*_sky_push_push/us-east-2.json")}
     assert seeds == {0, 1, 2}  # derived from --seed 0
+    assert (out / "latest" / "fig" / "arena_syn_repeats.png").stat().st_size > 10_000  # the spread
 
 
 def test_two_runs_into_one_output_directory_stay_apart(matrix: pytest.Pytester) -> None:

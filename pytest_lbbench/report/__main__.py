@@ -24,6 +24,7 @@ from pytest_lbbench.report.metrics import DEFAULT_SLO, SLO_KEYS, validate_slo
 from pytest_lbbench.report.resultdir import BadResultDir, experiment_dict, load_result_dir
 from pytest_lbbench.report.rundirs import resolve_run_dir
 from pytest_lbbench.report.store import SUMMARY_JSON, SummarySchemaError, load_summary
+from pytest_lbbench.report.table import capacity_lines, noise_lines
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -131,8 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    for line in report.paper_lines:
-        print(line)
+    for block in (capacity_lines(capacities), noise_lines(experiments), report.paper_lines):
+        for line in block:
+            print(line)
     print(f"{len(experiments)} experiments: {report.summary_csv}, {report.summary_json}")
     print(f"{len(report.figures)} figures in {out_dir / 'fig'}")
     if report.index_html is not None:

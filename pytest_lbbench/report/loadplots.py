@@ -1,4 +1,4 @@
-"""Figures across loads: latency and goodput against offered load, and capacity at SLO.
+"""Figures across experiments: against offered load, capacity at SLO, and repetitions.
 
 From ``summary.json`` only (its ``records`` rows, ``repetitions`` and ``capacity``), so they are
 redrawn with the rest:
@@ -7,7 +7,9 @@ redrawn with the rest:
   TTFT p50, TTFT p90 and goodput against the load per client region, one line per system; with
   repetitions, each point is their mean with its 95 % interval as an error bar;
 * ``<workload>_capacity.png`` (``--lbbench-sla``): the capacity at SLO per system, as bars,
-  with the lowest load that missed a target marked above each.
+  with the lowest load that missed a target marked above each;
+* ``<workload>_repeats.png`` (``--lbbench-repeat``): throughput, TTFT p90 and goodput per
+  system (and load level) as the repetitions' mean with its 95 % interval, each repetition a dot.
 
 No pytest here; matplotlib is imported when drawing.
 """
@@ -87,7 +89,7 @@ def plot_load(summary: Mapping[str, Any], workload: str, path: Path) -> None:
 def plot_capacity(capacities: Sequence[Mapping[str, Any]], workload: str, path: Path) -> None:
     group = sorted((c for c in capacities if c.get("workload") == workload),
                    key=lambda c: system_sort_key(str(c["system"])))
-    fig, (ax,) = _new_figure(max(4.0, 1.0 + 0.9 * len(group)), 3.6)
+    fig, (ax,) = _new_figure(max(6.0, 1.0 + 0.9 * len(group)), 4.0)
     xs = list(range(len(group)))
     values = [float(c.get("capacity") or 0.0) for c in group]
     ax.bar(xs, values, color=[PALETTE[i % len(PALETTE)] for i in xs])
@@ -102,7 +104,44 @@ def plot_capacity(capacities: Sequence[Mapping[str, Any]], workload: str, path: 
         else "requests/s per client region"
     ax.set_ylabel(f"capacity ({unit})")
     targets = "; ".join(group[0].get("targets") or []) if group else ""
-    ax.set_title(f"{workload}: capacity at SLO ({targets}); red: first load that missed", fontsize=9)
+    ax.set_title(f"{workload}: capacity at SLO ({targets})\nred: the lowest load tried that missed",
+                 fontsize=9)
+    _save(fig, path)
+
+
+REPEAT_PANELS: tuple[tuple[str, str, float], ...] = (
+    ("throughput_tpt_per_s", "throughput (tok/s, in + 2·out)", 1.0),
+    ("ttft_p90_s", "TTFT p90 (ms)", 1e3),
+    ("goodput_requests_per_s", "goodput (req/s)", 1.0),
+)
+
+
+def plot_repetitions(summary: Mapping[str, Any], workload: str, path: Path) -> None:
+    groups = sorted((a for a in summary.get("repetitions") or [] if a.get("workload") == workload),
+                    key=lambda a: (system_sort_key(str(a["system"])), float((a.get("load") or {}).get("value") or 0)))
+    rows = [r for r in summary.get("records") or []
+            if r.get("workload") == workload and r.get("client_region") == ALL_REGIONS and not r.get("probe")]
+    fig, axes = _new_figure(max(9.0, 1.2 * len(groups) * len(REPEAT_PANELS)), 3.6, 1, len(REPEAT_PANELS))
+    names = [str(a["key"]).removeprefix(f"{a['system']}-{workload}").lstrip("-") for a in groups]
+    labels = [f"{a['system']} {n}".strip() for a, n in zip(groups, names)]
+    xs = list(range(len(groups)))
+    for ax, (metric, ylabel, scale) in zip(axes, REPEAT_PANELS):
+        for x, agg in zip(xs, groups):
+            overall = agg["overall"]
+            mean = overall.get(metric)
+            if mean is None:
+                continue
+            half = ((overall.get(REPEATS_KEY) or {}).get("ci95") or {}).get(metric)
+            color = PALETTE[x % len(PALETTE)]
+            ax.bar(x, mean * scale, color=color, alpha=0.6,
+                   yerr=None if half is None else half * scale, capsize=4)
+            dots = [float(r[metric]) * scale for r in rows if r.get("key") == agg["key"] and r.get(metric) is not None]
+            ax.plot([x] * len(dots), dots, "o", color="black", markersize=3)
+        ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    n = max((int((a["overall"].get(REPEATS_KEY) or {}).get("n") or 0) for a in groups), default=0)
+    fig.suptitle(f"{workload}: {n} repetitions, mean with its 95 % interval (dots: each run)")
     _save(fig, path)
 
 
@@ -114,6 +153,9 @@ def load_figures(summary: Mapping[str, Any], fig_dir: Path) -> list[tuple[Path, 
         if load_series(summary, workload):
             path = fig_dir / f"{safe_name(workload)}_load.png"
             out.append((path, partial(plot_load, summary, workload, path)))
+    for workload in sorted({str(a.get("workload")) for a in summary.get("repetitions") or []}):
+        path = fig_dir / f"{safe_name(workload)}_repeats.png"
+        out.append((path, partial(plot_repetitions, summary, workload, path)))
     capacities = summary.get("capacity") or []
     for workload in sorted({str(c.get("workload")) for c in capacities}):
         path = fig_dir / f"{safe_name(workload)}_capacity.png"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from pytest_lbbench.gate import REPEATS_KEY
+from pytest_lbbench.gate import REPEATS_KEY, higher_is_better
 from pytest_lbbench.report.repeats import group_repetitions, repeated_summary
 from pytest_lbbench.report.replicas import format_shares, format_spread, queue_log_beside, telemetry_spread
 
@@ -141,11 +141,14 @@ def workload_table(experiments: Sequence[Row]) -> list[str]:
 def replica_lines(experiments: Sequence[Row]) -> list[str]:
     """Each system's replica share and spread, one line each (nothing if no system has either)."""
     rows: list[list[str]] = []
-    for exp in sorted(experiments, key=lambda e: e["system"]):
+    for exp in sorted(experiments, key=lambda e: (e["system"], _load_order(e), e.get("repeat") or 1)):
         _, value = telemetry_spread(queue_log_beside(exp))
         shares = exp.get("replica_share") or {}
         if shares or value is not None:
-            rows.append([exp["system"], format_shares(shares), format_spread(value)])
+            load = (exp.get("load") or {}).get("id")
+            rep = f" rep{exp['repeat']}" if (exp.get("repeats") or 1) > 1 else ""
+            rows.append([exp["system"] + (f" {load}" if load else "") + rep, format_shares(shares),
+                         format_spread(value)])
     if not rows:
         return []
     return ["replica share of requests; spread = max/min mean running+queued per replica"] + [
@@ -299,8 +302,8 @@ def noise_lines(experiments: Sequence[Row]) -> list[str]:
             known = [(name, s) for name, s in systems if s.get(metric) is not None]
             if len(known) < 2:
                 continue
-            upper = metric.endswith("_s")
-            best_name, best = (min if upper else max)(known, key=lambda t: float(t[1][metric]))
+            pick = max if higher_is_better(metric) else min
+            best_name, best = pick(known, key=lambda t: float(t[1][metric]))
             parts = []
             for name, other in known:
                 if name == best_name:
