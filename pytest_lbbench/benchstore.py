@@ -24,7 +24,7 @@ from pytest_benchmark.utils import get_commit_info, get_machine_id
 
 from pytest_lbbench import __version__
 from pytest_lbbench.gate import REPEATS_KEY
-from pytest_lbbench.report.repeats import group_repetitions, repeated_summary
+from pytest_lbbench.report.repeats import experiment_summary, group_repetitions
 
 SAMPLE_METRICS = {"ttft": "ttft_s", "e2e": "e2e_s"}
 _log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def benchmark_entries(experiments: list[dict[str, Any]],
     entries = []
     for key, runs in group_repetitions(experiments).items():
         first = runs[0]
-        summary = repeated_summary([r["overall"] for r in runs])
+        summary = experiment_summary(runs)
         extra = {k: v for k, v in summary.items() if isinstance(v, (int, float)) or k == REPEATS_KEY}
         for metric, sample_key in SAMPLE_METRICS.items():
             values = [v for r in runs for v in (r.get("samples") or {}).get(sample_key) or []]

@@ -24,12 +24,13 @@ def repeated_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One summary of the repetitions ``runs`` (a single run is returned as it is)."""
     if len(runs) == 1:
         return dict(runs[0])
-    metrics = sorted({k for run in runs for k in _numbers(run)})
+    numbers = [_numbers(run) for run in runs]
+    metrics = sorted({k for run in numbers for k in run})
     out: dict[str, Any] = {}
     sd: dict[str, float] = {}
     ci: dict[str, float] = {}
     for metric in metrics:
-        values = [_numbers(run)[metric] for run in runs if metric in _numbers(run)]
+        values = [run[metric] for run in numbers if metric in run]
         m, half = mean_ci95(values)
         out[metric] = m
         spread = stdev(values)
@@ -37,6 +38,11 @@ def repeated_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             sd[metric], ci[metric] = spread, half
     out[REPEATS_KEY] = {"n": len(runs), "sd": sd, "ci95": ci}
     return out
+
+
+def experiment_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The overall summary of one experiment key's repetitions (``runs`` as collected)."""
+    return repeated_summary([r["overall"] for r in runs])
 
 
 def group_repetitions(experiments: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -58,7 +64,7 @@ def aggregates(experiments: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
             continue
         first = runs[0]
         out.append({"key": key, "system": first["system"], "workload": first["workload"],
-                    "load": first.get("load"), "overall": repeated_summary([r["overall"] for r in runs])})
+                    "load": first.get("load"), "overall": experiment_summary(runs)})
     return out
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from pytest_lbbench.gate import REPEATS_KEY, higher_is_better
-from pytest_lbbench.report.repeats import group_repetitions, repeated_summary
+from pytest_lbbench.report.repeats import experiment_summary, group_repetitions
 from pytest_lbbench.report.replicas import format_shares, format_spread, queue_log_beside, telemetry_spread
 
 Row = dict[str, Any]
@@ -125,8 +125,7 @@ def workload_table(experiments: Sequence[Row]) -> list[str]:
     groups = group_repetitions(experiments)
     rows_in: list[tuple[Row, Row, int]] = []  # (identity, overall, runs)
     for repetitions in groups.values():
-        overall = (dict(repetitions[0]["overall"]) if len(repetitions) == 1
-                   else repeated_summary([r["overall"] for r in repetitions]))
+        overall = experiment_summary(repetitions)
         rows_in.append((dict(repetitions[0]), overall, len(repetitions)))
     best = {col.key: best_value([o for _, o, _ in rows_in], col) for col in COLUMNS}
     rows: list[list[str]] = []
@@ -244,7 +243,7 @@ def baseline_lines(experiments: Sequence[Row], capacities: Sequence[Row],
         if base is None:
             missing.append(key)
             continue
-        now = runs[0]["overall"] if len(runs) == 1 else repeated_summary([r["overall"] for r in runs])
+        now = experiment_summary(runs)
         for row in compare(key, now, base, list(gated), shown):
             rows.append(_compare_row(row))
     cap_gates = [t for t in thresholds if t.metric == "capacity"]
@@ -293,7 +292,7 @@ def noise_lines(experiments: Sequence[Row]) -> list[str]:
             continue
         first = runs[0]
         cell = (first["workload"], str((first.get("load") or {}).get("id") or ""))
-        by_cell.setdefault(cell, []).append((first["system"], repeated_summary([r["overall"] for r in runs])))
+        by_cell.setdefault(cell, []).append((first["system"], experiment_summary(runs)))
     lines: list[str] = []
     for (workload, load), systems in sorted(by_cell.items()):
         if len(systems) < 2:
