@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
 
 import pytest
 
+from pytest_lbbench import interrupts
 from pytest_lbbench.fixtures import CAPACITY_KEY, PROPERTY_KEY
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ class LbbenchCollector:
         self.lost: list[tuple[str, str]] = []  # (test id, why) of experiments with no result
         self.crashed_workers: list[str] = []
         self.live: LiveProgress | None = None
+        #: Ctrl-C ended the run: the report was written without figures (or not at all when
+        #: the press came while writing it); the summary says so.
+        self.interrupted = False
 
     @pytest.hookimpl
     def pytest_sessionstart(self) -> None:
@@ -159,11 +163,23 @@ class LbbenchCollector:
             self.crashed_workers.append(str(node.gateway.id))
 
     @pytest.hookimpl
-    def pytest_sessionfinish(self) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.live is not None:
             self.live.stop()
             self.live = None
         self.saved = None
+        try:
+            self._write_report(session)
+        finally:
+            # A press whose KeyboardInterrupt a finalizer swallowed, or that came while the
+            # summary was written (held until it was whole), still ends the run as interrupted
+            # (exit code 2), never as a pass.
+            self.interrupted = self.interrupted or interrupts.pressed()
+            if self.interrupted:
+                session.exitstatus = pytest.ExitCode.INTERRUPTED
+
+    def _write_report(self, session: pytest.Session) -> None:
+        self.interrupted = interrupts.pressed() or session.exitstatus == pytest.ExitCode.INTERRUPTED
         if not self.experiments:
             return
         from pytest_lbbench.benchstore import save_run
@@ -173,11 +189,17 @@ class LbbenchCollector:
 
         cfg = get_config(self.config)
         # Data first (summary files), then pictures; a failing plot is a warning, never a loss.
-        self.report = build_report(
-            ensure_run_dir(cfg.output_dir, cfg.run_id), self.experiments,
-            {"config": cfg.to_dict(), "lost": [nodeid for nodeid, _ in self.lost]}, slo=cfg.slo,
-            capacities=self.capacities,
-        )
+        # After Ctrl-C only the data: drawing took 1-4 s on two busy cores, and a stop must
+        # end the run within seconds.
+        try:
+            self.report = build_report(
+                ensure_run_dir(cfg.output_dir, cfg.run_id), self.experiments,
+                {"config": cfg.to_dict(), "lost": [nodeid for nodeid, _ in self.lost]}, slo=cfg.slo,
+                capacities=self.capacities, draw=not self.interrupted,
+            )
+        except KeyboardInterrupt:  # pressed while drawing: the summary files were written first
+            self.report = None
+            self.interrupted = True
         if cfg.save_name:
             self.saved = save_run(self.experiments, cfg.save_name, cfg.storage, self.capacities)
 
@@ -240,6 +262,10 @@ class LbbenchCollector:
             out = cfg.run_dir
             tr.write_line(f"run {cfg.run_id}: {out} (and {cfg.output_dir / 'latest'})")
             tr.write_line(f"results: {out / 'metric'}  telemetry: {out / 'queue_size'}  logs: {out / 'logs'}")
+            if self.report is None and self.interrupted:
+                tr.write_line(f"report: interrupted (Ctrl-C) while it was being written; the summary "
+                              f"files come first ({out / 'summary.csv'}); write the rest with: "
+                              f"python -m pytest_lbbench.report {out}", yellow=True)
             if self.report is not None:
                 page = self.report.index_html or "(not written)"
                 tr.write_line(f"summary: {self.report.summary_csv}  report: {page}  "

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pytest_lbbench import interrupts
 from pytest_lbbench.collect import LbbenchCollector
 from pytest_lbbench.fixtures import (  # noqa: F401 - fixtures are registered by import
     lbbench_capacity,
@@ -37,6 +38,9 @@ from pytest_lbbench.matrix import (  # noqa: F401 - hooks
 )
 from pytest_lbbench.options import CONFIG_KEY, DECLARED, apply_ini, given_flags
 from pytest_lbbench.options import pytest_addoption  # noqa: F401 - hook
+
+#: Whether this run's configure put :mod:`~pytest_lbbench.interrupts`' SIGINT handler in place.
+_OWNS_SIGINT = pytest.StashKey[bool]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -94,6 +98,11 @@ def _lbbench_options_given(config: pytest.Config) -> list[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     apply_ini(config)
+    # Every Ctrl-C counted, so one whose KeyboardInterrupt a finalizer dropped still stops the run.
+    # An in-process inner run (pytester) finds the handler in place and leaves it to its owner.
+    if interrupts.install():
+        interrupts.forget()
+        config.stash[_OWNS_SIGINT] = True
     _refuse_swallowed_names(config)
     if _lbbench_options_given(config):
         # The user asked for lbbench: check every option now, so a typo is a usage error at
@@ -131,11 +140,19 @@ def _refuse_swallowed_names(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_OWNS_SIGINT, False):
+        interrupts.uninstall()
     cfg = config.stash.get(CONFIG_KEY, None)  # built only if the run needed it
     if cfg is not None:
         # Backends release what they hold for the run (sky: its client clusters).
         for error in cfg.backends.close_all():
             print(f"pytest-lbbench: {error}", file=sys.stderr)
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """A Ctrl-C pressed during the test just run whose KeyboardInterrupt was dropped (raised
+    inside a finalizer) stops the run here, before the next test starts."""
+    interrupts.raise_if_pressed()
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> str | None:

@@ -34,7 +34,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pytest_lbbench import __version__
+from pytest_lbbench import __version__, interrupts
 from pytest_lbbench.backends.base import Deployment, ExperimentSpec
 from pytest_lbbench.backends.ledger import ProcessLedger, kill_leftovers, ledger_path
 from pytest_lbbench.backends.registry import BackendContext
@@ -763,6 +763,7 @@ class LocalClientLauncher:
                     if elapsed - counted_at >= 0.5:
                         counted, counted_at = sum(_count_lines(o) for o in outputs.values()), elapsed
                     on_progress(elapsed, counted)
+                interrupts.raise_if_pressed()  # one whose KeyboardInterrupt a finalizer dropped
                 time.sleep(0.1)
         finally:
             try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from pytest_lbbench import interrupts
 from pytest_lbbench.report.html import write_index
 from pytest_lbbench.report.loadplots import load_figures
 from pytest_lbbench.report.paper import FIGURE_NAME, comparison_lines, paper_comparison, plot_comparison
@@ -41,25 +42,35 @@ def build_report(
     run_meta: dict[str, Any],
     slo: Mapping[str, float] | None = None,
     capacities: Sequence[Mapping[str, Any]] = (),
+    draw: bool = True,
 ) -> ReportFiles:
     """Write ``summary.csv``/``summary.json``, ``fig/*.png`` and ``index.html`` under ``out_dir``.
 
     Arguments as for :func:`~pytest_lbbench.report.store.write_summary`. Raises only if the
     summary cannot be written (or ``slo`` is invalid); every figure or page failure is
-    returned in ``warnings`` for the caller to show.
+    returned in ``warnings`` for the caller to show. ``draw=False``, or a Ctrl-C counted by
+    :mod:`~pytest_lbbench.interrupts` (a stopped run must end within seconds), writes the
+    summary and a page without figures or the paper comparison, and says how to draw them
+    later; a Ctrl-C while the summary is written lets it finish first.
     """
     out_dir = Path(out_dir)
-    csv_path, json_path = write_summary(out_dir, experiments, run_meta, slo=slo, capacities=capacities)
-    summary = load_summary(json_path)
+    with interrupts.held():  # a Ctrl-C now leaves whole summary files, then skips the drawing
+        csv_path, json_path = write_summary(out_dir, experiments, run_meta, slo=slo, capacities=capacities)
+        summary = load_summary(json_path)
+    if not draw or interrupts.pressed():
+        skipped = [f"figures and the paper comparison not drawn: the run was interrupted; draw "
+                   f"them with: python -m pytest_lbbench.report {out_dir}"]
+        warnings = list(summary.get("notes") or []) + skipped
+        return ReportFiles(csv_path, json_path, _page(out_dir, summary, [], warnings), [], warnings)
     paper_warnings: list[str] = []
     try:
         summary = add_to_summary(json_path, PAPER_KEY, paper_comparison(summary, out_dir))
     except Exception as exc:  # noqa: BLE001 - the comparison is derived; the summary is on disk
         paper_warnings.append(f"paper comparison not computed: {type(exc).__name__}: {exc}")
     figures, warnings = draw_figures(summary, out_dir, out_dir / FIG_DIR)
-    for path, draw in load_figures(summary, out_dir / FIG_DIR):
+    for path, draw_figure in load_figures(summary, out_dir / FIG_DIR):
         try:
-            draw()
+            draw_figure()
             figures.append(path)
         except Exception as exc:  # noqa: BLE001 - one figure's failure must not stop the rest
             warnings.append(f"figure {path.name} not drawn: {type(exc).__name__}: {exc}")
@@ -72,11 +83,15 @@ def build_report(
         except Exception as exc:  # noqa: BLE001 - one figure's failure must not stop the rest
             paper_warnings.append(f"figure {FIGURE_NAME} not drawn: {type(exc).__name__}: {exc}")
     warnings = list(summary.get("notes") or []) + warnings + paper_warnings
-    index: Path | None
-    try:
-        index = write_index(out_dir, summary, figures, warnings)
-    except Exception as exc:  # noqa: BLE001 - the page is a view; the data is already on disk
-        index = None
-        warnings.append(f"index.html not written: {type(exc).__name__}: {exc}")
+    index = _page(out_dir, summary, figures, warnings)
     lines = comparison_lines(comparison) if comparison else []
     return ReportFiles(csv_path, json_path, index, figures, warnings, lines)
+
+
+def _page(out_dir: Path, summary: dict[str, Any], figures: list[Path], warnings: list[str]) -> Path | None:
+    """``index.html``, or ``None`` with a warning added: the page is a view, the data is on disk."""
+    try:
+        return write_index(out_dir, summary, figures, warnings)
+    except Exception as exc:  # noqa: BLE001 - the page is a view; the data is already on disk
+        warnings.append(f"index.html not written: {type(exc).__name__}: {exc}")
+        return None
