@@ -61,6 +61,7 @@ def test_the_sla_search_reports_a_capacity_per_system(matrix: pytest.Pytester) -
     probes = [r for r in _summary(out)["records"] if r["client_region"] == "all"]
     assert all(r["probe"] for r in probes) and len(probes) == 4  # every probe is in the summary
     assert (out / "latest" / "fig" / "arena_syn_capacity.png").exists()
+    assert "<h2>Capacity at SLO</h2>" in (out / "latest" / "index.html").read_text()
 
     met = matrix.runpytest_subprocess(
         "-k", "push_push", "--lbbench-sla", "ttft_p90_s=60,failure_rate=0.5", "--lbbench-sla-range", "1,3",
@@ -83,6 +84,7 @@ def test_repetitions_give_means_and_intervals(matrix: pytest.Pytester) -> None:
              for p in (out / "latest" / "metric").glob("arena_syn-rep*_sky_push_push/us-east-2.json")}
     assert seeds == {0, 1, 2}  # derived from --seed 0
     assert (out / "latest" / "fig" / "arena_syn_repeats.png").stat().st_size > 10_000  # the spread
+    assert "<h2>Repetitions (mean ± 95 % interval)</h2>" in (out / "latest" / "index.html").read_text()
 
 
 def test_two_runs_into_one_output_directory_stay_apart(matrix: pytest.Pytester) -> None:

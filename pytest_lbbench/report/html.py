@@ -167,6 +167,52 @@ def paper_section(comparison: Mapping[str, Any] | None, figure: Path | None, bas
     return "\n".join(parts)
 
 
+def _g(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def capacity_section(capacities: Sequence[Mapping[str, Any]]) -> str:
+    """The capacity at SLO of every system × workload (``--lbbench-sla``), or ``""``."""
+    if not capacities:
+        return ""
+    rows = []
+    for cap in capacities:
+        probes = ", ".join(f"{p['load']:g} {'✓' if p['met'] else '✗'}" for p in cap.get("probes") or [])
+        rows.append(f"<tr><td>{_esc(cap.get('system'))}</td><td>{_esc(cap.get('workload'))}</td>"
+                    f'<td class="num">{_esc(_g(cap.get("capacity")))}</td>'
+                    f'<td class="num">{_esc(_g(cap.get("first_miss")))}</td>'
+                    f"<td>{_esc(probes)}</td><td>{_esc('; '.join(cap.get('targets') or []))}</td></tr>")
+    return ("<h2>Capacity at SLO</h2><table><tr><th>system</th><th>workload</th><th>capacity</th>"
+            f"<th>lowest miss</th><th>probes</th><th>targets</th></tr>{''.join(rows)}</table>")
+
+
+REPEAT_COLUMNS = (("ttft_p50_s", "TTFT p50 ms", 1e3, "{:.0f}"), ("ttft_p90_s", "TTFT p90 ms", 1e3, "{:.0f}"),
+                  ("goodput_requests_per_s", "goodput req/s", 1.0, "{:.2f}"),
+                  ("throughput_tpt_per_s", "TPT tok/s", 1.0, "{:,.0f}"))
+
+
+def repetitions_section(repetitions: Sequence[Mapping[str, Any]]) -> str:
+    """Each repeated experiment's means ± 95 % interval (``--lbbench-repeat``), or ``""``."""
+    if not repetitions:
+        return ""
+    head = "".join(f"<th>{_esc(h)}</th>" for _, h, _, _ in REPEAT_COLUMNS)
+    body = []
+    for agg in repetitions:
+        overall = agg.get("overall") or {}
+        ci = ((overall.get("repeats") or {}).get("ci95") or {})
+        n = (overall.get("repeats") or {}).get("n")
+        cells = []
+        for key, _, scale, fmt in REPEAT_COLUMNS:
+            value = overall.get(key)
+            text = "-" if value is None else fmt.format(value * scale)
+            if value is not None and ci.get(key) is not None:
+                text += " ± " + fmt.format(ci[key] * scale)
+            cells.append(f'<td class="num">{_esc(text)}</td>')
+        body.append(f"<tr><td>{_esc(agg.get('key'))}</td><td class=\"num\">{_esc(n)}</td>{''.join(cells)}</tr>")
+    return ("<h2>Repetitions (mean ± 95 % interval)</h2><table><tr><th>experiment</th><th>runs</th>"
+            f"{head}</tr>{''.join(body)}</table>")
+
+
 def _figure(path: Path, base: Path, caption: str) -> str:
     return (f'<figure><a href="{_href(path, base)}"><img src="{_href(path, base)}" '
             f'alt="{_esc(caption)}"></a><figcaption>{_esc(caption)}</figcaption></figure>')
@@ -214,6 +260,10 @@ def render_index(
         parts.append(section)
         if paper_figure is not None:
             used.add(paper_figure.name)
+    for extra in (capacity_section(summary.get("capacity") or []),
+                  repetitions_section(summary.get("repetitions") or [])):
+        if extra:
+            parts.append(extra)
     for group in groups:
         rows = [r for r in records if r.get("exp_group") == group]
         workloads = sorted({str(r.get("workload")) for r in rows})
