@@ -1,4 +1,5 @@
-"""Serving an aiohttp app on a socket we bound ourselves; shared by the LB and the gateway."""
+"""Serving an aiohttp app on a socket we bound ourselves (the LB and the gateway), and what a
+server can tell about a request's connection (the LBs and the replicas)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,13 @@ async def serve_app(
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def first_on_connection(request: web.Request) -> bool | None:
+    """Whether ``request`` is the first on its connection, i.e. the sender opened the
+    connection for it (HTTP/1.1 without pipelining); ``None`` if aiohttp does not say.
+
+    aiohttp counts the requests of each connection in ``RequestHandler._request_count``, a
+    private attribute: read defensively, so another aiohttp version only loses the flag."""
+    count = getattr(request.protocol, "_request_count", None)
+    return count == 1 if isinstance(count, int) else None

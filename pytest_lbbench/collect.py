@@ -215,6 +215,7 @@ class LbbenchCollector:
                 fault_lines,
                 noise_lines,
                 summary_lines,
+                ttft_parts_lines,
             )
             from pytest_lbbench.runconfig import get_config
 
@@ -230,11 +231,11 @@ class LbbenchCollector:
                     tr.write_line("")
                     for line in block:
                         tr.write_line(line)
-            drills = fault_lines(self.experiments)
-            if drills:
-                tr.write_line("")
-                for line in drills:
-                    tr.write_line(line)
+            for block in (fault_lines(self.experiments), ttft_parts_lines(self.experiments)):
+                if block:
+                    tr.write_line("")
+                    for line in block:
+                        tr.write_line(line)
             tr.write_line("")
             for exp in sorted(self.experiments, key=lambda e: (e["workload"], e["system"])):
                 lost = exp["sent"] - exp["recorded"]

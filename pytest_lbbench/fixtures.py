@@ -253,8 +253,12 @@ def _experiment_runner(
                 if drill is not None:
                     drill.finish()  # the next experiment starts from the whole system
         host_lag = deployment.host_lag()
+        connections = deployment.connection_counts()
         result = ExperimentResult.load(system, workload, exp_name, files)
-        result.attach("deployment", deployment.describe())
+        description = deployment.describe()
+        result.add_ttft_parts(description)  # written with the deployment, just below
+        result.attach("deployment", description)
+        result.attach("connections", connections)
         result.attach("isolation", isolation)
         if drill is not None:
             windows = drill.windows(end_of_run=time.time())

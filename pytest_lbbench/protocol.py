@@ -271,29 +271,36 @@ def served_by(headers: Mapping[str, str]) -> tuple[str | None, list[str]]:
 
 @dataclass(frozen=True)
 class HopTiming:
-    """When an LB hop saw a request arrive and when it scheduled it (epoch seconds).
+    """When an LB hop saw a request arrive and when it scheduled it (epoch seconds), and
+    whether the request came on a connection opened for it (``None``: unknown).
 
     ``hop`` is ``"first"`` for the LB that dispatched to the replica and ``"second"`` for an LB
     that pushed to another LB: the original numbers hops on the way back ("first and second hop
-    is inversed", its comment).
+    is inversed", its comment). The times keep the original's header names; the connection
+    flag is ours (``<hop>-hop-lbbench-new-connection: 1`` or ``0``).
     """
 
     hop: Literal["first", "second"]
     time_arrive: float
     time_scheduled: float
+    new_connection: bool | None = None
 
     def headers(self) -> tuple[tuple[str, str], ...]:
-        return (
+        items = (
             (f"{self.hop}-hop-sky-time-arrive", str(self.time_arrive)),
             (f"{self.hop}-hop-sky-time-scheduled", str(self.time_scheduled)),
         )
+        if self.new_connection is None:
+            return items
+        return items + ((f"{self.hop}-hop-lbbench-new-connection", "1" if self.new_connection else "0"),)
 
     @classmethod
     def parse(cls, headers: Mapping[str, str], hop: Literal["first", "second"]) -> HopTiming | None:
         """The hop's timing from a response's headers, ``None`` if it is not there."""
         lower = {k.lower(): v for k, v in headers.items()}
+        flag = {"1": True, "0": False}.get(lower.get(f"{hop}-hop-lbbench-new-connection", ""))
         try:
             return cls(hop, float(lower[f"{hop}-hop-sky-time-arrive"]),
-                       float(lower[f"{hop}-hop-sky-time-scheduled"]))
+                       float(lower[f"{hop}-hop-sky-time-scheduled"]), flag)
         except (KeyError, ValueError):
             return None

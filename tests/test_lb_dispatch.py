@@ -187,9 +187,10 @@ def test_push_to_self_is_handled_locally_with_both_decisions(all_placeable: bool
     assert outcome.decisions == (
         ReplicaDecision(0, "http://127.0.0.1:9000"), LbDecision("us-east-2", "http://127.0.0.1:8000"),
     )
-    # The replica hop starts when this LB's own LB-level decision was made.
+    # The replica hop starts when this LB's own LB-level decision was made; the hop to itself
+    # crossed no connection (False).
     assert outcome.timing == (
-        HopTiming("first", self_decided, dispatched), HopTiming("second", arrived, self_decided),
+        HopTiming("first", self_decided, dispatched, False), HopTiming("second", arrived, self_decided),
     )
     # Accounted like a hop: meta load on self and replica load, both released at the end.
     assert lb.lbs.in_flight["lb-a"] == 1 and lb.replicas.in_flight["replica-0"] == 1

@@ -142,6 +142,11 @@ class Deployment(Protocol):
         where the backend cannot tell (real engines on real machines)."""
         return None
 
+    def connection_counts(self) -> dict[str, int] | None:
+        """New connections each emulated link accepted since the last :meth:`reset` (link name
+        → count); ``None`` where no link sees them (real networks)."""
+        return None
+
 
 class ClientLauncher(Protocol):
     """Runs the client module for every client region of an experiment."""

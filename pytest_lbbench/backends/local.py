@@ -303,6 +303,24 @@ class LocalDeployment(Deployment):
             out["netem"] = read_component("netem", self._netem_control)
         return out
 
+    def process_ids(self) -> dict[str, int]:
+        """Name → pid of every process this deployment runs now (for CPU accounting)."""
+        with self._lock:
+            return {proc.name: proc.pid for proc in self._procs if proc.alive()}
+
+    def connection_counts(self) -> dict[str, int] | None:
+        """Connections each delay link accepted since the last reset (every new connection of
+        every hop passes one), or ``None`` when the links cannot be read."""
+        if self._netem_control is None:
+            return None
+        try:
+            status, stats = _http_json("GET", f"{self._netem_control}/stats")
+        except OSError:
+            return None
+        if status != 200 or not isinstance(stats, dict):
+            return None
+        return {name: int(s.get("connections_total", 0)) for name, s in sorted(stats.items())}
+
     # ---- queries ---------------------------------------------------------------------------
 
     def endpoint_for(self, client_region: str) -> str:
@@ -333,10 +351,16 @@ class LocalDeployment(Deployment):
             "system": self.system.to_dict(),
             "replicas": [{"name": c.name, "region": c.region, **({"url": c.url} if c.external else {})}
                          for c in self.replicas],
-            "balancers": [{"name": c.name, "region": c.region} for c in self.lbs + self.gateways + self.customs]
-            + ([{"name": self.router.name, "region": self.router.region}] if self.router else []),
+            "balancers": [{"name": c.name, "region": c.region, "kind": kind}
+                          for kind, group in (("sky_lb", self.lbs), ("gateway", self.gateways),
+                                              ("custom", self.customs),
+                                              ("sglang_router", [self.router] if self.router else []))
+                          for c in group],
             "entry_points": {region: c.name for region, c in self._entry_for.items()},
             "links_one_way_ms": {name: spec["one_way_ms"] for name, spec in self._links.items()},
+            # Every delay link (model-time one-way delay): what the TTFT decomposition subtracts.
+            "links": [{k: spec[k] for k in ("name", "src_region", "target", "target_region", "one_way_ms")}
+                      for spec in self._links.values()],
             "time_scale": self.settings.time_scale,
             "engine": {"profile": self.settings.profile, "metrics": self.settings.engine_metrics},
             "versions": versions,

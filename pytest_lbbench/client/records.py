@@ -17,7 +17,11 @@ with ``time.perf_counter()``):
   (tree workloads: the node's path, e.g. ``"0.1"`` = second answer to the first answer),
   ``warmup`` (sent during the warm-up, left out of every metric), ``itl`` (gaps
   between content chunks, s), ``replica`` and ``lbs`` (who served it, from headers),
-  ``replica_timing`` (the replica's own arrival/first-token/finish times, when it reports them).
+  ``replica_timing`` (the replica's own arrival/first-token/finish times, when it reports them),
+  ``new_connection`` (the client's pool opened a connection for this request; ``None`` when the
+  request failed before one was chosen);
+* ``ttft_parts``: where the TTFT went (:mod:`pytest_lbbench.report.ttft_parts`), added by the
+  harness after the run from these timestamps and the deployment's emulated delays.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class RequestRecord:
     replica_timing: dict[str, Any] | None = None
     branch: str | None = None
     warmup: bool = False
+    new_connection: bool | None = None
+    ttft_parts: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

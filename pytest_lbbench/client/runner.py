@@ -122,6 +122,25 @@ async def discover_model(
     )
 
 
+def connection_tracing() -> aiohttp.TraceConfig:
+    """Sets ``new_connection`` on the ``trace_request_ctx`` of every request (its
+    :class:`RequestRecord`): ``True`` when the pool opened a connection for it, ``False`` when
+    it reused one. A new connection across a delay link pays the emulated handshake."""
+    trace = aiohttp.TraceConfig()
+
+    async def opened(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+        if isinstance(ctx.trace_request_ctx, RequestRecord):  # not /v1/models
+            ctx.trace_request_ctx.new_connection = True
+
+    async def reused(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+        if isinstance(ctx.trace_request_ctx, RequestRecord):
+            ctx.trace_request_ctx.new_connection = False
+
+    trace.on_connection_create_end.append(opened)
+    trace.on_connection_reuseconn.append(reused)
+    return trace
+
+
 async def stream_chat(
     session: aiohttp.ClientSession,
     url: str,
@@ -132,13 +151,17 @@ async def stream_chat(
 ) -> str | None:
     """Send one streaming chat request and fill ``record``. Never raises (but re-raises
     cancellation after recording it); returns the answer text, or ``None`` on failure."""
+    # The wall-clock start and the TTFT clock start together: the TTFT decomposition lays the
+    # LBs' and the replica's time.time() stamps on the interval start .. start + ttft.
+    record.start = time.time()
     t0 = time.perf_counter()
     parts: list[str] = []
     last_chunk_at: float | None = None
     finished = False
     try:
         async with session.post(
-            url, json=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            url, json=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s),
+            trace_request_ctx=record,
         ) as resp:
             record.response_start = time.time()
             record.headers = {k: v for k, v in resp.headers.items()}
@@ -461,7 +484,8 @@ async def _drive(run: _Run) -> None:
 async def run_client(plan: WorkloadPlan, settings: ClientSettings, sink: RecordSink) -> ClientRun:
     """Drive every user of ``plan`` against ``settings.backend_url`` until the deadline."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
-    async with aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE) as session:
+    async with aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE,
+                                     trace_configs=[connection_tracing()]) as session:
         model = settings.model or await discover_model(
             session, settings.backend_url, settings.knobs.ready_timeout_s
         )

@@ -367,16 +367,18 @@ class LbCore:
     # ------------------------------------------------------------------ requests
 
     def arrive(
-        self, request: ClientRequest, *, from_lb: bool, hash_key: str | None, time_arrive: float
+        self, request: ClientRequest, *, from_lb: bool, hash_key: str | None, time_arrive: float,
+        new_connection: bool | None = None,
     ) -> RequestEntry:
-        """A request arrived (at ``time_arrive``, by :attr:`clock`): queue it at the tail."""
+        """A request arrived (at ``time_arrive``, by :attr:`clock`; ``new_connection``: on a
+        connection its sender opened for it): queue it at the tail."""
         info = RequestInfo(
             text=request_text(request.path_qs.split("?", 1)[0], request.body, request.method)
             if self._needs_text else None,
             hash_key=hash_key,
         )
         entry = RequestEntry(request=request, info=info, from_lb=from_lb, time_arrive=time_arrive,
-                             declines_at_arrival=self._head_declines)
+                             declines_at_arrival=self._head_declines, new_connection=new_connection)
         self.queue.append(entry)
         return entry
 
@@ -518,7 +520,7 @@ class LbCore:
                 (FROM_LB_HEADER, "true"),
                 (QUEUE_SIZE_HEADER, str(self._last_seen_queue_size(lb))),
             ),
-            timing=(HopTiming("second", entry.time_arrive, now),),
+            timing=(HopTiming("second", entry.time_arrive, now, entry.new_connection),),
             decisions=(LbDecision(self.lb_regions.get(lb, "N/A"), url),),
         )
 
@@ -529,13 +531,15 @@ class LbCore:
     def _replica_dispatch(self, entry: RequestEntry, replica: str, now: float) -> Dispatch:
         url = self.replicas.url_of(replica)
         hop = entry.lb_hop
-        timing = [HopTiming("first", hop.time_scheduled if hop else entry.time_arrive, now)]
+        # A hop to itself (the meta policy picked this LB) crossed no connection.
+        timing = [HopTiming("first", hop.time_scheduled if hop else entry.time_arrive, now,
+                            False if hop else entry.new_connection)]
         decisions: list[ReplicaDecision | LbDecision] = [ReplicaDecision(self.replicas.ids[replica], url)]
         extra: tuple[tuple[str, str], ...] = ()
         if hop is not None:
             # This LB's own LB-level decision (the meta policy picked itself): what the hop the
             # original took to its own URL added on the way back, with this decision's times.
-            timing.append(HopTiming("second", entry.time_arrive, hop.time_scheduled))
+            timing.append(HopTiming("second", entry.time_arrive, hop.time_scheduled, entry.new_connection))
             decisions.append(LbDecision(hop.region, hop.url))
             extra = ((FROM_LB_HEADER, "true"),)
         return Dispatch(

@@ -94,6 +94,9 @@ class RequestEntry:
     # the count moved before the decision, the request was held (``LbCore.held_total``).
     declines_at_arrival: int = 0
     retries: int = 0  # times the request was decided again after its upstream failed early
+    #: The request came on a connection opened for it (None: the server could not tell); shown
+    #: in this LB's timing header, for the TTFT decomposition's connection-setup part.
+    new_connection: bool | None = None
 
     @property
     def is_user_request(self) -> bool:

@@ -48,7 +48,7 @@ from pytest_lbbench.protocol import (
     MembershipError,
 )
 
-from ..aioserve import serve_app
+from ..aioserve import first_on_connection, serve_app
 from ..control import LOOPBACK_TARGETS, AllowedTargets, control_headers, control_middleware
 from .config import LbConfig
 from .core import AskSteal, ConfReplies, FetchConfs, LbCore, PeerCall, PeerReply, StealReplies, UnknownPeer
@@ -197,6 +197,7 @@ class LoadBalancer:
             from_lb=headers.get(FROM_LB_HEADER, "").lower() == "true",
             hash_key=headers.get(HASH_KEY_HEADER),
             time_arrive=arrive,
+            new_connection=first_on_connection(request),
         )
         loop = asyncio.get_running_loop()
         try:

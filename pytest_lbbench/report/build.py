@@ -18,6 +18,7 @@ from pytest_lbbench.report.loadplots import load_figures
 from pytest_lbbench.report.paper import FIGURE_NAME, comparison_lines, paper_comparison, plot_comparison
 from pytest_lbbench.report.plots import FIG_DIR, draw_figures
 from pytest_lbbench.report.store import add_to_summary, load_summary, write_summary
+from pytest_lbbench.report.ttftplots import ttft_parts_figures
 
 #: The key of ``summary.json`` that holds :func:`~pytest_lbbench.report.paper.paper_comparison`.
 PAPER_KEY = "paper_comparison"
@@ -68,7 +69,8 @@ def build_report(
     except Exception as exc:  # noqa: BLE001 - the comparison is derived; the summary is on disk
         paper_warnings.append(f"paper comparison not computed: {type(exc).__name__}: {exc}")
     figures, warnings = draw_figures(summary, out_dir, out_dir / FIG_DIR)
-    for path, draw_figure in load_figures(summary, out_dir / FIG_DIR):
+    for path, draw_figure in [*load_figures(summary, out_dir / FIG_DIR),
+                              *ttft_parts_figures(summary, out_dir / FIG_DIR)]:
         try:
             draw_figure()
             figures.append(path)

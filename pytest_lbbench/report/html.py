@@ -51,6 +51,8 @@ CAPTIONS: dict[str, str] = {
     "ttft_cdf": "TTFT CDF of successful requests",
     "cache_hit": "KV-cache hit rate Σ min(cached, input) / Σ input",
     "region_latency": "TTFT and E2E latency per client region",
+    "ttft_parts": "Where TTFT goes: each part's mean per request, stacked (emulated WAN delay, "
+                  "connection setup, LB queue, engine queue, prefill, and the harness's own residual)",
 }
 
 STYLE = """

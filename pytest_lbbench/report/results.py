@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from pytest_lbbench.report.metrics import DEFAULT_SLO, failure_reasons, goodput, measured, summarize
 from pytest_lbbench.report.replicas import replica_counts, replica_shares
+from pytest_lbbench.report.ttft_parts import Topology, add_parts, summarize_parts
 
 
 @dataclass
@@ -82,6 +83,24 @@ class ExperimentResult:
         regions = self.replica_regions
         return {region: summarize(p["metrics"], regions) for region, p in self.payloads.items()}
 
+    def add_ttft_parts(self, description: Mapping[str, Any]) -> int:
+        """Give every record its ``ttft_parts`` (:mod:`~pytest_lbbench.report.ttft_parts`) from
+        the deployment ``description``; in memory, written by the next :meth:`attach`. Returns
+        how many records got parts (0 when the deployment has no emulated links)."""
+        topo = Topology.from_description(description)
+        if topo is None:
+            return 0
+        return sum(add_parts(p["metrics"], topo) for p in self.payloads.values())
+
+    @property
+    def connections(self) -> dict[str, int] | None:
+        """New connections per delay link over the experiment (warm-up included), if counted."""
+        for payload in self.payloads.values():
+            if payload.get("connections") is not None:
+                counts: dict[str, int] = payload["connections"]
+                return counts
+        return None
+
     def attach(self, key: str, value: Any) -> None:
         """Add ``key`` to every region file (e.g. the deployment's versions), atomically."""
         for region, path in self.files.items():
@@ -115,6 +134,9 @@ class ExperimentResult:
             "overall": overall,
             "regions": self.region_summaries(),
             "failure_reasons": failure_reasons(self.records),
+            # Where TTFT went (parts, per-hop harness residual, new connections per hop).
+            "ttft_parts": summarize_parts(self.records),
+            "link_connections": self.connections,
             # Which replica served how much (the records' ``replica`` field), for the table.
             "replica_requests": replica_counts(self.records),
             "replica_share": replica_shares(self.records),

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from pytest_lbbench import __version__
-from pytest_lbbench.report.metrics import DEFAULT_SLO, SLO_KEYS, goodput, validate_slo
+from pytest_lbbench.report.metrics import DEFAULT_SLO, SLO_KEYS, goodput, measured, validate_slo
 from pytest_lbbench.report.replicas import queue_log_beside, replica_counts, replica_shares, telemetry_spread
 from pytest_lbbench.report.repeats import aggregates
 from pytest_lbbench.report.resultdir import exp_group, system_label, system_sort_key
+from pytest_lbbench.report.ttft_parts import summarize_parts
 
 SCHEMA_VERSION = 1
 SUMMARY_CSV = "summary.csv"
@@ -247,6 +248,8 @@ def summary_rows(
 
         all_records = [rec for p in payloads.values() for rec in p["metrics"]]
         means, replica_spread = telemetry_spread(queue_log_beside(exp))
+        parts = summarize_parts(measured(all_records))
+        residual = parts["parts"]["residual"] if parts["requests"] else {}
         overall: dict[str, Any] = {
             **ident, "client_region": ALL_REGIONS,
             **(_overall_knobs(region_knobs) if region_knobs else _knobs(None, config)),
@@ -260,6 +263,8 @@ def summary_rows(
             "host_bound": bool(exp.get("host_bound")),
             "replica_share": share_text(replica_shares(all_records)),
             "replica_spread": replica_spread,
+            # The harness's own share of TTFT (pytest_lbbench.report.ttft_parts).
+            **{f"ttft_residual_{q}_s": residual.get(q) for q in ("p50", "p90", "p99")},
         }
         if payloads and len(payloads) == len(exp.get("files") or {}):
             overall.update(goodput(all_records, slo))
@@ -295,6 +300,9 @@ def summary_rows(
                 "mean_outstanding": means,
                 "spread": replica_spread,
             },
+            # Where TTFT went, and the connections each delay link accepted (warm-up included).
+            "ttft_parts": parts,
+            "link_connections": next((p["connections"] for p in payloads.values() if p.get("connections")), None),
         })
     for row in rows:
         row.update(slo_cols)

@@ -24,6 +24,10 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{value * 1e3:.0f}"
 
 
+def _ms1(value: Any) -> str:
+    return "-" if value is None else f"{value * 1e3:.1f}"
+
+
 def _s(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -317,3 +321,30 @@ def noise_lines(experiments: Sequence[Row]) -> list[str]:
     if lines:
         lines.insert(0, "differences between systems (repetitions' means; noise = Welch's t-test, 95 %)")
     return lines
+
+
+def ttft_parts_lines(experiments: Sequence[Row]) -> list[str]:
+    """Where TTFT went per experiment (:mod:`~pytest_lbbench.report.ttft_parts`): each part's
+    mean (the means add up to the mean TTFT), the harness residual's p50 and p90, and the new
+    connections per hop among the measured requests."""
+    from pytest_lbbench.report.ttft_parts import PART_LABELS, PARTS
+
+    rows: list[list[str]] = []
+    for exp in sorted(experiments, key=lambda e: (e["workload"], _load_order(e), e["system"])):
+        parts = exp.get("ttft_parts") or {}
+        if not parts.get("requests"):
+            continue
+        means = [(parts["parts"][name] or {}).get("mean") for name in PARTS]
+        residual = parts["parts"]["residual"]
+        new = parts.get("new_connections") or {}
+        rows.append([f"{exp['system']}-{exp['workload']}", *(_ms1(m) for m in means),
+                     _ms1(residual.get("p50")), _ms1(residual.get("p90")),
+                     " ".join(f"{hop} {n}" for hop, n in sorted(new.items()) if n) or "0",
+                     str(parts["requests"])])
+    if not rows:
+        return []
+    headers = ["experiment", *(PART_LABELS[name] for name in PARTS), "residual p50", "p90",
+               "new connections", "requests"]
+    return ["where TTFT goes (mean ms per request; residual = the harness's own time)"] + [
+        "  " + line for line in render_table(headers, rows, label_cols=1)
+    ]

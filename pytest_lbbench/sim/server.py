@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from pytest_lbbench.aioserve import first_on_connection
 from pytest_lbbench.control import control_middleware
 from pytest_lbbench.protocol import FAULT_PATH, REPLICA_HEADER, RESET_PATH
 
@@ -360,6 +361,7 @@ class SimReplica:
     # ---- generation ----
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        received = time.time()  # before the body is read, parsed and tokenized (intake)
         body = await _read_json(request)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -368,9 +370,10 @@ class SimReplica:
             tokens = tokenizer.apply_chat_template(messages)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
-        return await self._generate(request, body, tokens, _CHAT)
+        return await self._generate(request, body, tokens, _CHAT, received)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        received = time.time()
         body = await _read_json(request)
         prompt = body.get("prompt")
         # A one-element list is how some clients send a single prompt.
@@ -378,10 +381,11 @@ class SimReplica:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string (batched or token-id prompts are not supported)")
-        return await self._generate(request, body, tokenizer.completion_prompt(prompt), _COMPLETION)
+        return await self._generate(request, body, tokenizer.completion_prompt(prompt), _COMPLETION, received)
 
     async def _generate(
-        self, request: web.Request, body: Mapping[str, Any], tokens: list[str], kind: _Kind
+        self, request: web.Request, body: Mapping[str, Any], tokens: list[str], kind: _Kind,
+        received: float,
     ) -> web.StreamResponse:
         max_tokens = _max_tokens(body)
         stream = bool(body.get("stream"))
@@ -401,7 +405,8 @@ class SimReplica:
         except EngineClosed as exc:
             raise ApiError(503, str(exc), "service_unavailable") from exc
         meta = _ResponseMeta(
-            rid=kind.id_prefix + uuid.uuid4().hex, created=int(time.time()), model=model, kind=kind
+            rid=kind.id_prefix + uuid.uuid4().hex, created=int(time.time()), model=model, kind=kind,
+            received=received, new_connection=first_on_connection(request),
         )
         try:
             if stream:
@@ -449,6 +454,10 @@ class _ResponseMeta:
     created: int
     model: str
     kind: _Kind
+    #: When the HTTP request reached the replica (``time.time()``), before its body was read.
+    received: float
+    #: The request came on a connection opened for it (see :func:`first_on_connection`).
+    new_connection: bool | None
 
     def _chunk_head(self) -> str:
         return (
@@ -486,7 +495,7 @@ class _ResponseMeta:
         }
         if include_usage:
             chunk["usage"] = usage(req)
-        chunk["lbbench"] = lbbench_info(req, replica)
+        chunk["lbbench"] = lbbench_info(req, replica, self)
         return "data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n"
 
     def full_response(self, req: SimRequest, replica: str) -> dict[str, Any]:
@@ -506,7 +515,7 @@ class _ResponseMeta:
             "model": self.model,
             "choices": [choice],
             "usage": usage(req),
-            "lbbench": lbbench_info(req, replica),
+            "lbbench": lbbench_info(req, replica, self),
         }
 
 
@@ -522,11 +531,14 @@ def usage(req: SimRequest) -> dict[str, Any]:
     }
 
 
-def lbbench_info(req: SimRequest, replica: str) -> dict[str, Any]:
-    """The ``lbbench`` extension object: which replica, and its own wall-clock timestamps."""
-    info: dict[str, Any] = {"replica": replica}
+def lbbench_info(req: SimRequest, replica: str, meta: _ResponseMeta) -> dict[str, Any]:
+    """The ``lbbench`` extension object: which replica, its own wall-clock timestamps
+    (``received``: the HTTP request came in; ``arrival``: parsed and tokenized, in the engine),
+    and whether the request opened its connection."""
+    info: dict[str, Any] = {"replica": replica, "received": meta.received}
     info.update(req.timings())
     info["retractions"] = req.retractions
+    info["new_connection"] = meta.new_connection
     return info
 
 
