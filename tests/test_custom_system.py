@@ -110,7 +110,7 @@ def test_a_global_custom_balancer_runs_through_a_real_benchmark(bench: pytest.Py
     # Round robin over every replica (global: one instance over all three regions' replicas).
     assert len({r["replica"] for r in records}) == 3
     assert data["deployment"]["system"]["kind"] == "custom"
-    assert data["deployment"]["balancers"] == [{"name": "rr", "region": "us-east-2"}]
+    assert data["deployment"]["balancers"] == [{"name": "rr", "region": "us-east-2", "kind": "custom"}]
     assert list((out / "latest" / "fig").glob("*.png")), "no figures"
     ticks = [json.loads(line) for line in (out / "latest" / "queue_size" / "arena_syn_rr.txt").read_text().splitlines()]
     assert "custom" in {v.get("kind") for tick in ticks for k, v in tick.items() if k != "time"}

@@ -37,6 +37,9 @@ def test_every_request_of_a_real_run_has_parts_that_add_up_to_its_ttft(pytester:
         "--time-scale", "0.1", "--duration", "4", "--num-users", "3", "--max-tokens", "12",
         "--drain-timeout", "30", "--output-dir", str(out), "-p", "no:cacheprovider", timeout=400)
     result.assert_outcomes(passed=len(SYSTEMS))
+    result.stdout.fnmatch_lines(["*where TTFT goes (mean ms per request*",
+                                 "*experiment*emulated WAN delay*harness residual*residual p50*",
+                                 "*sgl-arena_syn*"])
     experiments = _payloads(out)
     assert len(experiments) == len(SYSTEMS), sorted(experiments)
     for exp_name, payloads in experiments.items():
