@@ -40,7 +40,7 @@ def parts_entries(summary: Mapping[str, Any], group: str) -> list[Mapping[str, A
 
 
 def plot_ttft_parts(entries: Sequence[Mapping[str, Any]], title: str, path: Path) -> None:
-    fig, (ax,) = _new_figure(10.0, 1.2 + 0.45 * len(entries))
+    fig, (ax,) = _new_figure(10.0, 1.6 + 0.45 * len(entries))
     labels = [_bar_label(e) for e in entries]
     lefts = [0.0] * len(entries)
     for part in PARTS:
@@ -55,7 +55,8 @@ def plot_ttft_parts(entries: Sequence[Mapping[str, Any]], title: str, path: Path
     ax.set_xlabel("mean TTFT per request (ms), by part")
     ax.set_xlim(0, max(lefts, default=1.0) * 1.45 or 1.0)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncols=3, loc="lower right")
+    # Below the bars, where it covers neither a bar nor its numbers.
+    ax.legend(fontsize=7, ncols=len(PARTS), loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.6 / len(entries)))
     _save(fig, path)
 
 

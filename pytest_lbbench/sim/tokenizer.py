@@ -16,6 +16,7 @@ when the client feeds the answer text back as the assistant message. That needs
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +54,15 @@ def tokenize(text: str) -> list[str]:
         else:
             out.extend(piece[i : i + MAX_PIECE_CHARS] for i in range(0, len(piece), MAX_PIECE_CHARS))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _message_pieces(text: str) -> tuple[str, ...]:
+    """:func:`tokenize` of one message's text, remembered: a conversation sends its whole
+    history every turn, and re-tokenizing it was most of a replica's intake time (0.4 ms for a
+    12 kB history on the development machine, against 0.01 ms to parse its JSON). Only the
+    newest messages are new; the others are found by their text (hashing a string runs in C)."""
+    return tuple(tokenize(text))
 
 
 def detokenize(pieces: Iterable[str]) -> str:
@@ -118,11 +128,11 @@ def apply_chat_template(
         rest = rest[1:]
     tokens.extend(_header("system"))
     tokens.extend(_PREAMBLE_TOKENS)
-    tokens.extend(tokenize(system_text))
+    tokens.extend(_message_pieces(system_text))
     tokens.append(EOT)
     for message in rest:
         tokens.extend(_header(str(message["role"])))
-        tokens.extend(tokenize(message_text(message.get("content"))))
+        tokens.extend(_message_pieces(message_text(message.get("content"))))
         tokens.append(EOT)
     if add_generation_prompt:
         tokens.extend(_header("assistant"))
