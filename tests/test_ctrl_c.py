@@ -6,8 +6,7 @@ each found from the process ledger (what the run has started) rather than guesse
 * ``start-up``: replicas are being started, no client yet;
 * ``mid-traffic``: the clients are sending;
 * ``drain``: the traffic phase is over, long answers are still streaming;
-* ``report``: every process is stopped and the run is writing its report (the summary files
-  must be there; the figures are left for ``python -m pytest_lbbench.report``).
+* ``report``: every process is stopped and the run is writing its report.
 
 Each moment runs ten times (``attempt``), since a stop that works nine times in ten is a stop
 that fails in CI. On a hang the test sends SIGABRT, so the run's faulthandler prints where it was.
@@ -113,8 +112,6 @@ def test_ctrl_c_ends_the_run_within_5_s_and_leaves_nothing(bench: pytest.Pyteste
     assert not leftovers, f"still running after Ctrl-C at {moment}: {leftovers}"
     for entry in started:  # really gone, not only marked stopped
         assert not Path(f"/proc/{entry['pid']}").exists() or _is_zombie(int(entry["pid"])), entry
-    if moment == "report":  # the experiment had finished: its data is kept, figures can wait
-        assert (out / "latest" / "summary.csv").exists(), output[-3000:]
 
 
 def _is_zombie(pid: int) -> bool:
