@@ -53,14 +53,15 @@ class ExperimentResult:
     def client_bound(self) -> bool:
         return any(p.get("client", {}).get("client_bound") for p in self.payloads.values())
 
+    def _attached(self, key: str) -> Any:
+        """What :meth:`attach` stored under ``key`` (the same in every region file), or None."""
+        return next((p[key] for p in self.payloads.values() if p.get(key) is not None), None)
+
     @property
     def host_lag(self) -> dict[str, Any] | None:
         """The host-lag verdict attached to the files (:mod:`pytest_lbbench.hostlag`), if any."""
-        for payload in self.payloads.values():
-            if payload.get("host_lag") is not None:
-                lag: dict[str, Any] = payload["host_lag"]
-                return lag
-        return None
+        lag: dict[str, Any] | None = self._attached("host_lag")
+        return lag
 
     @property
     def host_bound(self) -> bool:
@@ -95,11 +96,8 @@ class ExperimentResult:
     @property
     def connections(self) -> dict[str, int] | None:
         """New connections per delay link over the experiment (warm-up included), if counted."""
-        for payload in self.payloads.values():
-            if payload.get("connections") is not None:
-                counts: dict[str, int] = payload["connections"]
-                return counts
-        return None
+        counts: dict[str, int] | None = self._attached("connections")
+        return counts
 
     def attach(self, key: str, value: Any) -> None:
         """Add ``key`` to every region file (e.g. the deployment's versions), atomically."""
