@@ -26,7 +26,7 @@ from pytest_lbbench.lb.lag import PRECISION_S, LoopLag
 from pytest_lbbench.lb.peers import PeerStatus
 from pytest_lbbench.lb.policies import PrefixTreePolicy
 from pytest_lbbench.lb.queue import Dispatch
-from pytest_lbbench.lb.server import LoadBalancer
+from pytest_lbbench.lb.server import LoadBalancer, wait_for_next_tick
 
 from lbcore_support import apply, arrive
 
@@ -126,14 +126,16 @@ def test_loop_lag_counts_only_lateness_beyond_the_clock_precision() -> None:
 
 
 def test_lag_counters_move_under_an_event_loop_stall() -> None:
-    """The real tick loop of an LB: a 150 ms synchronous stall makes at least one tick late by
-    about that much; without a stall the counters stay near zero."""
+    """The real tick loop of an LB, ticking for a request it cannot place yet (no replica known):
+    a 150 ms synchronous stall makes at least one tick late by about that much."""
 
     async def scenario() -> dict[str, Any]:
-        lb = _lb()
+        lb = LoadBalancer(LbConfig(), name="lb-a", region="us-east-2")
         task = asyncio.ensure_future(lb._queue_loop())
         try:
+            held = arrive(lb.core, "waits for a replica " * 5)
             await asyncio.sleep(0.1)
+            assert held.outcome is None and len(lb.core.queue) == 1
             before = lb.lag.snapshot()
             time.sleep(0.15)  # the artificial stall: the event loop cannot run the tick
             await asyncio.sleep(0.05)
@@ -149,6 +151,41 @@ def test_lag_counters_move_under_an_event_loop_stall() -> None:
     assert after["tick_late_max_s"] >= 0.1
     assert after["tick_late_s_total"] - before["tick_late_s_total"] >= 0.1
     assert after["loops"]["queue_tick"]["ticks"] > before["loops"]["queue_tick"]["ticks"]
+
+
+def test_the_tick_sleeps_while_the_queue_is_empty_and_resumes_for_an_arrival() -> None:
+    """An idle LB does not tick (a tick of an empty queue places nothing); a request that
+    arrives is still placed by the next tick of the schedule, one tick later."""
+
+    async def scenario() -> tuple[int, int, Dispatch | None]:
+        lb = _lb(replica_mode=ReplicaMode.PUSH)
+        task = asyncio.ensure_future(lb._queue_loop())
+        try:
+            await asyncio.sleep(0.1)  # ten tick periods with nothing queued
+            idle_ticks = lb.lag.snapshot()["ticks"]
+            entry = arrive(lb.core, "hello " * 10)
+            for _ in range(400):  # at most 2 s; a tick is due within 10 ms
+                if entry.outcome is not None:
+                    break
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)  # the queue is empty again: no further ticks
+            ticks = lb.lag.snapshot()["ticks"]
+        finally:
+            task.cancel()
+        outcome = entry.outcome
+        return idle_ticks, ticks, outcome if isinstance(outcome, Dispatch) else None
+
+    idle_ticks, ticks, outcome = asyncio.run(scenario())
+    assert idle_ticks == 0
+    assert outcome is not None and outcome.name in REPLICAS
+    assert ticks == 1
+
+
+@pytest.mark.parametrize(("parked_for", "expected"), [(0.0, 0.01), (0.004, 0.006), (0.0351, 0.0049), (1.0025, 0.0075)])
+def test_an_arrival_after_parking_waits_for_the_next_tick_of_the_old_schedule(
+    parked_for: float, expected: float
+) -> None:
+    assert wait_for_next_tick(0.01, parked_for) == pytest.approx(expected, abs=1e-9)
 
 
 # ============================================================================ over loopback

@@ -200,7 +200,9 @@ class LbCore:
         # pool: with the concurrency cap (``USE_IE_QUEUE_INDICATOR=false``) its hooks cap the
         # requests in flight to each LB at ``max_concurrent_requests`` as well.
         self.lbs = TargetPool("lb", self._new_meta_policy(), concurrency_cap=cap)
-        self.queue = RequestQueue()
+        #: Called when a request enters an empty queue (the server's queue processor wakes up).
+        self.on_queue_filled: Callable[[], None] | None = None
+        self.queue = RequestQueue(on_fill=self._queue_filled)
         self.lb_regions: dict[str, str] = {}
         # Rate-limited push: each peer's load from its last ``/conf`` (absent = unknown, which
         # makes the peer unavailable).
@@ -270,7 +272,7 @@ class LbCore:
             raise RuntimeError(reason)
         self.replicas.reset(self._new_replica_policy())
         self.lbs.reset(self._new_meta_policy())
-        self.queue = RequestQueue()
+        self.queue = RequestQueue(on_fill=self._queue_filled)
         self.peer_status = {}
         self.peer_latency = {}
         self._zero_counters()
@@ -603,6 +605,10 @@ class LbCore:
         if pool is self.replicas:
             self._sync_self_health()
         return self.config.retry_before_first_byte and entry.retries == 0
+
+    def _queue_filled(self) -> None:
+        if self.on_queue_filled is not None:
+            self.on_queue_filled()
 
     def retry(self, entry: RequestEntry) -> None:
         """Decide ``entry`` once more, first in line: its holds are released, its decision gone."""

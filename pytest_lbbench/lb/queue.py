@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
@@ -121,10 +121,14 @@ class RequestEntry:
 
 
 class RequestQueue:
-    """FIFO of :class:`RequestEntry` with put-back-at-head (head-of-line order is kept)."""
+    """FIFO of :class:`RequestEntry` with put-back-at-head (head-of-line order is kept).
 
-    def __init__(self) -> None:
+    ``on_fill`` is called whenever an entry goes into an empty queue, so a queue processor can
+    sleep while there is nothing to place instead of polling."""
+
+    def __init__(self, on_fill: Callable[[], None] | None = None) -> None:
         self._items: deque[RequestEntry] = deque()
+        self._on_fill = on_fill
 
     def __len__(self) -> int:
         return len(self._items)
@@ -136,11 +140,15 @@ class RequestQueue:
         """Enqueue at the tail (new arrivals)."""
         entry.in_queue = True
         self._items.append(entry)
+        if self._on_fill is not None and len(self._items) == 1:
+            self._on_fill()
 
     def put_head(self, entry: RequestEntry) -> None:
         """Return an entry that could not be placed to the head."""
         entry.in_queue = True
         self._items.appendleft(entry)
+        if self._on_fill is not None and len(self._items) == 1:
+            self._on_fill()
 
     def pop_head(self) -> RequestEntry | None:
         """Take the head entry, or None when the queue is empty."""
