@@ -24,6 +24,12 @@ from typing import Any, Mapping, Sequence
 import pytest
 
 from pytest_lbbench.backends.sky.provision import (
+    JOB_NOT_STARTED,
+    JOB_TERMINAL,
+    REPLICA_FAILED,
+    REPLICA_LEAVING,
+    REPLICA_UNRECOVERABLE_BEFORE_READY,
+    SERVICE_FAILED,
     CloudLedger,
     ProvisionError,
     ProvisionTimeout,
@@ -418,11 +424,36 @@ def test_a_failed_replica_is_replaced_and_waited_for(tmp_path: Path) -> None:
     assert any("replica 1 FAILED_PROVISION; SkyServe replaces it" in line for line in lines)
 
 
-def test_a_service_whose_replicas_are_not_replaced_fails_after_the_grace_time(tmp_path: Path) -> None:
+def test_a_service_whose_app_fails_before_it_was_ever_ready_fails_at_once(tmp_path: Path) -> None:
+    # SkyServe stops scaling then (no replacement comes): no grace time is waited for.
     fake = FakeSky(workers=8)
     comps = components(1)
     svc = next(c for c in comps if c.kind == "service")
     fake.app_failing.add(svc.name)
+    prov = make(tmp_path, fake, max_parallel=8,
+                timeouts=Timeouts(launch_s=3600, ready_s=7200, teardown_s=600, poll_s=5, replica_grace_s=900))
+    with pytest.raises(ProvisionError, match=f"service '{svc.name}' failed: replica .* is FAILED before any "
+                                             "replica was ever READY, so SkyServe stops launching"):
+        prov.up(comps)
+    assert fake.now < fake.ready_s + 60  # at the first poll that saw it, not after the grace time
+    assert fake.live() == set()
+    assert prov.ledger.live() == {}
+
+
+def test_a_service_whose_replicas_are_not_replaced_fails_after_the_grace_time(tmp_path: Path) -> None:
+    # Launches fail (FAILED_PROVISION, which SkyServe recovers from, so it is waited for), but no
+    # replacement comes: the wait ends after the grace time, not the ready timeout.
+    fake = FakeSky(workers=8)
+    comps = components(1)
+    svc = next(c for c in comps if c.kind == "service")
+    fake.failing_services[svc.name] = -1
+    first_launch = fake._launch_replica
+
+    def launch_only_the_first_wave(service: Svc, at: float) -> None:
+        if service.launches < svc.count:
+            first_launch(service, at)
+
+    fake._launch_replica = launch_only_the_first_wave  # type: ignore[method-assign]
     prov = make(tmp_path, fake, max_parallel=8,
                 timeouts=Timeouts(launch_s=3600, ready_s=7200, teardown_s=600, poll_s=5, replica_grace_s=900))
     with pytest.raises(ProvisionError, match=f"service '{svc.name}' failed: only .* of {svc.count} "
@@ -736,3 +767,27 @@ def test_sky_deployment_refuses_gke(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                          replica_regions=["us-east-2"], client_regions=["us-east-2"])
     with pytest.raises(UnsupportedSystem, match="--gke-endpoint or --gke-contexts"):
         SkyDeployment(SYSTEMS["gke_gateway"], session)
+
+
+def test_the_status_constants_are_skypilots_own() -> None:
+    """provision.py spells SkyPilot 0.14.1's statuses as strings (``sky`` is not imported at
+    module level): they must be the real enums' values and groups."""
+    ServiceStatus, ReplicaStatus, JobStatus = serve_state.ServiceStatus, serve_state.ReplicaStatus, job_lib.JobStatus
+    assert set(SERVICE_FAILED) == {s.value for s in ServiceStatus.failed_statuses()}
+    assert set(REPLICA_FAILED) == {s.value for s in ReplicaStatus.failed_statuses()}
+    assert set(REPLICA_UNRECOVERABLE_BEFORE_READY) <= set(REPLICA_FAILED)
+    assert set(REPLICA_LEAVING) | set(REPLICA_FAILED) == {s.value for s in ReplicaStatus.terminal_statuses()}
+    assert set(JOB_TERMINAL) == {s.value for s in JobStatus if s.is_terminal()}
+    assert set(JOB_NOT_STARTED) == {s.value for s in JobStatus.nonterminal_statuses()} - {"RUNNING"}
+
+
+def test_a_status_reply_that_leaves_requests_out_is_a_failed_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SkyPilot 0.14.1's ``api_status`` returns [] when its local API server is not running; the
+    real SDK boundary turns that into an error (which the provisioner counts and retries)
+    instead of reading every request as still pending until the launch timeout."""
+    sky = pytest.importorskip("sky")
+    from pytest_lbbench.backends.sky.sdk import MissingRequests, RealSkySdk
+
+    monkeypatch.setattr(sky, "api_status", lambda request_ids=None, all_status=False: [])
+    with pytest.raises(MissingRequests, match="reported nothing for 2 of 2 requests .*sky api info"):
+        RealSkySdk().request_states(["aaaaaaaa-1", "bbbbbbbb-2"])

@@ -7,10 +7,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from pytest_lbbench.backends.sky.deployment import decode_result
+from pytest_lbbench.backends.sky.deployment import RESULT_REREAD_S, _read_result, decode_result
 from pytest_lbbench.backends.sky.render import (
     Component,
     SkySettings,
@@ -166,6 +167,19 @@ def test_client_job_prints_the_result_file_between_markers(tmp_path: Path) -> No
     assert json.loads(decode_result(out)) == payload
     with pytest.raises(ValueError, match="markers missing"):
         decode_result(f"{prefix}Traceback ...")
+    # A line of another Ray process between the markers is not part of the payload.
+    lines = log.splitlines(keepends=True)
+    stray = f"{Style.DIM}{Fore.CYAN}(raylet){Style.RESET_ALL} [2026-12-07 10:00:00] worker started\n"
+    assert json.loads(decode_result("".join(lines[:3] + [stray] + lines[3:]))) == payload
+    # The log read before its last lines landed (SkyPilot marks the job SUCCEEDED first).
+    cut = "".join(lines[: len(lines) // 2])
+    with pytest.raises(ValueError, match="markers missing"):
+        decode_result(cut)
+    reads = iter([cut, log])
+    slept: list[float] = []
+    prov = SimpleNamespace(sdk=SimpleNamespace(job_log=lambda cluster, job_id: next(reads)), sleep=slept.append)
+    assert json.loads(_read_result(prov, "lbb-c", 1)[1]) == payload  # type: ignore[arg-type]
+    assert slept == [RESULT_REREAD_S]
     broken = log.replace(out.splitlines()[2], out.splitlines()[2][:-4] + "!!!!")
     with pytest.raises(ValueError, match="does not decode"):
         decode_result(broken)

@@ -27,6 +27,7 @@ import re
 import threading
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -158,9 +159,9 @@ class SkySession:
             return errors
 
     def cluster_url(self, cluster: str, port: int) -> str:
-        url = self.provisioner.runner.one(f"endpoint {cluster}:{port}",
-                                          lambda: self.provisioner.sdk.endpoint(cluster, port),
-                                          self.provisioner.timeouts.launch_s)
+        # A status request like the others: retried through a transient error.
+        url = self.provisioner.poll(f"endpoint {cluster}:{port}",
+                                    lambda: self.provisioner.sdk.endpoint(cluster, port))
         if not url:
             raise ProvisionError(f"SkyPilot reports no public endpoint for port {port} on {cluster}")
         return str(url)
@@ -331,6 +332,7 @@ def _exec_submit(prov: Provisioner, cluster: str, yaml_text: str) -> Callable[[]
 # Ray prints the prefix with colorama's Fore.CYAN … Style.RESET_ALL).
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _LOG_LINE_PREFIX = re.compile(r"^\s*\([^()]*\bpid=\d+[^()]*\)\s?")
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/=]+")
 
 
 def strip_log_line(line: str) -> str:
@@ -350,12 +352,35 @@ def decode_result(log: str) -> bytes:
         end = lines.index(RESULT_END, start)
     except ValueError:
         raise ValueError("the client job printed no result (markers missing)") from None
-    payload = "".join(lines[start:end])
+    # Only base64 lines: another process's line that lands between the markers (Ray prints
+    # its own ``(raylet) ...`` lines into the same log) is not part of the payload.
+    payload = "".join(line for line in lines[start:end] if _BASE64_LINE.fullmatch(line))
     try:
         return gzip.decompress(base64.b64decode(payload, validate=True))
-    except (ValueError, OSError, EOFError) as exc:  # binascii.Error is a ValueError
+    except (ValueError, OSError, EOFError, zlib.error) as exc:  # binascii.Error is a ValueError
         raise ValueError(f"the client job's result between the markers does not decode "
                          f"({type(exc).__name__}: {exc}); first line: {lines[start:start + 1]}") from None
+
+
+#: Reads of a finished job's log before its result is taken as missing: SkyPilot marks a job
+#: SUCCEEDED and only then waits 0.5 s for the streamed logs to land (sky/backends/
+#: task_codegen.py), so the first read can come before the last lines.
+RESULT_READS = 4
+RESULT_REREAD_S = 2.0
+
+
+def _read_result(prov: Provisioner, cluster: str, job_id: int) -> tuple[str, bytes]:
+    """The job's log and the result decoded from it, reading the log again (up to
+    :data:`RESULT_READS` times) while the result is not all there yet."""
+    for attempt in range(1, RESULT_READS + 1):
+        log = prov.sdk.job_log(cluster, job_id)
+        try:
+            return log, decode_result(log)
+        except ValueError:
+            if attempt == RESULT_READS:
+                raise
+            prov.sleep(RESULT_REREAD_S)
+    raise AssertionError("unreachable")
 
 
 def ran_code(result: bytes) -> str | None:
@@ -404,10 +429,9 @@ class SkyClientLauncher:
             job_id = int(jobs[region])
             status = prov.wait_job(cluster, job_id, limit, f"client {region}",
                                    on_poll=(lambda t: on_progress(t, 0)) if on_progress else None)
-            log = prov.sdk.job_log(cluster, job_id)
             out = metric_dir / f"{region}.json"
             try:
-                data = decode_result(log)
+                log, data = _read_result(prov, cluster, job_id)
                 out.write_bytes(data)
                 outputs[region] = out
             except (ValueError, OSError) as exc:

@@ -54,6 +54,12 @@ SERVICE_FAILED = ("CONTROLLER_FAILED", "FAILED_CLEANUP")
 # while the service is below its target, so one failed replica is not the end of a service.
 REPLICA_FAILED = ("FAILED", "FAILED_CLEANUP", "FAILED_INITIAL_DELAY", "FAILED_PROBING",
                   "FAILED_PROVISION", "UNKNOWN")
+# The two of them SkyServe does not recover from while no replica of the service was ever READY:
+# its autoscaler stops scaling when a replica of the latest version failed unrecoverably before
+# that version was ever ready (sky/serve/autoscalers.py, generate_scaling_decisions;
+# replica_managers.py, ReplicaStatusProperty.unrecoverable_failure: the user app failed, or the
+# initial delay ran out). Waiting for a replacement would bill every VM for nothing.
+REPLICA_UNRECOVERABLE_BEFORE_READY = ("FAILED", "FAILED_INITIAL_DELAY")
 # Replicas on their way out (being terminated, or preempted and recycled): not counted as alive.
 REPLICA_LEAVING = ("SHUTTING_DOWN", "PREEMPTED")
 # sky.skylet.job_lib.JobStatus: terminal (is_terminal()), and the states before a job's run
@@ -308,14 +314,13 @@ class Provisioner:
         clusters = [c.name for c in candidates if c.kind == "cluster"]
         up: set[str] = set()
         if services:
-            infos: list[ServiceInfo] = self.runner.one(
-                "serve status", lambda: self.sdk.serve_status(services), self.timeouts.launch_s)
+            infos: list[ServiceInfo] = self.poll("serve status", lambda: self.sdk.serve_status(services))
             up |= {i.name for i in infos if i.status == "READY"}
         if clusters:
             # Refreshed from the cloud: the cached status still says UP for a VM that was
             # terminated from the console or preempted.
-            statuses: dict[str, str] = self.runner.one(
-                "status", lambda: self.sdk.cluster_status(clusters, refresh=True), self.timeouts.launch_s)
+            statuses: dict[str, str] = self.poll(
+                "status", lambda: self.sdk.cluster_status(clusters, refresh=True))
             up |= {name for name, status in statuses.items() if status == "UP"}
         return [c for c in candidates if c.name in up]
 
@@ -386,8 +391,10 @@ class Provisioner:
     def wait_services_ready(self, services: Sequence[Component]) -> dict[str, ServiceInfo]:
         """Poll ``sky.serve.status`` until every service has all its replicas READY.
 
-        A service fails at once only in a status SkyPilot counts as failed (``SERVICE_FAILED``);
-        a failed replica is reported and waited for (SkyServe relaunches it), and the service
+        A service fails at once in a status SkyPilot counts as failed (``SERVICE_FAILED``), and
+        when a replica failed in a way SkyServe does not recover from before any replica of the
+        service was READY (``REPLICA_UNRECOVERABLE_BEFORE_READY``: SkyServe stops scaling). Any
+        other failed replica is reported and waited for (SkyServe relaunches it), and the service
         fails only when it has had fewer live replicas than wanted for ``replica_grace_s``.
         """
         if not services:
@@ -398,6 +405,7 @@ class Provisioner:
         last: dict[str, str] = {}
         short_since: dict[str, float] = {}  # service → since when it has too few live replicas
         seen_failed: set[tuple[str, int, str]] = set()
+        ever_ready: set[str] = set()
         while True:
             infos: list[ServiceInfo] = self.poll("serve status", lambda: self.sdk.serve_status(names))
             by_name = {i.name: i for i in infos}
@@ -408,6 +416,8 @@ class Provisioner:
                 if info is None:
                     raise ProvisionError(f"service {name!r} disappeared while waiting for it to be READY")
                 n_ready = sum(1 for r in info.replicas if r.status == "READY")
+                if n_ready:
+                    ever_ready.add(name)
                 failed = [r for r in info.replicas if r.status in REPLICA_FAILED]
                 alive = [r for r in info.replicas
                          if r.status not in REPLICA_FAILED and r.status not in REPLICA_LEAVING]
@@ -425,6 +435,14 @@ class Provisioner:
                     raise ProvisionError(
                         f"service {name!r} failed ({info.status}{'; ' + detail if detail else ''}). "
                         f"See `sky serve logs --controller {name}`."
+                    )
+                fatal = [r for r in failed if r.status in REPLICA_UNRECOVERABLE_BEFORE_READY]
+                if fatal and name not in ever_ready:
+                    raise ProvisionError(
+                        f"service {name!r} failed: replica {fatal[0].replica_id} is {fatal[0].status} "
+                        "before any replica was ever READY, so SkyServe stops launching replicas "
+                        f"(the app exits or never answers its readiness probe). See `sky serve logs "
+                        f"{name} {fatal[0].replica_id}` for the replica's log."
                     )
                 if len(alive) < wanted[name] and failed:
                     since = short_since.setdefault(name, now)

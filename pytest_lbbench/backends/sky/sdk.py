@@ -58,6 +58,10 @@ class RequestFailed(RuntimeError):
     """A request ended FAILED or CANCELLED; the message carries SkyPilot's error."""
 
 
+class MissingRequests(RuntimeError):
+    """The API server's status reply left out requests this run submitted (a failed poll)."""
+
+
 class SkySdk(Protocol):
     """The asynchronous SkyPilot operations pytest-lbbench uses; each submit returns a request id."""
 
@@ -229,6 +233,16 @@ class RealSkySdk:
             raw = str(payload.status).upper().split(".")[-1]
             states[payload.request_id] = (
                 RequestState.PENDING if raw == "WAITING" else RequestState(raw)
+            )
+        missing = [rid for rid in request_ids if rid not in states]
+        if missing:
+            # SkyPilot 0.14.1 answers [] instead of raising when its local API server is not
+            # running (sky/client/sdk.py, api_status): a request the server does not report is a
+            # failed poll, counted as one, not a request that is still pending.
+            raise MissingRequests(
+                f"the SkyPilot API server reported nothing for {len(missing)} of {len(request_ids)} "
+                f"requests ({', '.join(r[:8] for r in missing[:3])}{'…' if len(missing) > 3 else ''}); "
+                "is it still running (`sky api info`)?"
             )
         return states
 
