@@ -686,14 +686,18 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path, monkeypatch: 
     posts: list[tuple[str, Any]] = []
 
     gets: list[str] = []
+    healthy: set[str] = set()
 
     def http(method: str, url: str, body: Any, timeout_s: float,
              headers: Any = None) -> tuple[int, Any]:
         if method == "GET":
             gets.append(url)
+            if url.endswith("/sky-lb-health") and gets.count(url) < 3:
+                return 503, {"error": "starting"}  # the LB process is not up yet: waited for
+            healthy.add(url)
         if method == "POST":
             # The LB answered its health check before it was told its membership.
-            assert url.replace("/lbbench/membership", "/sky-lb-health") in gets
+            assert url.replace("/lbbench/membership", "/sky-lb-health") in healthy
             posts.append((url, body))
             assert headers == {"X-Lbbench-Control-Token": "sky-run-secret"}, headers
         return 200, {}
@@ -715,6 +719,7 @@ def test_sky_deployment_wires_lbs_and_runs_clients(tmp_path: Path, monkeypatch: 
     assert {"t-sgl-router", "t-client-us-east-2", "t-sky-push-pull-lb-us-east-2"} <= fake.live()
     assert push.endpoint_for("ap-northeast-1") == "http://t-sky-push-pull-lb-ap-northeast-1.example:8000"
     assert len(posts) == 2
+    assert all(gets.count(u.replace("/lbbench/membership", "/sky-lb-health")) == 3 for u, _ in posts)
     url, body = next(p for p in posts if "ap-northeast-1" in p[0])
     assert url.endswith("/lbbench/membership") and body["self"] == "lb-ap-northeast-1"
     assert set(body["lbs"]) == {"lb-us-east-2", "lb-ap-northeast-1"}
