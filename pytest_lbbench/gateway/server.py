@@ -35,6 +35,7 @@ from ..protocol import MEMBERSHIP_PATH, RESET_PATH, GatewayDecision, GatewayMemb
 from ..lb.lag import LoopLag
 from ..lb.proxy import RetryElsewhere, forward, json_error
 from ..lb.queue import ClientRequest, Dispatch
+from ..lb.upstream import Timeouts, UpstreamPool
 from .config import GatewayConfig
 from .routing import Choice, Router
 
@@ -74,9 +75,10 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         # Per read, not per exchange, as in our LB: a long stream that keeps producing tokens
         # must never be cut by a total limit.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_read=config.stream_timeout_s, sock_connect=config.connect_timeout_s
-        )
+        self._timeouts = Timeouts(connect_s=config.connect_timeout_s, read_s=config.stream_timeout_s)
+        # Upstream connections of the proxy (and, in the LB, the engine-queue probe): the lean
+        # client of :mod:`pytest_lbbench.lb.upstream`; the aiohttp session serves the rest.
+        self._upstreams: UpstreamPool | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def _new_router(self) -> Router:
@@ -217,7 +219,7 @@ class Gateway:
                 self.failed_total += 1
                 return json_error(503, f"gateway {self.name}: no healthy backends in any region",
                                   gateway=self.name)
-            assert self._session is not None, "request handled before startup"
+            assert self._upstreams is not None, "request handled before startup"
             retry_allowed = self.config.retry_before_first_byte and not tried
             tried.add(choice.backend)
 
@@ -228,7 +230,7 @@ class Gateway:
             self.in_flight[choice.backend] = self.in_flight.get(choice.backend, 0) + 1
             try:
                 response = await forward(
-                    request, client_request, self._dispatch(choice), self._session, self._timeout,
+                    request, client_request, self._dispatch(choice), self._upstreams, self._timeouts,
                     self._count_upstream_error,
                     start_failed,
                 )
@@ -313,6 +315,7 @@ class Gateway:
         self._membership_event = asyncio.Event()
         if self.has_membership:
             self._membership_event.set()
+        self._upstreams = UpstreamPool()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             # As our LB: pass bytes through untouched and invent no headers.
@@ -329,6 +332,9 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._upstreams is not None:
+            self._upstreams.close()
+            self._upstreams = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -14,9 +14,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import aiohttp
-
 from .lag import LoopLag
+from .upstream import UpstreamError, UpstreamPool
 
 __all__ = ["QUEUE_METRICS", "parse_queue_length", "probe_engine_queues", "probe_once"]
 
@@ -53,34 +52,33 @@ def parse_queue_length(text: str, names: tuple[str, ...] = QUEUE_METRICS) -> flo
 
 
 async def _probe_one(
-    session: aiohttp.ClientSession, name: str, url: str, timeout: aiohttp.ClientTimeout,
-    on_result: Callable[[str, float], None],
+    pool: UpstreamPool, name: str, url: str, timeout_s: float, on_result: Callable[[str, float], None],
 ) -> None:
+    # The lean client (:mod:`.upstream`), not aiohttp's: 4 replicas every 0.1 s through
+    # aiohttp's ClientSession were about half of the LB's CPU per request.
     try:
-        async with session.get(url + "/metrics", timeout=timeout) as resp:
-            if resp.status != 200:
-                return
-            body = await resp.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        status, body = await pool.get(url, "/metrics", timeout_s)
+    except (UpstreamError, asyncio.TimeoutError, OSError):
         return  # unchanged, as in the original
-    value = parse_queue_length(body)
+    if status != 200:
+        return
+    value = parse_queue_length(body.decode("utf-8", "replace"))
     if value is not None:
         on_result(name, value)
 
 
 async def probe_once(
-    session: aiohttp.ClientSession, targets: list[tuple[str, str]], timeout_s: float,
+    pool: UpstreamPool, targets: list[tuple[str, str]], timeout_s: float,
     on_result: Callable[[str, float], None],
 ) -> None:
     """Probe every ``(name, url)`` once, concurrently; ``on_result(name, waiting)`` for each
     replica that answered with a queue length."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
     if targets:
-        await asyncio.gather(*(_probe_one(session, n, u, timeout, on_result) for n, u in targets))
+        await asyncio.gather(*(_probe_one(pool, n, u, timeout_s, on_result) for n, u in targets))
 
 
 async def probe_engine_queues(
-    session: aiohttp.ClientSession, targets: Callable[[], list[tuple[str, str]]],
+    pool: UpstreamPool, targets: Callable[[], list[tuple[str, str]]],
     on_result: Callable[[str, float], None], interval_s: float, timeout_s: float,
     lag: LoopLag | None = None,
 ) -> None:
@@ -90,7 +88,7 @@ async def probe_engine_queues(
     while True:
         start = loop.time()
         try:
-            await probe_once(session, targets(), timeout_s, on_result)
+            await probe_once(pool, targets(), timeout_s, on_result)
         except Exception:  # pragma: no cover - a bug here must not stop gating for good
             log.exception("engine-queue probe round failed")
         pause = max(0.0, interval_s - (loop.time() - start))

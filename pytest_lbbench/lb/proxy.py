@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pytest_lbbench.protocol import number_decisions
 
 from .queue import ClientRequest, Dispatch
+from .upstream import Exchange, Timeouts, UpstreamClosed, UpstreamError, UpstreamPool
 
 __all__ = [
     "HOP_BY_HOP", "RetryElsewhere", "client_response_headers", "forward", "json_error", "upstream_request_headers",
@@ -48,6 +50,9 @@ HOP_BY_HOP = frozenset(
 # Recomputed by the client library for the new connection / body.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+# Stop reading the upstream while the client's transport holds more than this (aiohttp's
+# StreamWriter drains at the same 64 KiB).
+_CLIENT_BUFFER_LIMIT = 0x10000
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -95,12 +100,119 @@ def json_error(status: int, message: str, **details: object) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
 
 
+def _raw_chunk_writer(response: web.StreamResponse) -> Callable[[bytes], None] | None:
+    """A synchronous ``write(payload)`` that frames ``payload`` as one HTTP chunk straight onto
+    the client's transport, or None when this aiohttp cannot be driven that way safely.
+
+    Why: :meth:`web.StreamResponse.write` is a coroutine, so relaying through it costs a task
+    wake-up per token chunk; writing from the upstream protocol's ``data_received`` costs none.
+    aiohttp's server always re-chunks (``web_response._prepare_headers``); its
+    ``http_writer.StreamWriter`` (3.12+) buffers the head until the first body write, has a
+    public-ish ``send_headers()`` to flush it, and ``write_eof()`` then adds only the final
+    ``0\\r\\n\\r\\n``. These are internals: every attribute is checked, and anything
+    unexpected (another aiohttp, compression, a declared length, signals on sent chunks) makes
+    this return None so :func:`forward` falls back to ``await response.write``."""
+    writer = getattr(response, "_payload_writer", None)
+    send_headers = getattr(writer, "send_headers", None)
+    if (
+        writer is None or not callable(send_headers)
+        or getattr(writer, "chunked", None) is not True
+        or getattr(writer, "_compress", True) is not None
+        or getattr(writer, "length", True) is not None
+        or getattr(writer, "_on_chunk_sent", True) is not None
+        or getattr(writer, "on_body_write", True) is not None
+        or getattr(writer, "_eof", True) is not False
+    ):
+        return None
+    transport = getattr(writer, "transport", None)
+    # Duck-typed: uvloop's transports do not subclass asyncio.Transport.
+    if transport is None or not all(hasattr(transport, a) for a in ("writelines", "get_write_buffer_size", "is_closing")):
+        return None
+    if transport.is_closing():
+        return None
+    send_headers()
+    if getattr(writer, "_headers_written", None) is not True:
+        return None  # pragma: no cover - a StreamWriter that did not flush as expected
+    writelines = transport.writelines
+
+    def write(payload: bytes) -> None:
+        writelines((b"%x\r\n" % len(payload), payload, b"\r\n"))
+
+    return write
+
+
+class _ClientLeft(Exception):
+    """The client's connection closed while we relayed to it."""
+
+
+async def _relay(exchange: Exchange, response: web.StreamResponse) -> None:
+    """Copy the upstream body to the client, then end the response; raises
+    :class:`_ClientLeft` if the client went away, :class:`UpstreamError` / ``OSError`` if the
+    upstream failed."""
+    raw = _raw_chunk_writer(response)
+    if raw is None:
+        # The public path (another aiohttp): one task wake-up and ``write`` per payload.
+        queue: list[bytes] = []
+        wake: list[asyncio.Future[None]] = []
+
+        def collect(payload: bytes) -> None:
+            queue.append(payload)
+            if wake and not wake[0].done():
+                wake[0].set_result(None)
+
+        loop = asyncio.get_running_loop()
+        body = loop.create_task(exchange.relay(collect))
+        try:
+            while True:
+                if not queue:
+                    if body.done():
+                        break
+                    wake[:] = [loop.create_future()]
+                    await asyncio.wait((body, wake[0]), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                chunk = b"".join(queue)
+                queue.clear()
+                await response.write(chunk)
+            body.result()
+        finally:
+            body.cancel()
+        await response.write_eof()
+        return
+    writer: Any = getattr(response, "_payload_writer")  # checked by _raw_chunk_writer
+    transport = writer.transport
+    assert transport is not None
+    draining: list[asyncio.Task[None]] = []
+
+    async def drain_then_resume() -> None:
+        try:
+            await writer.drain()
+        finally:
+            exchange.resume()
+
+    def sink(payload: bytes) -> None:
+        if transport.is_closing():
+            exchange.fail(_ClientLeft())
+            return
+        raw(payload)
+        if transport.get_write_buffer_size() > _CLIENT_BUFFER_LIMIT and not (draining and not draining[0].done()):
+            # A slow client: stop reading the upstream until its buffer drained.
+            exchange.pause()
+            draining[:] = [asyncio.get_running_loop().create_task(drain_then_resume())]
+
+    try:
+        await exchange.relay(sink)
+    finally:
+        if draining:
+            draining[0].cancel()
+    await response.write_eof()
+
+
 async def forward(
     request: web.Request,
     client_request: ClientRequest,
     dispatch: Dispatch,
-    session: aiohttp.ClientSession,
-    timeout: aiohttp.ClientTimeout,
+    pool: UpstreamPool,
+    timeouts: Timeouts,
     on_upstream_error: Callable[[], None] | None = None,
     on_start_failure: Callable[[str], bool] | None = None,
 ) -> web.StreamResponse:
@@ -112,38 +224,37 @@ async def forward(
     sent to the client and :class:`RetryElsewhere` is raised instead.
     """
     headers = upstream_request_headers(client_request.headers, dispatch.extra_request_headers)
-    url = dispatch.url.rstrip("/") + client_request.path_qs
     response: web.StreamResponse | None = None
+    exchange: Exchange | None = None
     try:
-        async with session.request(
-            client_request.method,
-            url,
-            headers=headers,
-            data=client_request.body if client_request.body else None,
-            timeout=timeout,
-            allow_redirects=False,
-        ) as upstream:
-            if upstream.status >= 500:
-                if on_start_failure is not None and on_start_failure(f"HTTP {upstream.status}"):
-                    raise RetryElsewhere(f"upstream {dispatch.name} answered HTTP {upstream.status}")
-                if on_upstream_error is not None:
-                    on_upstream_error()
-            response = web.StreamResponse(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=client_response_headers(upstream.headers, dispatch),
-            )
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        exchange = await pool.request(
+            client_request.method, dispatch.url, client_request.path_qs, headers.items(),
+            client_request.body, timeouts,
+        )
+        head = await exchange.head()
+        if head.status >= 500:
+            if on_start_failure is not None and on_start_failure(f"HTTP {head.status}"):
+                raise RetryElsewhere(f"upstream {dispatch.name} answered HTTP {head.status}")
+            if on_upstream_error is not None:
+                on_upstream_error()
+        response = web.StreamResponse(
+            status=head.status,
+            reason=head.reason or None,
+            headers=client_response_headers(head.headers, dispatch),
+        )
+        await response.prepare(request)
+        await _relay(exchange, response)
+        return response
+    except _ClientLeft:
+        # The client went away mid-stream; the upstream connection is closed below.
+        assert response is not None
+        return response
+    except (UpstreamError, asyncio.TimeoutError, OSError) as exc:
         if response is not None and response.prepared:
-            if isinstance(exc, (ConnectionResetError, aiohttp.ClientConnectionResetError)) and (
-                request.transport is None or request.transport.is_closing()
-            ):
-                # The client went away mid-stream; leaving the ``async with`` closed upstream.
+            if isinstance(exc, (ConnectionResetError, aiohttp.ClientConnectionResetError)) and not isinstance(
+                exc, UpstreamClosed
+            ) and (request.transport is None or request.transport.is_closing()):
+                # The client went away mid-stream (a write to it failed).
                 return response
             log.warning("upstream %s failed mid-stream: %r", dispatch.name, exc)
             if on_upstream_error is not None:
@@ -154,11 +265,14 @@ async def forward(
                 request.transport.abort()
             return response
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if isinstance(exc, asyncio.TimeoutError):
-            reason += f" (limits: total {timeout.total} s, connect {timeout.sock_connect} s)"
+        if isinstance(exc, asyncio.TimeoutError) and "limits:" not in reason:
+            reason += f" (limits: read {timeouts.read_s} s, connect {timeouts.connect_s} s)"
         if on_start_failure is not None and on_start_failure(reason):
             raise RetryElsewhere(f"upstream {dispatch.name} failed: {reason}") from exc
         if on_upstream_error is not None:
             on_upstream_error()
         return json_error(502, f"upstream {dispatch.name} ({dispatch.url}) failed: {reason}",
                           upstream=dispatch.name)
+    finally:
+        if exchange is not None:
+            exchange.release()  # pooled only if the answer was read completely

@@ -57,6 +57,7 @@ from .probe import probe_engine_queues
 from .proxy import RetryElsewhere, forward, json_error
 from .queue import ClientRequest, Failure, Outcome, RequestEntry
 from .rpc import fetch_conf, measure_latency, post_steal
+from .upstream import Timeouts, UpstreamPool
 
 __all__ = ["FROM_LB_HEADER", "QUEUE_SIZE_HEADER", "RESET_PATH", "LoadBalancer", "serve"]
 
@@ -97,9 +98,10 @@ class LoadBalancer:
         self._session: aiohttp.ClientSession | None = None
         # Per read, not per exchange: the original's httpx ``timeout=120`` bounds each step
         # (connect, every read), so a long stream that keeps producing tokens is never cut.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_read=config.stream_timeout_s, sock_connect=config.connect_timeout_s
-        )
+        self._timeouts = Timeouts(connect_s=config.connect_timeout_s, read_s=config.stream_timeout_s)
+        # Upstream connections of the proxy (and, in the LB, the engine-queue probe): the lean
+        # client of :mod:`pytest_lbbench.lb.upstream`; the aiohttp session serves the rest.
+        self._upstreams: UpstreamPool | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def conf(self) -> dict[str, Any]:
@@ -213,10 +215,10 @@ class LoadBalancer:
                 outcome = await waiter
                 if isinstance(outcome, Failure):
                     return json_error(outcome.status, outcome.message)
-                assert self._session is not None, "request handled before startup"
+                assert self._upstreams is not None, "request handled before startup"
                 try:
                     return await forward(
-                        request, entry.request, outcome, self._session, self._timeout,
+                        request, entry.request, outcome, self._upstreams, self._timeouts,
                         self.core.on_upstream_error,
                         lambda reason: self.core.on_start_failure(entry, reason),
                     )
@@ -249,6 +251,7 @@ class LoadBalancer:
         return app
 
     async def _on_startup(self, app: web.Application) -> None:
+        self._upstreams = UpstreamPool()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             # Pass bytes through untouched (the client asked for its own encoding) and do not
@@ -261,7 +264,7 @@ class LoadBalancer:
         if self.config.replica_mode.probes_engine_queue:
             self._spawn(
                 probe_engine_queues(
-                    self._session, self.core.engine_probe_targets, self.core.on_engine_queue,
+                    self._upstreams, self.core.engine_probe_targets, self.core.on_engine_queue,
                     self.config.loop_interval_s("probe_interval_s"), self.config.probe_timeout_s, self.lag,
                 ),
                 "engine-queue-probe",
@@ -282,6 +285,9 @@ class LoadBalancer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._upstreams is not None:
+            self._upstreams.close()
+            self._upstreams = None
         if self._session is not None:
             await self._session.close()
             self._session = None
