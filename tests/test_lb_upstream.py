@@ -14,6 +14,7 @@ from aiohttp import web
 
 from pytest_lbbench.aioserve import first_on_connection
 from pytest_lbbench.lb import proxy as proxy_module
+from pytest_lbbench.lb import upstream as upstream_module
 from pytest_lbbench.lb.proxy import RetryElsewhere, forward
 from pytest_lbbench.lb.queue import ClientRequest, Dispatch
 from pytest_lbbench.lb.upstream import Timeouts, UpstreamConnectError, UpstreamPool, UpstreamTimeout
@@ -228,5 +229,46 @@ def test_forward_client_leaving_closes_upstream_and_is_no_error() -> None:
             await asyncio.wait_for(closed.wait(), 5)
             assert events == []
         pool.close()
+
+    asyncio.run(run())
+
+
+class _FakeTransport:
+    """Enough of a transport for the protocol's parser."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1000])
+def test_parser_handles_any_split_of_1xx_chunk_extensions_and_trailers(step: int) -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        conn = upstream_module._Connection(loop)
+        conn.connection_made(_FakeTransport())  # type: ignore[arg-type]
+        conn.start(b"GET / HTTP/1.1\r\n\r\n", no_body=False)
+        payloads: list[bytes] = []
+        conn.sink = payloads.append
+        wire = (b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n"
+                b"5;ext=1\r\nhello\r\n1A\r\n" + b"z" * 26 + b"\r\n0\r\nX-Trailer: t\r\n\r\n")
+        for i in range(0, len(wire), step):
+            conn.data_received(wire[i:i + step])
+        assert conn.head is not None and conn.head.status == 200 and conn.head.headers["X-A"] == "b"
+        assert b"".join(payloads) == b"hello" + b"z" * 26
+        assert conn.done is not None and conn.done.done() and conn.finished and conn.keep_alive
 
     asyncio.run(run())

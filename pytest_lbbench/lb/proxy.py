@@ -136,7 +136,8 @@ def _raw_chunk_writer(response: web.StreamResponse) -> Callable[[bytes], None] |
     writelines = transport.writelines
 
     def write(payload: bytes) -> None:
-        writelines((b"%x\r\n" % len(payload), payload, b"\r\n"))
+        if payload:  # an empty chunk would end the client's body early
+            writelines((b"%x\r\n" % len(payload), payload, b"\r\n"))
 
     return write
 
@@ -186,6 +187,8 @@ async def _relay(exchange: Exchange, response: web.StreamResponse) -> None:
     async def drain_then_resume() -> None:
         try:
             await writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the client left: the next payload's sink call notices and ends the relay
         finally:
             exchange.resume()
 

@@ -153,6 +153,10 @@ class _Connection(asyncio.Protocol):
             except (ValueError, UnicodeDecodeError) as exc:
                 self._protocol_error(f"malformed response head: {exc}")
                 return
+            if self.head is None:  # an informational 1xx: the real head follows
+                if rest:
+                    self.data_received(rest)
+                return
             if not rest and self._framing != "done":
                 return
             data = rest
@@ -185,6 +189,8 @@ class _Connection(asyncio.Protocol):
             raise ValueError(f"bad status line {lines[0]!r}")
         code, _, reason = status_reason.partition(" ")
         status = int(code)
+        if 100 <= status < 200 and status != 101:
+            return  # e.g. 100 Continue (the client's Expect went upstream): skip it, as aiohttp does
         headers: CIMultiDict[str] = CIMultiDict()
         for line in lines[1:]:
             name, sep, value = line.partition(":")
@@ -195,7 +201,7 @@ class _Connection(asyncio.Protocol):
         if version == "HTTP/1.0" and "keep-alive" not in connection or "close" in connection:
             self.keep_alive = False
         encoding = headers.get("transfer-encoding", "").lower()
-        if self._no_body or status in _NO_BODY_STATUSES or 100 <= status < 200:
+        if self._no_body or status in _NO_BODY_STATUSES or status == 101:
             self._framing = "done"
         elif "chunked" in encoding:
             self._framing = "chunked"
