@@ -143,3 +143,32 @@ def test_the_result_file_is_assembled_from_the_partial_records_on_disk(tmp_path:
     _write_result_atomic(tmp_path / "r.json", payload, partial)
     assert json.loads((tmp_path / "r.json").read_text())["metrics"] == []
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_new_connection_is_set_only_for_the_request_that_opened_it(replica: ManagedProcess) -> None:
+    # Model discovery opens the first connection (its short answer comes back whole with the
+    # head): the first chat turn reuses it, so no request claims a handshake it never paid.
+    url = f"http://127.0.0.1:{replica.info['port']}"
+    plan = make_plan([("One?", "Two?", "Three?")])
+    records, _ = run(plan, url, duration_s=0.5, drain_timeout_s=30)
+    assert [r.new_connection for r in records[:3]] == [False, False, False]
+
+
+def test_connection_seen_tells_fresh_from_reused_connections(replica: ManagedProcess) -> None:
+    import aiohttp
+
+    from pytest_lbbench.client.runner import ConnectionSeen
+
+    url = f"http://127.0.0.1:{replica.info['port']}/v1/models"
+
+    async def main() -> list[bool | None]:
+        seen = ConnectionSeen()
+        flags: list[bool | None] = []
+        async with aiohttp.ClientSession() as first, aiohttp.ClientSession() as second:
+            for session in (first, first, second, first):
+                async with session.get(url) as resp:
+                    flags.append(seen.first_use(resp))
+                    await resp.read()
+        return flags
+
+    assert asyncio.run(main()) == [True, False, True, False]

@@ -25,6 +25,7 @@ import contextlib
 import json
 import random
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
@@ -97,11 +98,14 @@ class EndpointNotReady(RuntimeError):
 
 
 async def discover_model(
-    session: aiohttp.ClientSession, base_url: str, timeout_s: float
+    session: aiohttp.ClientSession, base_url: str, timeout_s: float,
+    connections: ConnectionSeen | None = None,
 ) -> str:
     """``data[0].id`` of ``GET /v1/models``, retried until ``timeout_s``.
 
-    The body is parsed as JSON whatever the Content-Type: the sglang router omits it.
+    The body is parsed as JSON whatever the Content-Type: the sglang router omits it. Pass
+    the session's ``connections`` so the chat request that reuses this connection is not
+    taken for the one that opened it.
     """
     deadline = time.monotonic() + timeout_s
     last_error = "no attempt"
@@ -110,6 +114,8 @@ async def discover_model(
             async with session.get(
                 f"{base_url}/v1/models", timeout=aiohttp.ClientTimeout(total=5)
             ) as resp:
+                if connections is not None:
+                    connections.first_use(resp)
                 text = await resp.text()
                 if resp.status == 200:
                     return str(json.loads(text)["data"][0]["id"])
@@ -122,23 +128,33 @@ async def discover_model(
     )
 
 
-def connection_tracing() -> aiohttp.TraceConfig:
-    """Sets ``new_connection`` on the ``trace_request_ctx`` of every request (its
-    :class:`RequestRecord`): ``True`` when the pool opened a connection for it, ``False`` when
-    it reused one. A new connection across a delay link pays the emulated handshake."""
-    trace = aiohttp.TraceConfig()
+class ConnectionSeen:
+    """Tells, per response, whether the session's pool opened its connection for it: the
+    first response on a connection (its protocol object) is new, later ones reused it. A new
+    connection across a delay link pays the emulated handshake.
 
-    async def opened(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
-        if isinstance(ctx.trace_request_ctx, RequestRecord):  # not /v1/models
-            ctx.trace_request_ctx.new_connection = True
+    Not aiohttp's ``TraceConfig``: with tracing on, every request awaits a coroutine per trace
+    signal, which cost about 0.13 ms per request between the client's start stamp and its
+    bytes reaching the server (measured on the 2-core development machine), all of it counted
+    in the TTFT decomposition's harness residual."""
 
-    async def reused(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
-        if isinstance(ctx.trace_request_ctx, RequestRecord):
-            ctx.trace_request_ctx.new_connection = False
+    def __init__(self) -> None:
+        self._seen: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    trace.on_connection_create_end.append(opened)
-    trace.on_connection_reuseconn.append(reused)
-    return trace
+    def first_use(self, response: aiohttp.ClientResponse) -> bool | None:
+        """``True``: ``response`` came on a fresh connection; ``False``: a reused one;
+        ``None``: aiohttp no longer holds its connection (nobody can tell)."""
+        connection = response.connection
+        # A short answer read whole with its head has already given its connection back to the
+        # pool (``connection`` is None); the response still names the protocol it came on
+        # (private in aiohttp 3, so read defensively: without it the answer is "unknown").
+        protocol = connection.protocol if connection is not None else getattr(response, "_protocol", None)
+        if protocol is None:
+            return None
+        if protocol in self._seen:
+            return False
+        self._seen.add(protocol)
+        return True
 
 
 async def stream_chat(
@@ -148,9 +164,11 @@ async def stream_chat(
     headers: dict[str, str],
     record: RequestRecord,
     timeout_s: float,
+    connections: ConnectionSeen | None = None,
 ) -> str | None:
     """Send one streaming chat request and fill ``record``. Never raises (but re-raises
-    cancellation after recording it); returns the answer text, or ``None`` on failure."""
+    cancellation after recording it); returns the answer text, or ``None`` on failure.
+    ``connections`` (one per session) sets ``record.new_connection``."""
     # The wall-clock start and the TTFT clock start together: the TTFT decomposition lays the
     # LBs' and the replica's time.time() stamps on the interval start .. start + ttft.
     record.start = time.time()
@@ -161,9 +179,10 @@ async def stream_chat(
     try:
         async with session.post(
             url, json=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s),
-            trace_request_ctx=record,
         ) as resp:
             record.response_start = time.time()
+            if connections is not None:
+                record.new_connection = connections.first_use(resp)
             record.headers = {k: v for k, v in resp.headers.items()}
             record.replica, record.lbs = served_by(record.headers)
             if resp.status != 200:
@@ -225,11 +244,13 @@ class _Run:
 
     def __init__(
         self, plan: WorkloadPlan, settings: ClientSettings, session: aiohttp.ClientSession,
-        model: str, sink: RecordSink,
+        model: str, sink: RecordSink, connections: ConnectionSeen | None = None,
     ) -> None:
         self.plan = plan
         self.settings = settings
         self.session = session
+        # Which responses came on a fresh connection (shared with discover_model's request).
+        self.connections = connections if connections is not None else ConnectionSeen()
         self.model = model
         self.sink = sink
         self.url = f"{settings.backend_url}/v1/chat/completions"
@@ -295,7 +316,7 @@ class _Run:
         try:
             return await stream_chat(
                 self.session, self.url, payload, {HASH_KEY_HEADER: conv.user_key}, record,
-                self.settings.request_timeout_s,
+                self.settings.request_timeout_s, self.connections,
             )
         finally:
             if record.failed is not None and record.failed_at is None:
@@ -484,14 +505,14 @@ async def _drive(run: _Run) -> None:
 async def run_client(plan: WorkloadPlan, settings: ClientSettings, sink: RecordSink) -> ClientRun:
     """Drive every user of ``plan`` against ``settings.backend_url`` until the deadline."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
-    async with aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE,
-                                     trace_configs=[connection_tracing()]) as session:
+    async with aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE) as session:
+        connections = ConnectionSeen()
         model = settings.model or await discover_model(
-            session, settings.backend_url, settings.knobs.ready_timeout_s
+            session, settings.backend_url, settings.knobs.ready_timeout_s, connections
         )
         monitor = LoopLagMonitor()
         monitor.start()
-        run = _Run(plan, settings, session, model, sink)
+        run = _Run(plan, settings, session, model, sink, connections)
         driver = asyncio.create_task(_drive(run))
         try:
             remaining = settings.warmup_s + settings.duration_s + settings.drain_timeout_s

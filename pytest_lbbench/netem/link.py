@@ -18,11 +18,14 @@ Timing model, per direction (a FIFO of ``(due, chunk)``):
 * EOF, close and reset travel through the same FIFO, so they arrive after the bytes sent
   before them, one delay later.
 
-Precision: event-loop timers have millisecond granularity, so each hop is released within
-about +-0.5 ms of its due time, plus the machine's timer wake-up latency (about 0.25 ms on the
-2-core CI VM); a 100 ms RTT measures about 101 ms. A one-way delay of 0.5 ms or less is
-therefore not reproduced: such chunks go out on the next loop iteration, and the hop costs only
-what loopback and the proxy cost (about 0.1-0.2 ms).
+Precision: on Linux each chunk is released by a timerfd (:mod:`.timers`), so a link adds only
+its proxying (two loopback hops and a loop iteration); elsewhere, or with
+``precise_timers=False``, the loop's millisecond timers release it within about +-0.5 ms of
+its due time, and a one-way delay of 0.5 ms or less is not reproduced. Measured side by side on
+the 2-core development machine (``pytest benchmarks --lbbench-selfcheck -k link_precision``),
+excess over the one-way delay p50/p90: zero delay 0.27/0.33 ms; 79.1 ms with a timerfd
+0.38/0.50 ms, with loop timers 0.69/1.20 ms; 0.5 ms with a timerfd 0.28/0.35 ms, with loop
+timers -0.24/-0.20 ms (delivered early).
 
 Low-level ``asyncio.Protocol`` callbacks (not streams) keep the per-chunk cost small; the
 module works on both asyncio and uvloop loops. Nothing here imports pytest.
@@ -44,6 +47,7 @@ from typing import Any, Iterable, Iterator, Union, cast
 from pytest_lbbench.procutil import bind_socket
 
 from .spec import LinkSpec
+from .timers import PreciseTimers, TimerHandle
 
 logger = logging.getLogger(__name__)
 
@@ -53,34 +57,13 @@ DEFAULT_LOW_WATER = 1 << 18  # ... and resumed again
 # Linux only; elsewhere (0) the delayed-ACK workaround is simply skipped.
 _TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 
-# Timer precision. Neither loop can wake at an exact instant, and we want each chunk out within
-# about +-0.5 ms of its due time:
-# * asyncio rounds the epoll timeout *up* to whole milliseconds, so it wakes 0-1 ms after the
-#   requested time: we request half a millisecond early;
-# * uvloop rounds the delay to the nearest millisecond and counts it from the moment the loop
-#   computes its poll timeout, so it wakes within +-0.5 ms of the requested time: no correction.
 # Stamps use time.monotonic() (ns resolution; uvloop's loop.time() is truncated to whole ms,
-# which alone would shift every delay by up to -1 ms). A chunk is released once it is at most
-# _TOLERANCE_S early; a timer that still fires earlier is re-armed for at least _MIN_TIMER_S
-# (uvloop turns shorter timers into "call soon", which would spin).
+# which alone would shift every delay by up to -1 ms), the clock of the timers (.timers).
 _clock = time.monotonic
-_TOLERANCE_S = 0.0005
-_MIN_TIMER_S = 0.001
 #: A chunk released more than this after its due time counts as *late* in :class:`LinkStats`:
-#: twice the timer precision above plus the wake-up latency, so only a loop that could not keep
-#: up (a CPU the benchmark saturated) counts, never ordinary timer jitter.
+#: twice the loop timers' precision (the fallback) plus the wake-up latency, so only a loop that
+#: could not keep up (a CPU the benchmark saturated) counts, never ordinary timer jitter.
 LATE_THRESHOLD_S = 0.002
-
-
-def _uses_ms_timers(loop: asyncio.AbstractEventLoop) -> bool:
-    return type(loop).__module__.startswith("uvloop")
-
-
-def _timer_delay(wait: float, ms_timers: bool) -> float:
-    """The ``call_later`` delay that wakes the loop within about 0.5 ms of ``wait`` from now."""
-    if ms_timers:
-        return max(wait, _MIN_TIMER_S)
-    return max(wait - _TOLERANCE_S, _MIN_TIMER_S)
 
 
 # Why a half's reader is paused (bit mask: both reasons can hold at once).
@@ -153,7 +136,7 @@ class _Half:
         self.dst: asyncio.Transport | None = None
         self.queue: collections.deque[tuple[float, _Item]] = collections.deque()
         self.queued = 0
-        self.timer: asyncio.Handle | None = None
+        self.timer: TimerHandle | None = None
         self.pause_reasons = 0
         self.closed = False  # a CLOSE/ABORT was queued or delivered, or the destination is gone
 
@@ -179,12 +162,12 @@ class _Half:
         """Schedule :meth:`flush` for the head of the FIFO (no-op while the target is connecting)."""
         if self.timer is not None or not self.queue or self.dst is None:
             return
-        wait = self.queue[0][0] - _clock()
-        pipe = self.pipe
-        if wait <= _TOLERANCE_S:
-            self.timer = pipe.loop.call_soon(self.flush)
+        due = self.queue[0][0]
+        timers = self.pipe.timers
+        if due - _clock() <= timers.tolerance_s:
+            self.timer = self.pipe.loop.call_soon(self.flush)
         else:
-            self.timer = pipe.loop.call_later(_timer_delay(wait, pipe.ms_timers), self.flush)
+            self.timer = timers.call_at(due, self.flush)
 
     def flush(self) -> None:
         """Write everything that is due, in order; then re-arm for the next chunk."""
@@ -193,13 +176,14 @@ class _Half:
         if dst is None:
             return
         now = _clock()
-        limit = now + _TOLERANCE_S
+        tolerance = self.pipe.timers.tolerance_s
+        limit = now + tolerance
         queue = self.queue
         if queue and queue[0][0] <= limit:
             stats = self.pipe.link._stats
-            # Beyond the link's own precision only (a release within _TOLERANCE_S of its due
-            # time is on time by design), so scaled runs do not count timer granularity as lag.
-            late = now - queue[0][0] - _TOLERANCE_S
+            # Beyond the timers' own precision only (a release within it of its due time is on
+            # time by design), so scaled runs do not count timer granularity as lag.
+            late = now - queue[0][0] - tolerance
             stats.releases += 1
             if late > 0:
                 stats.lateness_total_s += late
@@ -280,14 +264,14 @@ class _Pipe:
     """One accepted client connection and the upstream connection opened for it."""
 
     __slots__ = (
-        "link", "loop", "ms_timers", "delay", "accepted_at", "up", "down", "client", "client_sock", "upstream",
+        "link", "loop", "timers", "delay", "accepted_at", "up", "down", "client", "client_sock", "upstream",
         "upstream_sock", "client_open", "upstream_state", "connect_task", "done", "eofs",
     )
 
     def __init__(self, link: DelayLink, client: asyncio.Transport) -> None:
         self.link = link
         self.loop = link._loop_or_raise()
-        self.ms_timers = link._ms_timers
+        self.timers = link._timers_or_raise()
         self.delay = link.one_way_s
         self.accepted_at = _clock()
         hs = link.emulate_handshake
@@ -513,6 +497,7 @@ class DelayLink:
         listen_port: int = 0,
         high_water: int = DEFAULT_HIGH_WATER,
         low_water: int = DEFAULT_LOW_WATER,
+        precise_timers: bool = True,
     ) -> None:
         if not math.isfinite(one_way_s) or one_way_s < 0:
             raise ValueError(f"one_way_s must be a finite number >= 0, got {one_way_s!r}")
@@ -530,7 +515,8 @@ class DelayLink:
         self._port: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ms_timers = False
+        self.precise_timers = precise_timers  # False: the loop's millisecond timers (comparisons)
+        self._timers: PreciseTimers | None = None
         self._start_lock: asyncio.Lock | None = None
         self._closed = False
         self._pipes: set[_Pipe] = set()
@@ -616,7 +602,7 @@ class DelayLink:
         async with self._start_lock:
             if self._server is None:
                 self._loop = asyncio.get_running_loop()
-                self._ms_timers = _uses_ms_timers(self._loop)
+                self._timers = PreciseTimers(self._loop, use_timerfd=self.precise_timers)
                 sock = bind_socket(self.listen_host, self._listen_port)
                 try:
                     self._server = await self._loop.create_server(lambda: _ClientSide(self), sock=sock)
@@ -644,6 +630,8 @@ class DelayLink:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
         await server.wait_closed()
+        if self._timers is not None:
+            self._timers.close()
 
     async def __aenter__(self) -> DelayLink:
         await self.start()
@@ -657,6 +645,10 @@ class DelayLink:
     def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None
         return self._loop
+
+    def _timers_or_raise(self) -> PreciseTimers:
+        assert self._timers is not None
+        return self._timers
 
     def _pipe_started(self, transport: asyncio.Transport) -> _Pipe:
         pipe = _Pipe(self, transport)
