@@ -10,7 +10,8 @@ then counted as harness cost (``benchmarks/test_link_precision.py``).
 
 On Linux a ``timerfd`` (``CLOCK_MONOTONIC``, the clock of ``time.monotonic()``, armed with an
 absolute expiry in nanoseconds) wakes the loop through an ordinary readable file descriptor,
-so a release is late only by the machine's wake-up latency. One timerfd serves every timer of
+so a release is late only by the machine's wake-up latency, and arming it early by the median
+of that latency centres releases on their due time. One timerfd serves every timer of
 a :class:`PreciseTimers`: a heap of expiries, the fd armed for the earliest. Elsewhere (or if
 the kernel refuses a timerfd) the loop's own ``call_later`` is used, corrected for its rounding
 as before (:func:`loop_timer_delay`). Nothing here imports pytest.
