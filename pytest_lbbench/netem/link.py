@@ -23,9 +23,9 @@ its proxying (two loopback hops and a loop iteration); elsewhere, or with
 ``precise_timers=False``, the loop's millisecond timers release it within about +-0.5 ms of
 its due time, and a one-way delay of 0.5 ms or less is not reproduced. Measured side by side on
 the 2-core development machine (``pytest benchmarks --lbbench-selfcheck -k link_precision``),
-excess over the one-way delay p50/p90: zero delay 0.27/0.33 ms; 79.1 ms with a timerfd
-0.38/0.50 ms, with loop timers 0.69/1.20 ms; 0.5 ms with a timerfd 0.28/0.35 ms, with loop
-timers -0.24/-0.20 ms (delivered early).
+excess over the one-way delay p50/p90 in two runs: zero delay 0.27-0.29/0.33-0.34 ms; 79.1 ms
+with a timerfd 0.38-0.43/0.50-0.72 ms, with loop timers 0.69-0.78/1.20-1.33 ms; 0.5 ms with a
+timerfd 0.28-0.29/0.35-0.72 ms, with loop timers -0.24/-0.18 ms (delivered early).
 
 Low-level ``asyncio.Protocol`` callbacks (not streams) keep the per-chunk cost small; the
 module works on both asyncio and uvloop loops. Nothing here imports pytest.

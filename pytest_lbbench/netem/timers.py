@@ -3,8 +3,9 @@
 Both event loops we run on have millisecond timers (asyncio rounds its epoll timeout up to
 whole milliseconds; uvloop rounds each delay to the nearest millisecond and counts it from a
 cached, truncated loop time). Measured on the 2-core development machine, that put a chunk
-through a 79.1 ms one-way link 0.69 ms late at the median and 1.2 ms at p90 (0.27/0.33 ms of
-which any link adds by proxying), and a 0.5 ms intra-region link delivered 0.24 ms early: the
+through a 79.1 ms one-way link 0.69-0.78 ms late at the median and 1.2-1.3 ms at p90 (about
+0.28/0.33 ms of which any link adds by proxying), and a 0.5 ms intra-region link delivered 0.23
+ms early: the
 emulated delays were off by about half a millisecond per hop, which the TTFT decomposition
 then counted as harness cost (``benchmarks/test_link_precision.py``).
 
