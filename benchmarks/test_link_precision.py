@@ -64,11 +64,14 @@ async def _measure(delay_s: float, precise: bool) -> list[float]:
     return [1e3 * (a - delay_s) for a in arrivals[5:]]  # the first few warm the lead up
 
 
+def _quantile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
 def _row(name: str, excess: list[float]) -> str:
     ordered = sorted(excess)
-    q = lambda f: ordered[min(len(ordered) - 1, int(f * len(ordered)))]  # noqa: E731
-    return (f"{name:<28} {q(0.1):>6.3f} {q(0.5):>6.3f} {q(0.9):>6.3f} {q(0.99):>6.3f} "
-            f"{statistics.mean(ordered):>6.3f} {min(ordered):>7.3f}")
+    cells = " ".join(f"{_quantile(ordered, f):>6.3f}" for f in (0.1, 0.5, 0.9, 0.99))
+    return f"{name:<28} {cells} {statistics.mean(ordered):>6.3f} {min(ordered):>7.3f}"
 
 
 @pytest.mark.lbbench_selfcheck
