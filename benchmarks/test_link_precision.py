@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from typing import Any
 
 import pytest
 import uvloop
@@ -94,5 +93,4 @@ def test_link_precision_timerfd_against_loop_timers(request: pytest.FixtureReque
     lines += [_row(name, excess) for name, excess in results.items()]
     request.node.user_properties.append((NOTE_KEY, ("lbbench delay-link precision", lines)))
     print("\n".join(lines))
-    summary: dict[str, Any] = {k: statistics.median(v) for k, v in results.items()}
-    assert all(v == v for v in summary.values())  # every row measured something
+    assert all(results.values()), "a row measured nothing"

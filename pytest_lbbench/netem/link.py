@@ -162,12 +162,7 @@ class _Half:
         """Schedule :meth:`flush` for the head of the FIFO (no-op while the target is connecting)."""
         if self.timer is not None or not self.queue or self.dst is None:
             return
-        due = self.queue[0][0]
-        timers = self.pipe.timers
-        if due - _clock() <= timers.tolerance_s:
-            self.timer = self.pipe.loop.call_soon(self.flush)
-        else:
-            self.timer = timers.call_at(due, self.flush)
+        self.timer = self.pipe.timers.call_at(self.queue[0][0], self.flush)
 
     def flush(self) -> None:
         """Write everything that is due, in order; then re-arm for the next chunk."""

@@ -4,18 +4,17 @@ Both event loops we run on have millisecond timers (asyncio rounds its epoll tim
 whole milliseconds; uvloop rounds each delay to the nearest millisecond and counts it from a
 cached, truncated loop time). Measured on the 2-core development machine, that put a chunk
 through a 79.1 ms one-way link 0.69-0.78 ms late at the median and 1.2-1.3 ms at p90 (about
-0.28/0.33 ms of which any link adds by proxying), and a 0.5 ms intra-region link delivered 0.23
-ms early: the
-emulated delays were off by about half a millisecond per hop, which the TTFT decomposition
-then counted as harness cost (``benchmarks/test_link_precision.py``).
+0.28/0.33 ms of which any link adds by proxying), and a 0.5 ms intra-region link delivered
+0.23 ms early: the emulated delays were off by about half a millisecond per hop, which the TTFT
+decomposition then counted as harness cost (``benchmarks/test_link_precision.py``).
 
 On Linux a ``timerfd`` (``CLOCK_MONOTONIC``, the clock of ``time.monotonic()``, armed with an
 absolute expiry in nanoseconds) wakes the loop through an ordinary readable file descriptor,
 so a release is late only by the machine's wake-up latency, and arming it early by the median
 of that latency centres releases on their due time. One timerfd serves every timer of
 a :class:`PreciseTimers`: a heap of expiries, the fd armed for the earliest. Elsewhere (or if
-the kernel refuses a timerfd) the loop's own ``call_later`` is used, corrected for its rounding
-as before (:func:`loop_timer_delay`). Nothing here imports pytest.
+the kernel refuses a timerfd) the loop's own ``call_later`` is used, corrected for its
+rounding. Nothing here imports pytest.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import sys
 import time
 from typing import Callable, Protocol
 
-__all__ = ["PreciseTimers", "TimerHandle", "loop_timer_delay", "timerfd_available"]
+__all__ = ["PreciseTimers", "TimerHandle", "timerfd_available"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def _uses_ms_timers(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.startswith("uvloop")
 
 
-def loop_timer_delay(wait: float, loop: asyncio.AbstractEventLoop) -> float:
+def _loop_timer_delay(wait: float, loop: asyncio.AbstractEventLoop) -> float:
     """The ``call_later`` delay that wakes ``loop`` within about 0.5 ms of ``wait`` from now."""
     if _uses_ms_timers(loop):
         return max(wait, _MIN_LOOP_TIMER_S)
@@ -151,10 +150,9 @@ def timerfd_available() -> bool:
 
 
 class _Entry:
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("callback", "cancelled")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when = when
+    def __init__(self, callback: Callable[[], None]) -> None:
         self.callback = callback
         self.cancelled = False
 
@@ -205,19 +203,15 @@ class PreciseTimers:
         """How early a timer may run: what is due within this is due now."""
         return _TIMERFD_TOLERANCE_S + self._lead if self._fd is not None else _LOOP_TOLERANCE_S
 
-    @property
-    def lead_s(self) -> float:
-        """How early the timerfd is armed: the tracked median wake-up latency."""
-        return self._lead
-
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
-        """Run ``callback()`` at monotonic time ``when``."""
+        """Run ``callback()`` at monotonic time ``when`` (on the next loop iteration when that
+        is within :attr:`tolerance_s` from now)."""
+        wait = when - _clock()
+        if wait <= self.tolerance_s:
+            return self._loop.call_soon(callback)
         if self._fd is None:
-            wait = when - _clock()
-            if wait <= _LOOP_TOLERANCE_S:
-                return self._loop.call_soon(callback)
-            return self._loop.call_later(loop_timer_delay(wait, self._loop), callback)
-        entry = _Entry(when, callback)
+            return self._loop.call_later(_loop_timer_delay(wait, self._loop), callback)
+        entry = _Entry(callback)
         heapq.heappush(self._heap, (when, next(self._seq), entry))
         if not self._expiring and (self._armed_for is None or when < self._armed_for):
             self._arm(when)
