@@ -148,10 +148,17 @@ def test_the_result_file_is_assembled_from_the_partial_records_on_disk(tmp_path:
 def test_new_connection_is_set_only_for_the_request_that_opened_it(replica: ManagedProcess) -> None:
     # Model discovery opens the first connection (its short answer comes back whole with the
     # head): the first chat turn reuses it, so no request claims a handshake it never paid.
+    # Later turns usually reuse it too, but not always: the client stops reading at [DONE]
+    # (as the openai SDK does), and when the chunked terminator has not arrived by then aiohttp
+    # closes the connection. So each flag is checked against the replica's own view of the
+    # connection (the first request on it, from aiohttp's server side), not against a guess.
     url = f"http://127.0.0.1:{replica.info['port']}"
     plan = make_plan([("One?", "Two?", "Three?")])
     records, _ = run(plan, url, duration_s=0.5, drain_timeout_s=30)
-    assert [r.new_connection for r in records[:3]] == [False, False, False]
+    assert len(records) >= 3 and all(r.failed is None for r in records)
+    assert records[0].new_connection is False
+    assert [r.new_connection for r in records] == [
+        (r.replica_timing or {}).get("new_connection") for r in records]
 
 
 def test_connection_seen_tells_fresh_from_reused_connections(replica: ManagedProcess) -> None:
